@@ -1,0 +1,59 @@
+"""Gradio components specific to the dashboard."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from pathlib import Path
+
+import gradio as gr
+from gradio.data_classes import ImageData
+
+__all__ = ["RawImage"]
+
+from gradio.events import Dependency
+
+class RawImage(gr.Image):
+    """``gr.Image`` that hands the uploaded file to the app *unopened*.
+
+    The stock ``gr.Image.preprocess`` opens (and for ``type="pil"`` converts) every upload
+    with Pillow before the app sees it, so a corrupted or non-image file fails inside Gradio
+    with a generic "Error" and a server traceback. This subclass returns the upload's file
+    path as is (``type="filepath"`` semantics), so the dashboard's own validation
+    (:func:`exports.images.load_image`) decides and explains. The browser side is the stock
+    Image component (``is_template`` makes Gradio reuse its front end).
+    """
+
+    is_template = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["type"] = "filepath"
+        kwargs.setdefault("image_mode", None)
+        super().__init__(*args, **kwargs)
+
+    def preprocess(self, payload: ImageData | None) -> str | None:  # type: ignore[override]
+        if payload is None:
+            return None
+        if payload.url and payload.url.startswith("data:"):
+            return self._save_data_url(payload.url)
+        if payload.path is None:
+            raise gr.Error("The upload arrived without a file; please upload the image again.", print_exception=False)
+        return str(payload.path)
+
+    def _save_data_url(self, url: str) -> str:
+        """Webcam/clipboard images may arrive as base64 data URLs: store the raw bytes."""
+        try:
+            data = base64.b64decode(url.split(",", 1)[1], validate=False)
+        except (IndexError, binascii.Error, ValueError):
+            raise gr.Error("The pasted image could not be decoded (malformed data URL).", print_exception=False) from None
+        folder = Path(self.GRADIO_CACHE) / "dashboard_uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.img"
+        if not path.exists():
+            path.write_bytes(data)
+        return str(path)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component

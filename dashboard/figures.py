@@ -1,0 +1,336 @@
+"""Plotly figures of the dashboard.
+
+The figures drawn on every upload (top-5 bar, spectra grid, feature maps) are written as
+plain Plotly JSON dictionaries: building them through ``plotly.graph_objects`` and
+``make_subplots`` costs ~70 ms for the spectra grid (validation of every property), more
+than the whole model run. :func:`plot_data` hands the JSON straight to ``gr.Plot``. The
+rarely redrawn figures (compare, training) use ``plotly.graph_objects``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from gradio.components.plot import PlotData
+
+__all__ = [
+    "SpectrumPanel",
+    "CropBox",
+    "plot_data",
+    "message_figure",
+    "topk_figure",
+    "spectra_figure",
+    "feature_maps_figure",
+    "strides_figure",
+    "resolution_figure",
+]
+
+FONT = {"family": "Inter, Arial, sans-serif", "size": 12}
+BOX_COLOUR = "#ff2d55"
+RAMP_FILL = "rgba(255, 170, 0, 0.35)"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+
+
+def plot_data(figure: dict | go.Figure) -> PlotData:
+    """A figure (JSON dict or ``go.Figure``) as the value ``gr.Plot`` sends to the browser."""
+    text = figure.to_json() if isinstance(figure, go.Figure) else json.dumps(figure, separators=(",", ":"))
+    return PlotData(type="plotly", plot=text)
+
+
+def message_figure(text: str, height: int = 240) -> dict:
+    """An empty figure that shows one sentence (placeholders, 'no model' states)."""
+    return {
+        "data": [],
+        "layout": {
+            "height": height,
+            "font": FONT,
+            "xaxis": {"visible": False},
+            "yaxis": {"visible": False},
+            "annotations": [
+                {"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                 "font": {"size": 14, "color": "#666"}}
+            ],
+            "margin": {"l": 10, "r": 10, "t": 10, "b": 10},
+            "plot_bgcolor": "rgba(0,0,0,0)",
+            "paper_bgcolor": "rgba(0,0,0,0)",
+        },
+    }
+
+
+def topk_figure(topk: Sequence[tuple[str, float]], title: str = "") -> dict:
+    """Horizontal bars of the top-k class probabilities, the most likely on top."""
+    classes = [c for c, _ in topk][::-1]
+    probs = [round(100.0 * float(p), 2) for _, p in topk][::-1]
+    colours = ["#9bb7d4"] * (len(probs) - 1) + ["#1f5fa8"] if probs else []
+    return {
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "x": probs,
+                "y": classes,
+                "marker": {"color": colours},
+                "text": [f"{p:.1f}%" for p in probs],
+                "textposition": "auto",
+                "hovertemplate": "%{y}: %{x:.2f}%<extra></extra>",
+            }
+        ],
+        "layout": {
+            "title": {"text": title, "font": {"size": 13}} if title else None,
+            "height": 250,
+            "font": FONT,
+            "margin": {"l": 90, "r": 20, "t": 30 if title else 10, "b": 40},
+            "xaxis": {"title": {"text": "probability (%)"}, "range": [0, 100], "fixedrange": True},
+            "yaxis": {"fixedrange": True, "automargin": True},
+            "bargap": 0.25,
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Spectra grid
+# --------------------------------------------------------------------------------------
+@dataclass
+class CropBox:
+    """One downsampling layer's crop, drawn on the spectrum of the map it downsamples.
+
+    ``pass_h``/``pass_w``: mask 1 for ``|f| <= pass``; ``cut_h``/``cut_w``: mask 0 from there
+    (the ramp band lies between); all in frequency bins of the drawn map.
+    """
+
+    layer: str
+    kind: str
+    stride: tuple[float, float]
+    pass_h: float
+    pass_w: float
+    cut_h: float
+    cut_w: float
+    out_size: tuple[int, int]
+
+    @property
+    def has_ramp(self) -> bool:
+        return self.cut_h > self.pass_h + 1e-6 or self.cut_w > self.pass_w + 1e-6
+
+    @property
+    def label(self) -> str:
+        sh, sw = self.stride
+        kind = {"diffstride": "learned s", "spectral-fourier": "s", "spectral-hartley": "s"}.get(self.kind, "s")
+        return f"{kind}=({sh:.2f}, {sw:.2f}) → {self.out_size[0]}×{self.out_size[1]}"
+
+
+@dataclass
+class SpectrumPanel:
+    """One subplot: the centred log-magnitude spectrum of one map (zero frequency at (h//2, w//2))."""
+
+    key: str
+    title: str
+    spectrum: np.ndarray
+    box: CropBox | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = {1: 1, 2: 2, 3: 3, 4: 4, 5: 3, 6: 3, 7: 4, 8: 4}.get(n, 4)
+    return math.ceil(n / cols), cols
+
+
+def _freqs(n: int) -> list[int]:
+    return list(range(-(n // 2), n - n // 2))
+
+
+def _clip(value: float, limit: float) -> float:
+    return float(max(-limit, min(limit, value)))
+
+
+def _rect_path(x: float, y: float, lim_x: float, lim_y: float) -> str:
+    x0, x1 = _clip(-x, lim_x), _clip(x, lim_x)
+    y0, y1 = _clip(-y, lim_y), _clip(y, lim_y)
+    return f"M{x0},{y0}H{x1}V{y1}H{x0}Z"
+
+
+def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250) -> dict:
+    """A grid of spectrum heatmaps, one per map, with each layer's crop box and ramp band.
+
+    The pass box (``|f_h| <= pass_h``, ``|f_w| <= pass_w``) is a solid outline; the ramp
+    band (mask falling to 0 at ``cut``) is shaded; the part of the spectrum outside it is
+    what the layer removes.
+    """
+    n = len(panels)
+    if n == 0:
+        return message_figure("No feature maps to show.")
+    rows, cols = _grid(n)
+    gap_x, gap_y = 0.055, 0.33 / rows
+    width = (1.0 - gap_x * (cols - 1)) / cols
+    height = (1.0 - gap_y * (rows - 1)) / rows
+    data: list[dict] = []
+    shapes: list[dict] = []
+    annotations: list[dict] = []
+    layout: dict[str, Any] = {}
+    for index, panel in enumerate(panels):
+        r, c = divmod(index, cols)
+        axis = "" if index == 0 else str(index + 1)
+        xref, yref = f"x{axis}", f"y{axis}"
+        x_dom = [c * (width + gap_x), c * (width + gap_x) + width]
+        y_top = 1.0 - r * (height + gap_y)
+        y_dom = [y_top - height, y_top]
+        spec = np.asarray(panel.spectrum, dtype=np.float32)
+        h, w = spec.shape
+        data.append(
+            {
+                "type": "heatmap",
+                "z": np.round(spec, 2).tolist(),
+                "x": _freqs(w),
+                "y": _freqs(h),
+                "xaxis": xref,
+                "yaxis": yref,
+                "colorscale": "Viridis",
+                "showscale": False,
+                "hovertemplate": "f_h=%{y}, f_w=%{x}<br>log(1+|F|)=%{z:.2f}<extra>" + panel.key + "</extra>",
+            }
+        )
+        lim_x, lim_y = w / 2 + 0.5, h / 2 + 0.5
+        tick = {"size": 9}
+        layout[f"xaxis{axis}"] = {
+            "domain": x_dom, "anchor": yref, "range": [-(w // 2) - 0.5, w - w // 2 - 0.5],
+            "title": {"text": "f_w (bins)", "font": {"size": 10}, "standoff": 2}, "tickfont": tick,
+            "showgrid": False, "zeroline": False, "constrain": "domain",
+        }
+        layout[f"yaxis{axis}"] = {
+            "domain": y_dom, "anchor": xref, "range": [-(h // 2) - 0.5, h - h // 2 - 0.5],
+            "title": {"text": "f_h", "font": {"size": 10}, "standoff": 2}, "tickfont": tick,
+            "showgrid": False, "zeroline": False, "scaleanchor": xref, "constrain": "domain",
+        }
+        annotations.append(
+            {"text": panel.title, "showarrow": False, "xref": "paper", "yref": "paper",
+             "x": (x_dom[0] + x_dom[1]) / 2, "y": y_dom[1] + 0.01, "xanchor": "center", "yanchor": "bottom",
+             "font": {"size": 11}, "align": "center"}
+        )
+        box = panel.box
+        if box is None:
+            continue
+        if box.has_ramp:
+            outer = _rect_path(box.cut_w, box.cut_h, lim_x, lim_y)
+            inner = _rect_path(box.pass_w, box.pass_h, lim_x, lim_y)
+            shapes.append(
+                {"type": "path", "path": outer + inner, "fillrule": "evenodd", "xref": xref, "yref": yref,
+                 "fillcolor": RAMP_FILL, "line": {"width": 1, "color": "rgba(255,170,0,0.9)", "dash": "dot"},
+                 "name": f"ramp:{box.layer}", "layer": "above"}
+            )
+        shapes.append(
+            {"type": "path", "path": _rect_path(box.pass_w, box.pass_h, lim_x, lim_y), "xref": xref, "yref": yref,
+             "line": {"width": 2.5, "color": BOX_COLOUR}, "fillcolor": "rgba(0,0,0,0)",
+             "name": f"crop:{box.layer}", "layer": "above"}
+        )
+        annotations.append(
+            {"text": box.label, "showarrow": False, "xref": f"{xref} domain", "yref": f"{yref} domain",
+             "x": 0.02, "y": 0.02, "xanchor": "left", "yanchor": "bottom",
+             "font": {"size": 10, "color": "white"}, "bgcolor": "rgba(0,0,0,0.55)", "borderpad": 2}
+        )
+    layout.update(
+        {
+            "height": int(rows * panel_px + 60 * rows + 20),
+            "font": FONT,
+            "margin": {"l": 40, "r": 10, "t": 70, "b": 30},
+            "shapes": shapes,
+            "annotations": annotations,
+            "showlegend": False,
+            "plot_bgcolor": "white",
+        }
+    )
+    return {"data": data, "layout": layout}
+
+
+# --------------------------------------------------------------------------------------
+# Feature maps
+# --------------------------------------------------------------------------------------
+def feature_maps_figure(features: dict[str, np.ndarray], channels: int = 3, panel_px: int = 120) -> dict:
+    """Per stage: the channel mean and the ``channels`` most active channels (largest spatial
+    variance), as image heatmaps (bright = high)."""
+    stages = list(features)
+    if not stages:
+        return message_figure("No feature maps to show.")
+    cols = 1 + max(0, int(channels))
+    rows = len(stages)
+    gap_x, gap_y = 0.02, 0.12 / max(rows, 1)
+    width = (1.0 - gap_x * (cols - 1)) / cols
+    height = (1.0 - gap_y * (rows - 1)) / rows
+    data, annotations, layout = [], [], {}
+    for r, stage in enumerate(stages):
+        fmap = np.asarray(features[stage], dtype=np.float32)
+        # The most active channels (largest spatial variance) say more than the first ones.
+        order = np.argsort(-fmap.reshape(fmap.shape[0], -1).var(axis=1), kind="stable")[: cols - 1]
+        maps = [("mean", fmap.mean(axis=0))] + [(f"ch {int(k)}", fmap[k]) for k in order]
+        for c, (name, image) in enumerate(maps):
+            index = r * cols + c
+            axis = "" if index == 0 else str(index + 1)
+            x_dom = [c * (width + gap_x), c * (width + gap_x) + width]
+            y_top = 1.0 - r * (height + gap_y)
+            y_dom = [y_top - height, y_top]
+            data.append(
+                {"type": "heatmap", "z": np.round(image, 3).tolist(), "xaxis": f"x{axis}", "yaxis": f"y{axis}",
+                 "colorscale": "Greys", "reversescale": True, "showscale": False,
+                 "hovertemplate": f"{stage} {name}" + " (%{y}, %{x}): %{z:.3f}<extra></extra>"}
+            )
+            layout[f"xaxis{axis}"] = {"domain": x_dom, "anchor": f"y{axis}", "visible": False, "constrain": "domain"}
+            layout[f"yaxis{axis}"] = {"domain": y_dom, "anchor": f"x{axis}", "visible": False, "autorange": "reversed",
+                                      "scaleanchor": f"x{axis}", "constrain": "domain"}
+            label = f"{stage} · {fmap.shape[1]}×{fmap.shape[2]} · {name}" if c == 0 else name
+            annotations.append(
+                {"text": label, "showarrow": False, "xref": "paper", "yref": "paper", "x": (x_dom[0] + x_dom[1]) / 2,
+                 "y": y_dom[1], "xanchor": "center", "yanchor": "bottom", "font": {"size": 10}}
+            )
+    layout.update({"height": int(rows * (panel_px + 24) + 40), "font": FONT, "annotations": annotations,
+                   "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "showlegend": False})
+    return {"data": data, "layout": layout}
+
+
+# --------------------------------------------------------------------------------------
+# Compare tab
+# --------------------------------------------------------------------------------------
+def strides_figure(strides: dict[str, dict[str, tuple[float, float]]], stages: Sequence[str]) -> go.Figure:
+    """Grouped bars: per stage (x), one bar per model: its stride along height and width.
+
+    strides: ``{model: {stage: (s_h, s_w)}}``; stages without a downsampling layer are 1.
+    """
+    fig = go.Figure()
+    for index, (model, per_stage) in enumerate(strides.items()):
+        colour = PALETTE[index % len(PALETTE)]
+        for axis, (pos, pattern) in enumerate(((0, ""), (1, "/"))):
+            values = [float(per_stage.get(s, (1.0, 1.0))[pos]) for s in stages]
+            fig.add_bar(
+                x=list(stages), y=values, name=f"{model} ({'s_h' if axis == 0 else 's_w'})",
+                marker={"color": colour, "pattern": {"shape": pattern}},
+                offsetgroup=f"{model}-{axis}", legendgroup=model,
+                text=[f"{v:.2f}" for v in values], textposition="outside",
+                hovertemplate=f"{model}<br>%{{x}}: {'s_h' if axis == 0 else 's_w'}=%{{y:.3f}}<extra></extra>",
+            )
+    fig.update_layout(
+        barmode="group", height=340, font=FONT, margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        yaxis_title="stride", title={"text": "Strides per stage (solid: height, hatched: width)", "font": {"size": 13}},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def resolution_figure(sizes: dict[str, dict[str, tuple[int, int]]], stages: Sequence[str]) -> go.Figure:
+    """Spatial size (height×width) of each stage's output map, one line per model."""
+    fig = go.Figure()
+    for index, (model, per_stage) in enumerate(sizes.items()):
+        present = [s for s in stages if s in per_stage]
+        fig.add_scatter(
+            x=present, y=[per_stage[s][0] * per_stage[s][1] for s in present], mode="lines+markers+text",
+            name=model, line={"color": PALETTE[index % len(PALETTE)]},
+            text=[f"{per_stage[s][0]}×{per_stage[s][1]}" for s in present], textposition="top center",
+            hovertemplate=f"{model}<br>%{{x}}: %{{text}}<extra></extra>",
+        )
+    fig.update_layout(
+        height=340, font=FONT, margin={"l": 60, "r": 10, "t": 40, "b": 40},
+        title={"text": "Resolution per stage (pixels per channel, log scale)", "font": {"size": 13}},
+        yaxis={"type": "log", "title": "h × w"}, xaxis={"categoryorder": "array", "categoryarray": list(stages)},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig

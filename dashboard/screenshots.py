@@ -1,0 +1,122 @@
+"""Screenshots of every dashboard tab with a real Chromium (Playwright), for the docs.
+
+    python -m dashboard.screenshots --url http://127.0.0.1:7860/ --out docs/screenshots \
+        [--image tests/assets/0001_ship.png] [--chromium /usr/bin/chromium]
+
+Uploads one image, waits for the prediction, then captures the Classify, Spectra (with
+feature maps), Compare and Training tabs as ``<tab>.png``. Also used by the browser test.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+__all__ = ["CHROMIUM_ARGS", "find_chromium", "launch_browser", "upload_and_wait", "open_tab", "capture_all"]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_chromium() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def launch_browser(playwright, executable: str | None = None):
+    executable = executable or find_chromium()
+    if executable is None:
+        raise FileNotFoundError("Chromium not found (install it: apt-get install chromium)")
+    return playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+
+
+def upload_and_wait(page, image: str | Path, timeout_ms: int = 60_000) -> str:
+    """Upload ``image`` into the input panel; returns the predicted label once it shows."""
+    page.locator("#input-image input[type=file]").set_input_files(str(image))
+    label = page.locator("#top5-label h2").first
+    page.wait_for_function(
+        "() => { const el = document.querySelector('#top5-label h2'); return el && el.textContent.trim().length > 0; }",
+        timeout=timeout_ms,
+    )
+    return label.inner_text().strip()
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(300)
+
+
+def wait_for_plot(page, selector: str, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function(
+        "(sel) => { const root = document.querySelector(sel); return root && root.querySelector('.main-svg'); }",
+        arg=selector, timeout=timeout_ms,
+    )
+
+
+def capture_all(url: str, out: Path, image: Path, executable: str | None = None, width: int = 1440) -> dict[str, Path]:
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    shots: dict[str, Path] = {}
+    with sync_playwright() as p:
+        browser = launch_browser(p, executable)
+        page = browser.new_page(viewport={"width": width, "height": 1000}, device_scale_factor=1)
+        page.goto(url, wait_until="networkidle")
+        upload_and_wait(page, image)
+        wait_for_plot(page, "#top5-bar")
+        page.wait_for_timeout(800)
+        shots["classify"] = out / "classify.png"
+        page.screenshot(path=str(shots["classify"]), full_page=True)
+
+        open_tab(page, "Spectra")
+        wait_for_plot(page, "#spectra-plot")
+        page.get_by_text("Spatial feature maps").click()
+        page.locator("#show-features input[type=checkbox]").check()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#feature-plot .main-svg .heatmaplayer image, #feature-plot .hm').length > 0",
+            timeout=60_000,
+        )
+        page.wait_for_timeout(800)
+        shots["spectra"] = out / "spectra.png"
+        page.screenshot(path=str(shots["spectra"]), full_page=True)
+
+        open_tab(page, "Compare")
+        page.locator("#compare-btn").click()
+        wait_for_plot(page, "#compare-strides")
+        page.wait_for_function("() => document.querySelector('#compare-label-0 h2')", timeout=60_000)
+        page.wait_for_timeout(800)
+        shots["compare"] = out / "compare.png"
+        page.screenshot(path=str(shots["compare"]), full_page=True)
+
+        open_tab(page, "Training")
+        wait_for_plot(page, "#training-curves")
+        page.wait_for_timeout(800)
+        shots["training"] = out / "training.png"
+        page.screenshot(path=str(shots["training"]), full_page=True)
+        browser.close()
+    return shots
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:7860/")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--image", type=Path, default=ROOT / "tests" / "assets" / "0001_ship.png")
+    parser.add_argument("--chromium", default=None)
+    parser.add_argument("--width", type=int, default=1440)
+    args = parser.parse_args(argv)
+    for name, path in capture_all(args.url, args.out, args.image, args.chromium, args.width).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

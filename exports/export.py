@@ -1,0 +1,337 @@
+"""Export a trained checkpoint to ONNX with its model card, check parity, update the manifest.
+
+    python -m exports.export runs/hybrid.json --out exports/models/hybrid.onnx
+        [--fp16-weights] [--parity-images N] [--data-dir D] [--name NAME]
+
+Steps: load the checkpoint pair (card ``.json`` or ``.safetensors``; the other is found by
+stem), rebuild the model, ``hybrid_model.freeze`` it for 32x32 inputs (spectral layers
+become constant matrix products, so the graph is static), export with the
+``torch.export``-based exporter (opset 18, dynamic batch axis, outputs ``logits`` and one
+feature map per stage), ``onnx.checker``, parity against the unfrozen PyTorch model on
+real CIFAR-10 test images, embed the card (JSON, metadata key ``card``), write atomically
+and record the model in ``manifest.json`` beside it.
+
+Exit status: 0 written; 1 parity failed (nothing written); 2 bad input (one-line message).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from hybrid_model import describe_downsampling, freeze, model_cost
+
+from .checkpoint_io import CheckpointError, atomic_write_bytes, atomic_write_text, file_sha256, load_checkpoint, resolve_pair
+from .parity import DEFAULT_IMAGES, ParityReport, check_parity
+from .runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems
+
+__all__ = ["ExportResult", "OPSET", "export_checkpoint", "fp16_weights", "main", "update_manifest", "read_manifest"]
+
+OPSET = 18
+INPUT_SIZE = (32, 32)
+MANIFEST = "manifest.json"
+CARD_FORMAT = 1
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_checkpoint` produced (``path`` is None when parity failed)."""
+
+    path: Path | None
+    card: dict
+    parity: ParityReport | None
+    size_bytes: int
+    sha256: str | None
+
+
+class _Outputs(nn.Module):
+    """Returns ``(logits, *feature maps)`` so every stage becomes a named graph output."""
+
+    def __init__(self, model: nn.Module, feature_names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_names = tuple(feature_names)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, features = self.model.forward_features(x)
+        return (logits, *(features[name] for name in self.feature_names))
+
+
+def _feature_names(model: nn.Module) -> list[str]:
+    with torch.no_grad():
+        _, features = model.forward_features(torch.zeros(1, 3, *INPUT_SIZE))
+    return [name for name in STAGES if name in features]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress prints and deprecation chatter (errors still raise)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _export_proto(frozen: nn.Module, feature_names: Sequence[str]) -> onnx.ModelProto:
+    """ONNX graph of the frozen model; batch axis dynamic (traced with batch 2 so it is not
+    specialised to 1)."""
+    wrapper = _Outputs(frozen, feature_names).eval()
+    example = torch.zeros(2, 3, *INPUT_SIZE)
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[LOGITS, *feature_names],
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def fp16_weights(model: onnx.ModelProto, min_elements: int = 1024) -> onnx.ModelProto:
+    """Store the convolution kernels (4-D float initializers) as float16 behind ``Cast`` nodes.
+
+    Halves the file; compute stays float32 (onnxruntime folds the Casts at load time, so
+    speed is unchanged). Batch-norm, FC and the frozen spectral operators stay float32:
+    they are a negligible share of the bytes and the most precision-sensitive.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        if init.data_type != TensorProto.FLOAT or array.ndim != 4 or array.size < min_elements:
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(array.astype(np.float16), name=f"{init.name}__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT, name=f"{init.name}__cast"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)  # Casts first keeps the graph topologically sorted
+    return out
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]:
+    """``(inputs, outputs)`` as ``(name, dims)`` lists (initializers excluded from inputs)."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [(v.name, _dims(v)) for v in model.graph.input if v.name not in initializers]
+    return inputs, [(v.name, _dims(v)) for v in model.graph.output]
+
+
+def _json_safe(value: Any) -> Any:
+    """Tuples/NumPy scalars/dataclass dicts -> plain JSON types."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def build_card(
+    card: Mapping[str, Any],
+    model: nn.Module,
+    proto: onnx.ModelProto,
+    *,
+    name: str,
+    checkpoint_sha256: str,
+    fp16: bool,
+    parity: ParityReport | None,
+) -> dict:
+    """The training card plus what the export knows: layers, cost, outputs, parity, provenance."""
+    _, outputs = graph_io(proto)
+    full = dict(card)
+    full.update(
+        name=name,
+        format=CARD_FORMAT,
+        input_size=list(INPUT_SIZE),
+        layers=[info.to_dict() for info in describe_downsampling(model, INPUT_SIZE)],
+        cost=model_cost(model, INPUT_SIZE),
+        source_checkpoint_sha256=checkpoint_sha256,
+        outputs=[{"name": n, "shape": shape} for n, shape in outputs],
+        parity=None if parity is None else parity.to_dict(),
+        export={
+            "opset": OPSET,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "fp16_weights": fp16,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return _json_safe(full)
+
+
+def _set_card(proto: onnx.ModelProto, card: Mapping[str, Any]) -> None:
+    for prop in list(proto.metadata_props):
+        if prop.key == "card":
+            proto.metadata_props.remove(prop)
+    onnx.helper.set_model_props(proto, {"card": json.dumps(card, separators=(",", ":"))})
+    proto.doc_string = f"{card['name']}: {card['variant']} ResNet-18 on {card.get('dataset')} (see metadata 'card')"
+
+
+# --------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """Serialise manifest updates between concurrent exports (flock on the folder; POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: best effort, the write itself is still atomic
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    """``manifest.json`` of a models folder (``{"format": 1, "models": []}`` if absent)."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return {"format": 1, "models": []}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise ValueError(f"{path}: not a manifest (expected an object with a 'models' list)")
+    return data
+
+
+def update_manifest(onnx_path: Path, card: Mapping[str, Any], sha256: str) -> Path:
+    """Add or replace this model's entry (same name or same file) in the folder's manifest."""
+    directory = onnx_path.parent
+    entry = {
+        "name": card["name"],
+        "file": onnx_path.name,
+        "variant": card["variant"],
+        "dataset": card.get("dataset"),
+        "test_acc": card.get("test_acc"),
+        "size_bytes": onnx_path.stat().st_size,
+        "sha256": sha256,
+        "fp16_weights": card["export"]["fp16_weights"],
+    }
+    with _locked(directory):
+        try:
+            manifest = read_manifest(directory)
+        except (ValueError, json.JSONDecodeError):
+            manifest = {"format": 1, "models": []}  # a broken manifest is rebuilt, not fatal
+        models = [m for m in manifest["models"] if m.get("name") != entry["name"] and m.get("file") != entry["file"]]
+        models.append(entry)
+        manifest["models"] = sorted(models, key=lambda m: str(m.get("name")))
+        return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# The export
+# --------------------------------------------------------------------------------------
+def export_checkpoint(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fp16: bool = False,
+    parity_images: int = DEFAULT_IMAGES,
+    data_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    tolerance: float | None = None,
+    manifest: bool = True,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export one checkpoint (see the module docstring). Returns an :class:`ExportResult`.
+
+    Raises ``CheckpointError``/``ModelError``/``FileNotFoundError`` on bad input. When
+    parity fails nothing is written and ``result.path`` is None.
+    """
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out must end in .onnx, got {out}")
+    weights, _ = resolve_pair(source)
+    model, card = load_checkpoint(source)
+    name = name or out.stem
+    started = time.perf_counter()
+    features = _feature_names(model)
+    proto = _export_proto(freeze(model, INPUT_SIZE), features)
+    if fp16:
+        proto = fp16_weights(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    log(f"exported {card['variant']} ({len(features)} feature outputs, opset {OPSET}) in {time.perf_counter() - started:.1f}s")
+    report = None
+    if parity_images > 0:
+        report = check_parity(model, proto.SerializeToString(), card, parity_images, data_dir, fp16, tolerance)
+        for line in report.lines():
+            log(line)
+    full_card = build_card(card, model, proto, name=name, checkpoint_sha256=file_sha256(weights), fp16=fp16, parity=report)
+    problems = card_problems(full_card, *graph_io(proto))
+    if problems:  # would be a bug in this module: never ship a model the registry rejects
+        raise ModelError(f"exported card does not match the graph: {problems[0]}")
+    _set_card(proto, full_card)
+    data = proto.SerializeToString()
+    if report is not None and not report.passed:
+        return ExportResult(None, full_card, report, len(data), None)
+    atomic_write_bytes(out, data)
+    sha = file_sha256(out)
+    if manifest:
+        update_manifest(out, full_card, sha)
+    log(f"wrote {out} ({len(data) / 1e6:.1f} MB, sha256 {sha[:12]}...)")
+    return ExportResult(out, full_card, report, len(data), sha)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exports.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="training checkpoint: NAME.safetensors or its NAME.json card")
+    parser.add_argument("--out", type=Path, required=True, help="output .onnx path (manifest.json is updated beside it)")
+    parser.add_argument("--fp16-weights", action="store_true", help="store conv kernels as float16 (half the size)")
+    parser.add_argument("--parity-images", type=int, default=DEFAULT_IMAGES, help="CIFAR-10 test images for parity (0 skips)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="CIFAR data folder (default ../shared/data)")
+    parser.add_argument("--name", default=None, help="model name in the card and manifest (default: --out stem)")
+    parser.add_argument("--tolerance", type=float, default=None, help="override the parity tolerance on logits")
+    parser.add_argument("--no-manifest", action="store_true", help="do not touch manifest.json")
+    args = parser.parse_args(argv)
+    try:
+        result = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            fp16=args.fp16_weights,
+            parity_images=args.parity_images,
+            data_dir=args.data_dir,
+            name=args.name,
+            tolerance=args.tolerance,
+            manifest=not args.no_manifest,
+        )
+    except (CheckpointError, ModelError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.path is None:
+        print(f"error: parity check failed: logits differ by {result.parity.logits_max_abs:.3e} "
+              f"(tolerance {result.parity.tolerance:g}); {args.out} not written", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Numerical parity of an exported ONNX model with its PyTorch checkpoint, on real CIFAR images.
+
+The PyTorch side is the *unfrozen* model (DiffStride/spectral layers as trained), so the
+check covers ``freeze`` and the export together. Inputs go through the same
+normalisation the runtime uses (:func:`exports.runtime.normalize_uint8`).
+
+Tolerances (max |logit difference| over the batch):
+
+* float32 weights: ``1e-4`` absolute (``FP32_TOLERANCE``);
+* fp16-stored weights: ``FP16_TOLERANCE = 2e-2`` *relative to the logit scale*, i.e.
+  ``max|d logits| <= 0.02 * max(1, max|reference logits|)``. Rounding every conv
+  kernel to 11 significant bits perturbs each layer by ~2^-12 relative; across 20
+  layers that measured 1e-3..5e-3 of the logit scale on the bundled variants, so 2e-2
+  leaves headroom while still catching a wrong graph (which is off by O(1)).
+
+Command line (exit 1 when the tolerance is exceeded, 2 on bad input)::
+
+    python -m exports.parity MODEL.onnx CHECKPOINT_OR_CARD [--images N] [--data-dir D]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import pickle
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .runtime import CPU, ModelError, normalization_for, normalize_uint8
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "FP16_TOLERANCE",
+    "FP32_TOLERANCE",
+    "ParityReport",
+    "check_parity",
+    "load_parity_images",
+    "main",
+]
+
+FP32_TOLERANCE = 1e-4
+FP16_TOLERANCE = 2e-2
+DEFAULT_IMAGES = 64
+#: ``shared/data`` next to the repository checkout (read-only CIFAR copies).
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+_CHUNK = 64
+
+
+@dataclass
+class ParityReport:
+    """Differences between onnxruntime and PyTorch on the same ``n_images`` inputs."""
+
+    n_images: int
+    source: str
+    logits_max_abs: float
+    logits_scale: float
+    features_max_abs: dict[str, float]
+    features_max_rel: dict[str, float]
+    top1_agreement: float
+    tolerance: float
+    tolerance_kind: str  # "absolute" or "relative to max(1, max|logits|)"
+    fp16_weights: bool
+    passed: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one figure per line."""
+        out = [
+            f"parity on {self.n_images} images ({self.source}), "
+            f"{'fp16' if self.fp16_weights else 'fp32'} weights, onnxruntime CPU vs PyTorch eager",
+            f"  logits   max|diff| = {self.logits_max_abs:.3e}  (|logits| up to {self.logits_scale:.3g}; "
+            f"tolerance {self.tolerance:g} {self.tolerance_kind})",
+        ]
+        for name, diff in self.features_max_abs.items():
+            out.append(f"  {name:<8} max|diff| = {diff:.3e}  (relative {self.features_max_rel[name]:.2e})")
+        out.append(f"  top-1 agreement = {self.top1_agreement:.4f}")
+        out.append(f"  {'PASSED' if self.passed else 'FAILED'}")
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, n: int) -> np.ndarray:
+    from PIL import Image
+
+    images = [
+        np.asarray(Image.open(io.BytesIO(blob[offsets[k] : offsets[k + 1]].tobytes())).convert("RGB"))
+        for k in range(n)
+    ]
+    return np.stack(images)
+
+
+def load_parity_images(n: int = DEFAULT_IMAGES, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The first ``n`` CIFAR-10 test images as ``(uint8 (n, 32, 32, 3), labels, description)``.
+
+    Looks in ``data_dir`` (default ``shared/data``) for, in order: the bit-exact
+    ``cifar10_partial_test.npz``, the JPEG copy ``cifar10_test_jpeg.npz``, torchvision's
+    ``cifar-10-batches-py/test_batch``.
+    """
+    root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    if n < 1:
+        raise ValueError(f"need at least one parity image, got {n}")
+    exact, jpeg, batch = root / "cifar10_partial_test.npz", root / "cifar10_test_jpeg.npz", root / "cifar-10-batches-py" / "test_batch"
+    if exact.is_file():
+        with np.load(exact) as data:
+            if n <= len(data["y"]):
+                return data["x"][:n], data["y"][:n], f"CIFAR-10 test, bit-exact, first {n}"
+    if jpeg.is_file():
+        with np.load(jpeg) as data:
+            n_total = len(data["y"])
+            if n <= n_total:
+                return _decode_jpegs(data["jpeg"], data["offsets"], n), data["y"][:n], f"CIFAR-10 test (JPEG copy), first {n}"
+    if batch.is_file():
+        with open(batch, "rb") as handle:
+            raw = pickle.load(handle, encoding="bytes")
+        x = raw[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        if n <= len(x):
+            return x[:n], np.asarray(raw[b"labels"][:n], np.uint8), f"CIFAR-10 test (torchvision files), first {n}"
+    raise FileNotFoundError(
+        f"no CIFAR-10 test images (at least {n}) in {root}: expected cifar10_partial_test.npz, "
+        "cifar10_test_jpeg.npz or cifar-10-batches-py/test_batch (use --data-dir)"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The comparison
+# --------------------------------------------------------------------------------------
+def _torch_outputs(model, x: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+    import torch
+
+    chunks: list[list[np.ndarray]] = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(x), _CHUNK):
+            logits, features = model.forward_features(torch.from_numpy(x[start : start + _CHUNK]))
+            chunks.append([logits.float().numpy()] + [features[n].float().numpy() for n in names[1:]])
+    return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def _ort_outputs(onnx_model: str | Path | bytes, x: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    try:
+        session = ort.InferenceSession(source, options, providers=[CPU])
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"not a loadable ONNX model ({reason[:200]})") from None
+    names = [o.name for o in session.get_outputs()]
+    chunks = [session.run(names, {"input": x[s : s + _CHUNK]}) for s in range(0, len(x), _CHUNK)]
+    return names, [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+def check_parity(
+    torch_model,
+    onnx_model: str | Path | bytes,
+    card: Mapping[str, Any],
+    n_images: int = DEFAULT_IMAGES,
+    data_dir: str | Path | None = None,
+    fp16_weights: bool = False,
+    tolerance: float | None = None,
+) -> ParityReport:
+    """Run both models on ``n_images`` real test images and compare every output.
+
+    ``onnx_model``: a path or the serialised model. Passes when the logits differ by at
+    most ``tolerance`` (default :data:`FP32_TOLERANCE` absolute, or
+    :data:`FP16_TOLERANCE` relative to the logit scale for fp16 weights).
+    """
+    images, _, source = load_parity_images(n_images, data_dir)
+    mean, std = normalization_for(card)
+    x = normalize_uint8(images, mean, std)
+    names, ort_out = _ort_outputs(onnx_model, x)
+    ref = _torch_outputs(torch_model, x, names)
+    for name, a, b in zip(names, ort_out, ref):
+        if a.shape != b.shape:
+            raise ModelError(f"output {name!r}: onnxruntime shape {a.shape} != PyTorch shape {b.shape}")
+    diffs = [float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ort_out, ref)]
+    scales = [float(np.max(np.abs(b))) for b in ref]
+    if tolerance is None:
+        tolerance = FP16_TOLERANCE if fp16_weights else FP32_TOLERANCE
+    relative = fp16_weights
+    limit = tolerance * max(1.0, scales[0]) if relative else tolerance
+    finite = all(np.isfinite(a).all() for a in ort_out)
+    return ParityReport(
+        n_images=len(x),
+        source=source,
+        logits_max_abs=diffs[0],
+        logits_scale=scales[0],
+        features_max_abs=dict(zip(names[1:], diffs[1:])),
+        features_max_rel={n: d / max(s, 1e-12) for n, d, s in zip(names[1:], diffs[1:], scales[1:])},
+        top1_agreement=float(np.mean(ort_out[0].argmax(1) == ref[0].argmax(1))),
+        tolerance=float(tolerance),
+        tolerance_kind="relative to max(1, max|logits|)" if relative else "absolute",
+        fp16_weights=fp16_weights,
+        passed=bool(finite and diffs[0] <= limit),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+def _read_onnx_card(path: Path) -> dict:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise ModelError(f"{path.name}: not an ONNX file ({type(error).__name__})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    return json.loads(meta["card"]) if "card" in meta else {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exports.parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("onnx", type=Path, help="exported .onnx model")
+    parser.add_argument("checkpoint", type=Path, help="the checkpoint it came from (.safetensors or .json card)")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="number of CIFAR-10 test images (default 64)")
+    parser.add_argument("--data-dir", type=Path, default=None, help=f"CIFAR data folder (default {DEFAULT_DATA_DIR})")
+    parser.add_argument("--tolerance", type=float, default=None, help="override the logits tolerance")
+    args = parser.parse_args(argv)
+    from .checkpoint_io import CheckpointError, load_checkpoint
+
+    try:
+        if not args.onnx.is_file():
+            raise ModelError(f"{args.onnx}: model file not found")
+        onnx_card = _read_onnx_card(args.onnx)
+        model, card = load_checkpoint(args.checkpoint)
+        fp16 = bool(onnx_card.get("export", {}).get("fp16_weights", False))
+        report = check_parity(model, args.onnx, card, args.images, args.data_dir, fp16, args.tolerance)
+    except (CheckpointError, ModelError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

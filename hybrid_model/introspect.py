@@ -1,0 +1,186 @@
+"""Looking inside a model: its downsampling layers, per-stage spectra, cost, and freezing.
+
+Used by the dashboard, the export command and the results tables.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
+from .spectral import AxisCrop
+
+__all__ = ["LayerInfo", "describe_downsampling", "log_spectrum", "model_cost", "freeze", "forward_features"]
+
+
+@dataclass
+class LayerInfo:
+    """One downsampling point of a model, at its current strides.
+
+    ``crop`` is ``(height, width)`` :class:`AxisCrop` in frequency bins of the input map
+    (``None`` for strided convolutions); for fixed spectral pooling the pass band and the cut
+    coincide (no ramp).
+    """
+
+    name: str
+    stage: str
+    kind: str
+    stride: tuple[float, float]
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    crop: tuple[AxisCrop, AxisCrop] | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _stage_of(name: str) -> str:
+    if name.startswith("layer"):
+        return name.split(".")[0]
+    return "head" if name.startswith("head") else "stem"
+
+
+def _is_downsampling(module: nn.Module) -> bool:
+    if isinstance(module, (DiffStride2d, SpectralPool2d)):
+        return True
+    return isinstance(module, nn.Conv2d) and module.stride != (1, 1)
+
+
+def _fixed_pool_crop(layer: SpectralPool2d, size: tuple[int, int], out: tuple[int, int]) -> tuple[AxisCrop, AxisCrop]:
+    kept_w = out[1] // 2 + 1 if layer.transform == "fourier" else out[1]
+    return (
+        AxisCrop(size[0], out[0] / 2, out[0] / 2, out[0], out[0]),
+        AxisCrop(size[1], out[1] / 2, out[1] / 2, kept_w, out[1]),
+    )
+
+
+def _layer_info(name: str, module: nn.Module, in_size: tuple[int, int], out_size: tuple[int, int]) -> LayerInfo:
+    if isinstance(module, DiffStride2d):
+        stride = tuple(float(s) for s in module.stride_pair().detach())
+        return LayerInfo(name, _stage_of(name), "diffstride", stride, in_size, out_size, module.crop(in_size))
+    if isinstance(module, SpectralPool2d):
+        crop = _fixed_pool_crop(module, in_size, out_size)
+        return LayerInfo(name, _stage_of(name), f"spectral-{module.transform}", module.stride, in_size, out_size, crop)
+    stride = tuple(float(s) for s in module.stride)
+    return LayerInfo(name, _stage_of(name), "conv", stride, in_size, out_size, None)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode and no grad for a probe forward (BN statistics must not move)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _probe_input(model: nn.Module, input_size: tuple[int, int]) -> Tensor:
+    param = next(model.parameters())
+    in_channels = getattr(model, "in_channels", 3)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, in_channels, *input_size, generator=generator).to(param.device, param.dtype)
+
+
+def describe_downsampling(model: nn.Module, input_size: tuple[int, int] = (32, 32)) -> list[LayerInfo]:
+    """Every downsampling layer of ``model`` in forward order, with sizes, strides and crops.
+
+    Runs one probe forward (eval mode, batch 1) of an ``input_size`` image. A DiffStride
+    layer's stride is projected for its input size by that forward, as in training.
+    """
+    sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if _is_downsampling(module):
+            def record(mod, inputs, output, name=name):
+                sizes[name] = (tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:]))
+
+            hooks.append(module.register_forward_hook(record))
+    try:
+        with _eval_mode(model):
+            model(_probe_input(model, input_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    modules = dict(model.named_modules())
+    return [_layer_info(name, modules[name], *io) for name, io in sizes.items()]
+
+
+def forward_features(model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Logits and per-stage feature maps (``model.forward_features``), in eval mode."""
+    with _eval_mode(model):
+        return model.forward_features(x)
+
+
+def log_spectrum(feature: Tensor | np.ndarray) -> np.ndarray:
+    """Channel-averaged, centred log-magnitude spectrum ``mean_c log1p(|fftshift(fft2(f_c))|)``.
+
+    feature: ``(C, H, W)`` or ``(B, C, H, W)`` -> ``(H, W)`` or ``(B, H, W)`` float32; the
+    zero frequency sits at ``(H // 2, W // 2)``.
+    """
+    array = feature.detach().float().cpu().numpy() if isinstance(feature, Tensor) else np.asarray(feature, np.float32)
+    if array.ndim not in (3, 4):
+        raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {array.shape}")
+    spectrum = np.fft.fftshift(np.fft.fft2(array), axes=(-2, -1))
+    return np.log1p(np.abs(spectrum)).mean(axis=-3).astype(np.float32)
+
+
+def model_cost(model: nn.Module, input_size: tuple[int, int] = (32, 32)) -> dict[str, int]:
+    """FLOPs (2 per multiply-add, counted by ``FlopCounterMode``), activation memory and
+    parameter count of one ``input_size`` image at the current strides (float32 bytes)."""
+    activation_elements = 0
+
+    def count(module, inputs, output):
+        nonlocal activation_elements
+        if isinstance(output, Tensor):
+            activation_elements += output.numel()
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    counter = FlopCounterMode(display=False)
+    try:
+        with _eval_mode(model), counter:
+            model(_probe_input(model, input_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {
+        "flops": int(counter.get_total_flops()),
+        "activation_bytes": int(activation_elements * 4),
+        "params": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def freeze(model: nn.Module, input_size: tuple[int, int] = (32, 32)) -> nn.Module:
+    """A copy of ``model`` with every spectral layer replaced by :class:`FixedSeparable2d`.
+
+    The copy computes the same function for ``input_size`` images with static shapes and
+    plain matrix products (learned strides frozen), which is what ONNX export needs.
+    """
+    frozen = copy.deepcopy(model).eval()
+    infos = {info.name: info for info in describe_downsampling(frozen, input_size)}
+    for name, module in list(frozen.named_modules()):
+        if not isinstance(module, (DiffStride2d, SpectralPool2d)):
+            continue
+        in_size = infos[name].in_size
+        if isinstance(module, DiffStride2d):
+            left, right = module.operators(in_size)
+        else:
+            left, right = module.operators(in_size, torch.float32, module_device(frozen))
+        parent_name, _, attr = name.rpartition(".")
+        parent = frozen.get_submodule(parent_name) if parent_name else frozen
+        setattr(parent, attr, FixedSeparable2d(left, right, in_size, source=infos[name].kind))
+    return frozen
+
+
+def module_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,302 @@
+"""Functional core of the spectral layers.
+
+Everything here follows ``shared/design/spectral-layers.md``. Each layer exists twice:
+
+* a *reference* written with ``torch.fft`` exactly as the design note (and the public
+  TensorFlow DiffStride code) describes it, kept for tests and benchmarks, and
+* a *fast* path that writes the same linear map as a sum of separable products
+  ``y = sum_t L_t @ x @ R_t`` with small real matrices built from cached DFT/Hartley
+  bases.  The DiffStride masks enter ``L``/``R`` differentiably, so the stride still
+  receives its gradient.
+
+Shapes: ``x`` is ``(..., H, W)``; operators are ``left: (T, h, H)`` and ``right: (T, W, w)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AxisCrop",
+    "diffstride_crop",
+    "diffstride_fft",
+    "diffstride_operators",
+    "spectral_pool_size",
+    "fourier_pool_fft",
+    "fourier_pool_operators",
+    "hartley_pool_size",
+    "hartley_pool_fft",
+    "hartley_pool_operators",
+    "apply_separable",
+]
+
+
+# --------------------------------------------------------------------------------------
+# DiffStride: frequency positions, masks and crops
+# --------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _height_positions(n: int) -> tuple[int, ...]:
+    """Positions of the full-FFT height bins, as the reference computes them.
+
+    ``fftshift(concat(reverse(r[n % 2:]), r))`` with ``r = 0..ceil(n/2)-1``; e.g. n=32 gives
+    ``[0..15, 15, 14, ..., 1, 0]`` (the -1 frequency gets position 0; asymmetric on purpose).
+    """
+    r = list(range((n + 1) // 2))
+    pos = list(reversed(r[n % 2:])) + r
+    shift = n // 2  # fftshift == roll by n // 2
+    return tuple(pos[(i - shift) % n] for i in range(n))
+
+
+def _positions(n: int, axis: str, like: Tensor) -> Tensor:
+    """Frequency positions of one axis: ``"h"`` full spectrum, ``"w"`` rfft half-spectrum."""
+    values = _height_positions(n) if axis == "h" else tuple(range(n // 2 + 1))
+    return torch.tensor(values, dtype=like.dtype, device=like.device)
+
+
+def _ramp_mask(positions: Tensor, threshold: Tensor, smoothness: float) -> Tensor:
+    """``clip((R + t - p) / R, 0, 1)``; for ``R == 0`` a hard box ``p < t`` (no stride gradient)."""
+    if smoothness > 0:
+        return ((smoothness + threshold - positions) / smoothness).clamp(0.0, 1.0)
+    return (positions < threshold).to(positions.dtype)
+
+
+@dataclass(frozen=True)
+class AxisCrop:
+    """What a spectral layer keeps along one axis (frequencies in bins of the input grid).
+
+    ``pass_to``: bins with position ``<= pass_to`` pass unchanged (mask 1);
+    ``cut_at``: bins with position ``>= cut_at`` are removed (mask 0); between the two lies
+    the ramp (smoothness) band.  ``kept`` is the number of kept bins, ``out_size`` the
+    output length of the axis.
+    """
+
+    size: int
+    pass_to: float
+    cut_at: float
+    kept: int
+    out_size: int
+
+
+def _diffstride_masks(stride: Tensor, size: tuple[int, int], smoothness: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Masks ``m_h`` (H,), ``m_w`` (W//2+1,) and thresholds ``t_h``, ``t_w`` for a stride (2,)."""
+    height, width = size
+    box_h = torch.clamp(height / stride[0], min=2.0)
+    box_w = torch.clamp(width / stride[1], min=2.0)
+    t_h, t_w = box_h / 2, box_w / 2 + 1
+    m_h = _ramp_mask(_positions(height, "h", stride), t_h, smoothness)
+    m_w = _ramp_mask(_positions(width, "w", stride), t_w, smoothness)
+    return m_h, m_w, t_h, t_w
+
+
+def _kept(mask: Tensor) -> list[int]:
+    """Indices with a non-zero mask (the crop, under stop-gradient)."""
+    return torch.nonzero(mask.detach() > 0).flatten().tolist()
+
+
+def diffstride_crop(stride: Tensor, size: tuple[int, int], smoothness: float) -> tuple[AxisCrop, AxisCrop]:
+    """The crop boxes a DiffStride layer with this (projected) stride applies to an HxW map."""
+    m_h, m_w, t_h, t_w = _diffstride_masks(stride.detach(), size, smoothness)
+    kept_h, kept_w = len(_kept(m_h)), len(_kept(m_w))
+    return (
+        AxisCrop(size[0], float(t_h), float(t_h) + smoothness, kept_h, kept_h),
+        AxisCrop(size[1], float(t_w), float(t_w) + smoothness, kept_w, 2 * (kept_w - 1)),
+    )
+
+
+def diffstride_fft(x: Tensor, stride: Tensor, smoothness: float) -> Tensor:
+    """Reference DiffStride with ``torch.fft`` (design note steps 2-6).
+
+    x: (..., H, W) real; stride: (2,) already projected. Returns (..., h_out, w_out).
+    """
+    m_h, m_w, _, _ = _diffstride_masks(stride, x.shape[-2:], smoothness)
+    spectrum = torch.fft.rfft2(x) * m_h[:, None] * m_w
+    spectrum = spectrum[..., _kept(m_h), :][..., _kept(m_w)]
+    return torch.fft.irfft2(spectrum)
+
+
+# --------------------------------------------------------------------------------------
+# Cached bases of the fast path
+# --------------------------------------------------------------------------------------
+def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def _unit_phasor(angle: Tensor) -> Tensor:
+    """``exp(i * angle)`` for a float64 angle tensor."""
+    return torch.polar(torch.ones_like(angle), angle)
+
+
+@lru_cache(maxsize=512)
+def _dft_rows(n: int, bins: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Forward DFT rows ``exp(-2 pi i k m / n)`` for the given bins: (len(bins), n) complex."""
+    k = torch.tensor(bins, dtype=torch.float64)[:, None]
+    m = torch.arange(n, dtype=torch.float64)[None, :]
+    return _unit_phasor(-2 * math.pi * k * m / n).to(device, _complex_dtype(dtype))
+
+
+@lru_cache(maxsize=512)
+def _inverse_dft(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Inverse DFT ``exp(2 pi i j k / n) / n``: (n, n) complex, maps bin k to sample j."""
+    j = torch.arange(n, dtype=torch.float64)
+    return (_unit_phasor(2 * math.pi * j[:, None] * j[None, :] / n) / n).to(device, _complex_dtype(dtype))
+
+
+@lru_cache(maxsize=512)
+def _inverse_rdft(n_out: int, n_bins: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The c2r inverse (``irfft`` of length ``n_out`` from ``n_bins`` bins) as ``Re(E^T X)``.
+
+    Returns E: (n_bins, n_out) complex with weight 1 for DC and (even n_out) Nyquist, 2 for
+    the others, divided by n_out.  Taking the real part drops the imaginary parts of DC and
+    Nyquist exactly as pocketfft/cuFFT c2r do.
+    """
+    k = torch.arange(n_bins, dtype=torch.float64)
+    weight = torch.full((n_bins,), 2.0, dtype=torch.float64)
+    weight[0] = 1.0
+    if n_out % 2 == 0 and n_bins == n_out // 2 + 1:
+        weight[-1] = 1.0
+    phase = 2 * math.pi * k[:, None] * torch.arange(n_out, dtype=torch.float64)[None, :] / n_out
+    return (_unit_phasor(phase) * (weight[:, None] / n_out)).to(device, _complex_dtype(dtype))
+
+
+def _height_operator(size: int, bins: list[int], mask: Tensor, n_out: int) -> Tensor:
+    """Complex (n_out, size): full FFT, keep ``bins`` (masked), inverse FFT of length n_out."""
+    rows = _dft_rows(size, tuple(bins), mask.device, mask.dtype)
+    return _inverse_dft(n_out, mask.device, mask.dtype) @ (mask[:, None] * rows)  # real mask * complex
+
+
+def _width_operator(size: int, n_bins: int, mask: Tensor, n_out: int) -> Tensor:
+    """Complex (size, n_out): rfft, keep the first ``n_bins`` bins (masked), irfft to n_out."""
+    rows = _dft_rows(size, tuple(range(n_bins)), mask.device, mask.dtype)
+    return rows.transpose(0, 1) @ (mask[:, None] * _inverse_rdft(n_out, n_bins, mask.device, mask.dtype))
+
+
+def _real_part_terms(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+    """``Re(A x P) = A_r x P_r - A_i x P_i`` as two separable terms (T=2)."""
+    return torch.stack([left.real, left.imag]), torch.stack([right.real, -right.imag])
+
+
+def diffstride_operators(stride: Tensor, size: tuple[int, int], smoothness: float) -> tuple[Tensor, Tensor]:
+    """Separable operators (``left`` (2, h, H), ``right`` (2, W, w)) of DiffStride.
+
+    Differentiable in ``stride`` (its masks enter the matrices); dtype follows ``stride``.
+    """
+    m_h, m_w, _, _ = _diffstride_masks(stride, size, smoothness)
+    keep_h, keep_w = _kept(m_h), _kept(m_w)
+    left = _height_operator(size[0], keep_h, m_h[keep_h], len(keep_h))
+    right = _width_operator(size[1], len(keep_w), m_w[: len(keep_w)], 2 * (len(keep_w) - 1))
+    return _real_part_terms(left, right)
+
+
+# --------------------------------------------------------------------------------------
+# Fixed Fourier spectral pooling (the DiffStride paper's spectral baseline)
+# --------------------------------------------------------------------------------------
+def spectral_pool_size(size: tuple[int, int], stride: tuple[float, float]) -> tuple[int, int]:
+    """``h_out = floor(H/s_h)`` rounded down to even, ``w_out = floor(W/s_w)``, both >= 2."""
+    h_out = max(int(size[0] // stride[0]) // 2 * 2, 2)
+    w_out = max(int(size[1] // stride[1]), 2)
+    return h_out, w_out
+
+
+def _fourier_height_bins(height: int, h_out: int) -> list[int]:
+    half = h_out // 2
+    return list(range(half)) + list(range(height - half, height))
+
+
+def fourier_pool_fft(x: Tensor, stride: tuple[float, float]) -> Tensor:
+    """Reference fixed spectral pooling: crop ``rfft2(x)`` and ``irfft2`` to (h_out, w_out)."""
+    height, width = x.shape[-2:]
+    h_out, w_out = spectral_pool_size((height, width), stride)
+    spectrum = torch.fft.rfft2(x)[..., _fourier_height_bins(height, h_out), :][..., : w_out // 2 + 1]
+    return torch.fft.irfft2(spectrum, s=(h_out, w_out))
+
+
+def fourier_pool_operators(
+    size: tuple[int, int], stride: tuple[float, float], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    h_out, w_out = spectral_pool_size(size, stride)
+    ones_h = torch.ones(h_out, dtype=dtype, device=device)
+    ones_w = torch.ones(w_out // 2 + 1, dtype=dtype, device=device)
+    left = _height_operator(size[0], _fourier_height_bins(size[0], h_out), ones_h, h_out)
+    right = _width_operator(size[1], w_out // 2 + 1, ones_w, w_out)
+    return _real_part_terms(left, right)
+
+
+# --------------------------------------------------------------------------------------
+# Hartley spectral pooling (Zhang & Ma 2020)
+# --------------------------------------------------------------------------------------
+def hartley_pool_size(size: tuple[int, int], stride: tuple[float, float]) -> tuple[int, int]:
+    """``floor(size / stride)`` per axis, at least 2 (the DHT is real: no even rounding)."""
+    return tuple(min(max(int(n // s), 2), n) for n, s in zip(size, stride))  # type: ignore[return-value]
+
+
+def _centred_frequencies(n_out: int) -> list[int]:
+    """Signed frequencies of a centred crop of length n_out: ``[-n_out//2, n_out - n_out//2)``."""
+    return list(range(-(n_out // 2), n_out - n_out // 2))
+
+
+def _dht(x: Tensor) -> Tensor:
+    spectrum = torch.fft.fft2(x)
+    return spectrum.real - spectrum.imag
+
+
+def hartley_pool_fft(x: Tensor, stride: tuple[float, float]) -> Tensor:
+    """Reference Hartley pooling: DHT, centred crop, inverse DHT on the small grid."""
+    height, width = x.shape[-2:]
+    h_out, w_out = hartley_pool_size((height, width), stride)
+    top, left = height // 2 - h_out // 2, width // 2 - w_out // 2
+    centred = torch.fft.fftshift(_dht(x), dim=(-2, -1))[..., top : top + h_out, left : left + w_out]
+    return _dht(torch.fft.ifftshift(centred, dim=(-2, -1))) / (h_out * w_out)
+
+
+@lru_cache(maxsize=256)
+def _cas_pair(n_in: int, freqs: tuple[int, ...], n_grid: int, device: torch.device, dtype: torch.dtype):
+    """cos / sin / cas(+) / cas(-) of ``2 pi f m / n_grid`` for m < n_in: each (len(freqs), n_in)."""
+    f = torch.tensor(freqs, dtype=torch.float64)[:, None]
+    angle = 2 * math.pi * f * torch.arange(n_in, dtype=torch.float64)[None, :] / n_grid
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return tuple(t.to(device, dtype) for t in (cos, sin, cos + sin, cos - sin))
+
+
+@lru_cache(maxsize=128)
+def hartley_pool_operators(
+    size: tuple[int, int], stride: tuple[float, float], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Four separable terms (``left`` (4, h, H), ``right`` (4, W, w)) of Hartley pooling.
+
+    Uses ``cas(a + b) = cos(a) cas(b) + sin(a) cas(-b)`` for both the forward DHT on the
+    input grid and the inverse DHT on the small grid.
+    """
+    (height, width), (h_out, w_out) = size, hartley_pool_size(size, stride)
+    f_h, f_w = tuple(_centred_frequencies(h_out)), tuple(_centred_frequencies(w_out))
+    cos1, sin1, _, _ = _cas_pair(height, f_h, height, device, dtype)  # (h, H)
+    _, _, casp1, casm1 = _cas_pair(width, f_w, width, device, dtype)  # (w, W)
+    cos2, sin2, _, _ = (t.transpose(0, 1) for t in _cas_pair(h_out, f_h, h_out, device, dtype))  # (h, h)
+    _, _, casp2, casm2 = (t.transpose(0, 1) for t in _cas_pair(w_out, f_w, w_out, device, dtype))  # (w, w)
+    scale = 1.0 / (h_out * w_out)
+    left = torch.stack([cos2 @ cos1, cos2 @ sin1, sin2 @ cos1, sin2 @ sin1]) * scale
+    right = torch.stack([casp2 @ casp1, casp2 @ casm1, casm2 @ casp1, casm2 @ casm1]).transpose(1, 2)
+    return left.contiguous(), right.contiguous()
+
+
+# --------------------------------------------------------------------------------------
+# Applying separable operators
+# --------------------------------------------------------------------------------------
+def apply_separable(x: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """``sum_t left[t] @ x @ right[t]`` with two large GEMMs.
+
+    x: (..., H, W); left: (T, h, H); right: (T, W, w) -> (..., h, w).
+    Width first as one (N*H, W) @ (W, T*w) product, then the height as one
+    (N*w, T*H) @ (T*H, h) product, so both GEMMs fold the whole batch.
+    """
+    *batch, height, width = x.shape
+    terms, h_out, _ = left.shape
+    w_out = right.shape[-1]
+    right_cat = right.permute(1, 0, 2).reshape(width, terms * w_out)  # (W, T*w)
+    u = x.reshape(-1, height, width) @ right_cat  # (N, H, T*w)
+    u = u.view(-1, height, terms, w_out).permute(0, 3, 2, 1).reshape(-1, terms * height)  # (N*w, T*H)
+    y = u @ left.permute(0, 2, 1).reshape(terms * height, h_out)  # (N*w, h)
+    return y.view(*batch, w_out, h_out).transpose(-1, -2)

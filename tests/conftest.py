@@ -1,0 +1,246 @@
+"""Shared fixtures: exported test models, a real dashboard server, real CIFAR test images.
+
+* ``models_dir`` (session): freshly initialised checkpoints of every variant, exported to
+  ONNX with the project's exporter (``exports.export.export_checkpoint``), with cards that
+  carry a short synthetic training history (so the Training tab has something to draw).
+  Exporting all variants takes a minute or two on a 2-core CPU, so the folder is cached
+  under ``artifacts/test-models/<key>/``, keyed by the source of ``hybrid_model``,
+  ``exports`` and this file; ``DASHBOARD_TEST_MODELS=DIR`` uses a ready folder instead.
+* ``app_server`` (session): ``python app.py --port P --models-dir <models_dir>`` as a
+  subprocess on a free port, up once the page is served; ``start_app`` starts more.
+* ``cifar_images``: the PNGs in ``tests/assets`` (bit-exact CIFAR-10 test images, label in
+  the file name).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = Path(__file__).resolve().parent / "assets"
+ARTIFACTS = ROOT / "artifacts"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+#: Synthetic test accuracies: makes the default ("best") model deterministic: hybrid.
+TEST_ACC = {"resnet18": 0.41, "spectral": 0.38, "diffstride": 0.44, "hybrid": 0.47, "diffstride2": 0.45}
+DEFAULT_MODEL = "hybrid"
+FIXTURE_VERSION = "1"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CifarImage:
+    path: Path
+    index: int
+    label: str
+
+
+@pytest.fixture(scope="session")
+def cifar_images() -> list[CifarImage]:
+    images = []
+    for path in sorted(ASSETS.glob("*.png")):
+        index, _, label = path.stem.partition("_")
+        images.append(CifarImage(path, int(index), label))
+    assert len(images) >= 20, f"expected the bundled CIFAR test images in {ASSETS}"
+    return images
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+def _source_key() -> str:
+    digest = hashlib.sha256(FIXTURE_VERSION.encode())
+    for folder in ("hybrid_model", "exports"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _synthetic_history(card_strides: dict[str, list[float]], epochs: int = 4) -> list[dict]:
+    """A short, clearly synthetic history (the Training tab needs one to draw)."""
+    history = []
+    for epoch in range(1, epochs + 1):
+        history.append({
+            "epoch": epoch,
+            "train_loss": round(2.3 / epoch, 4),
+            "train_acc": round(0.1 + 0.1 * epoch, 4),
+            "test_loss": round(2.4 / epoch + 0.1, 4),
+            "test_acc": round(0.1 + 0.08 * epoch, 4),
+            "strides": {layer: [round(s[0] + 0.1 * epoch, 4), round(s[1] + 0.05 * epoch, 4)]
+                        for layer, s in card_strides.items()},
+            "seconds": 1.0,
+        })
+    return history
+
+
+def build_test_models(out: Path, variants=VARIANTS) -> Path:
+    """Export one freshly initialised model per variant into ``out`` (with manifest)."""
+    from exports.checkpoint_io import fresh_checkpoint, load_card
+    from exports.export import export_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    calibration = np.load(ROOT.parent / "shared" / "data" / "cifar10_partial_test.npz")["x"][:128] \
+        if (ROOT.parent / "shared" / "data" / "cifar10_partial_test.npz").is_file() else None
+    checkpoints = out / "_checkpoints"
+    for seed, variant in enumerate(variants):
+        base = checkpoints / variant
+        _, card_path = fresh_checkpoint(variant, base, seed=seed, calibration_images=calibration)
+        card = load_card(card_path)
+        card.update(
+            test_acc=TEST_ACC.get(variant, 0.3),
+            history=_synthetic_history(card.get("learned_strides") or {}),
+            epoch=4, epochs=4,
+            data={"source": "synthetic test card (untrained weights)", "n_train": 0, "n_test": 0},
+        )
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        export_checkpoint(card_path, out / f"{variant}.onnx", parity_images=4, log=lambda line: None)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    override = os.environ.get("DASHBOARD_TEST_MODELS")
+    if override:
+        return Path(override)
+    target = ARTIFACTS / "test-models" / _source_key()
+    done = target / ".complete"
+    if not done.is_file():
+        staging = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        build_test_models(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        done.write_text("ok\n")
+    return target
+
+
+@pytest.fixture(scope="session")
+def broken_models_dir(models_dir: Path, tmp_path_factory) -> Path:
+    """One valid model, plus a corrupt .onnx, an ONNX file without a card, and an empty file."""
+    folder = tmp_path_factory.mktemp("broken-models")
+    shutil.copy(models_dir / "resnet18.onnx", folder / "resnet18.onnx")
+    (folder / "corrupt.onnx").write_bytes(b"\x08\x07garbage, not a protobuf" * 100)
+    (folder / "empty.onnx").write_bytes(b"")
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 10])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+              folder / "nocard.onnx")
+    return folder
+
+
+# --------------------------------------------------------------------------------------
+# The app server
+# --------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app exited with {process.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"app did not serve {url} within {timeout:.0f}s:\n{log_path.read_text(errors='replace')[-4000:]}")
+
+
+@contextmanager
+def run_app(models: Path, log_dir: Path, timeout: float = 120.0) -> Iterator[AppServer]:
+    """``python app.py --port P --models-dir models`` until the block ends."""
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    for attempt in range(3):
+        port = free_port()
+        log_path = log_dir / f"app-{port}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--models-dir", str(models)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            _wait_until_serving(url, process, log_path, timeout)
+        except RuntimeError:
+            process.kill()
+            process.wait()
+            if attempt == 2 or "address already in use" not in log_path.read_text(errors="replace").lower():
+                raise
+            continue
+        break
+    try:
+        yield AppServer(url, process, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def app_server(models_dir: Path, tmp_path_factory) -> Iterator[AppServer]:
+    with run_app(models_dir, tmp_path_factory.mktemp("app-logs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def client(app_server: AppServer):
+    from gradio_client import Client
+
+    return Client(app_server.url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def start_app(tmp_path_factory):
+    """Start extra app servers (other models folders) for the rest of the session."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        def start(models: Path) -> AppServer:
+            return stack.enter_context(run_app(models, tmp_path_factory.mktemp("app-logs")))
+
+        yield start

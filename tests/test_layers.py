@@ -1,0 +1,222 @@
+"""DiffStride2d and SpectralPool2d: the design note's semantics, fast path == torch.fft reference."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybrid_model import DiffStride2d, SpectralPool2d
+from hybrid_model import spectral as F
+
+torch.set_default_dtype(torch.float32)
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+# --- the note's worked examples -------------------------------------------------------
+def test_height_positions_match_the_note():
+    assert F._height_positions(32) == tuple(range(16)) + tuple(range(15, -1, -1))
+    assert F._height_positions(15) == tuple(range(1, 8)) + tuple(range(7, -1, -1))
+
+
+@pytest.mark.parametrize(
+    "size, stride, expected",
+    [((64, 64), (2.0, 4.0), (40, 24)), ((32, 32), (2.0, 2.0), (24, 24)), ((8, 8), (2.0, 2.0), (8, 8))],
+)
+def test_diffstride_output_sizes_match_the_note(size, stride, expected):
+    layer = DiffStride2d(stride, smoothness=4.0)
+    assert layer(torch.randn(1, 2, *size)).shape[-2:] == expected
+    assert layer.output_size(size) == expected
+
+
+@pytest.mark.parametrize("size, stride, expected", [((16, 16), 3, (4, 5)), ((64, 64), (2, 4), (32, 16)), ((5, 5), 3, (2, 2))])
+def test_fourier_pool_sizes_match_the_note(size, stride, expected):
+    layer = SpectralPool2d(stride)
+    assert layer(torch.randn(1, 2, *size)).shape[-2:] == expected
+    assert layer.output_size(size) == expected
+
+
+# --- fast path == reference (float64): outputs and both gradients ---------------------
+def _diffstride_both(x, stride, smoothness):
+    ref = F.diffstride_fft(x, stride, smoothness)
+    fast = F.apply_separable(x, *F.diffstride_operators(stride, tuple(x.shape[-2:]), smoothness))
+    return ref, fast
+
+
+def _assert_same_function(fn_ref, fn_fast, x, params):
+    """Same output, same gradient for x and every param under a random upstream gradient."""
+    inputs = [x, *params]
+    outs = []
+    for fn in (fn_ref, fn_fast):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        y = fn(*leaves)
+        upstream = _rand(*y.shape, seed=7)
+        grads = torch.autograd.grad((y * upstream).sum(), leaves, allow_unused=True)
+        # R = 0 makes the mask a hard box: the stride is then unused (zero gradient).
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+        outs.append((y.detach(), grads))
+    (y_ref, g_ref), (y_fast, g_fast) = outs
+    assert y_ref.shape == y_fast.shape
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(2, 40),
+    width=st.integers(2, 40),
+    s_h=st.floats(1.0, 6.0),
+    s_w=st.floats(1.0, 6.0),
+    smoothness=st.sampled_from([0.0, 1.0, 2.5, 4.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_diffstride_fast_equals_reference(height, width, s_h, s_w, smoothness, seed):
+    if min(height, width) <= smoothness:
+        return
+    # The projection of the design note (step 1), as the layer applies it.
+    stride = torch.tensor(
+        [max(s_h, height / (height - smoothness)), max(s_w, width / (width - smoothness))], dtype=torch.float64
+    )
+    x = _rand(2, 3, height, width, seed=seed)
+    ref_fn = lambda x, s: F.diffstride_fft(x, s, smoothness)  # noqa: E731
+    fast_fn = lambda x, s: F.apply_separable(x, *F.diffstride_operators(s, (height, width), smoothness))  # noqa: E731
+    _assert_same_function(ref_fn, fast_fn, x, [stride])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(2, 40),
+    width=st.integers(2, 40),
+    s_h=st.sampled_from([1, 1.5, 2, 3, 4]),
+    s_w=st.sampled_from([1, 2, 2.5, 3, 5]),
+    transform=st.sampled_from(["fourier", "hartley"]),
+    seed=st.integers(0, 2**16),
+)
+def test_spectral_pool_fast_equals_reference(height, width, s_h, s_w, transform, seed):
+    x = _rand(2, 3, height, width, seed=seed)
+    ref = SpectralPool2d((s_h, s_w), transform, impl="fft")
+    fast = SpectralPool2d((s_h, s_w), transform, impl="matmul")
+    _assert_same_function(ref, fast, x, [])
+
+
+@pytest.mark.parametrize("impl", ["matmul", "fft"])
+@pytest.mark.parametrize("size, stride", [((12, 12), (2.3, 1.7)), ((9, 14), (1.9, 3.2)), ((16, 10), (3.4, 2.6))])
+def test_diffstride_gradcheck(impl, size, stride):
+    x = _rand(1, 2, *size).requires_grad_(True)
+    s = torch.tensor(stride, dtype=torch.float64, requires_grad=True)
+    if impl == "fft":
+        fn = lambda x, s: F.diffstride_fft(x, s, 4.0)  # noqa: E731
+    else:
+        fn = lambda x, s: F.apply_separable(x, *F.diffstride_operators(s, size, 4.0))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, s), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("transform", ["fourier", "hartley"])
+def test_spectral_pool_gradcheck(transform):
+    x = _rand(1, 2, 11, 14).requires_grad_(True)
+    assert torch.autograd.gradcheck(SpectralPool2d((2, 3), transform), (x,))
+
+
+def test_stride_receives_gradient_only_through_the_ramp():
+    layer = DiffStride2d((2.3, 2.7)).double()
+    layer(_rand(2, 3, 32, 32)).square().sum().backward()
+    assert layer.stride.grad is not None and torch.all(layer.stride.grad != 0)
+    hard = DiffStride2d((2.3, 2.7), smoothness=0.0).double()
+    hard(_rand(2, 3, 32, 32).requires_grad_(True)).square().sum().backward()
+    assert hard.stride.grad is None  # a hard box (R = 0) does not depend on the stride
+
+
+def test_hartley_reference_matches_the_definition():
+    """DHT = Re(F) - Im(F) against the explicit cas sum, then the whole pooling by hand."""
+    x = _rand(5, 6)
+    n = torch.arange(5.0, dtype=torch.float64)[:, None, None, None]
+    m = torch.arange(6.0, dtype=torch.float64)[None, :, None, None]
+    k = torch.arange(5.0, dtype=torch.float64)[None, None, :, None]
+    l = torch.arange(6.0, dtype=torch.float64)[None, None, None, :]  # noqa: E741
+    angle = 2 * math.pi * (n * k / 5 + m * l / 6)
+    explicit = (x[:, :, None, None] * (torch.cos(angle) + torch.sin(angle))).sum((0, 1))
+    torch.testing.assert_close(F._dht(x), explicit)
+    # Pool 5x6 -> 2x3: frequencies {-1, 0} x {-1, 0, 1}, inverse DHT on the small grid.
+    y = F.hartley_pool_fft(x[None, None], (2.5, 2.0))[0, 0]
+    expected = torch.zeros(2, 3, dtype=torch.float64)
+    for p in range(2):
+        for q in range(3):
+            for fh in (-1, 0):
+                for fw in (-1, 0, 1):
+                    a = 2 * math.pi * (fh * p / 2 + fw * q / 3)
+                    expected[p, q] += explicit[fh % 5, fw % 6] * (math.cos(a) + math.sin(a)) / 6
+    torch.testing.assert_close(y, expected)
+
+
+def test_fourier_pool_at_stride_one_keeps_an_even_map():
+    x = _rand(1, 1, 16, 16)
+    torch.testing.assert_close(SpectralPool2d(1)(x), x)
+
+
+# --- the module: projection, limits, shared stride, dtype --------------------------------
+def test_projection_lifts_a_stride_near_one_and_writes_it_back():
+    layer = DiffStride2d(1.0, smoothness=4.0)
+    layer(torch.randn(1, 1, 32, 16))
+    torch.testing.assert_close(layer.stride.detach(), torch.tensor([32 / 28, 16 / 12]))
+
+
+def test_projection_respects_limits():
+    layer = DiffStride2d((1.0, 5.0), lower_limit=1.5, upper_limit=3.0)
+    layer(torch.randn(1, 1, 32, 32))
+    torch.testing.assert_close(layer.stride.detach(), torch.tensor([1.5, 3.0]))
+
+
+def test_shared_stride_is_one_parameter_used_for_both_axes():
+    layer = DiffStride2d(2.0, shared_stride=True)
+    assert layer.stride.shape == (1,)
+    layer(torch.randn(1, 1, 32, 8))  # projection: max(32/28, 8/4) = 2 for both axes
+    y = layer(torch.randn(1, 1, 32, 8))
+    assert torch.allclose(layer.stride_pair(), torch.tensor([2.0, 2.0]))
+    ref = F.diffstride_fft(torch.randn(1, 1, 32, 8), torch.tensor([2.0, 2.0]), 4.0)
+    assert y.shape == ref.shape
+
+
+def test_bf16_autocast_keeps_the_spectral_maths_in_float32():
+    x = torch.randn(2, 4, 16, 16)
+    layer = DiffStride2d(2.0)
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x.bfloat16())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=0.05, rtol=0.05)
+
+
+# --- errors --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: DiffStride2d(0.5), "stride must be finite and >= 1"),
+        (lambda: DiffStride2d(float("nan")), "finite"),
+        (lambda: DiffStride2d((1, 2, 3)), "one number or a pair"),
+        (lambda: DiffStride2d(2, smoothness=-1), "smoothness"),
+        (lambda: DiffStride2d(2, lower_limit=3, upper_limit=2), "lower_limit"),
+        (lambda: DiffStride2d((2, 3), shared_stride=True), "equal initial strides"),
+        (lambda: SpectralPool2d(0), ">= 1"),
+        (lambda: SpectralPool2d(2, transform="wavelet"), "'fourier' or 'hartley'"),
+    ],
+)
+def test_bad_arguments_raise_value_error(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("layer", [DiffStride2d(2.0), SpectralPool2d(2)])
+def test_bad_inputs_raise_value_error(layer):
+    with pytest.raises(ValueError, match="4-D input"):
+        layer(torch.randn(3, 16, 16))
+    with pytest.raises(ValueError, match="floating-point"):
+        layer(torch.ones(1, 1, 16, 16, dtype=torch.int64))
+
+
+def test_diffstride_refuses_maps_not_larger_than_the_smoothness():
+    with pytest.raises(ValueError, match=r"> smoothness R=4.0.*4x9"):
+        DiffStride2d(2.0)(torch.randn(1, 1, 4, 9))

@@ -1,0 +1,586 @@
+"""CIFAR-10/100 loading and an airbench-style on-device batch loader.
+
+Sources, in the order they are tried inside one data directory:
+
+1. torchvision's standard folders ``cifar-10-batches-py/`` / ``cifar-100-python/`` (the
+   official pickles; ``download=True`` fetches them where the internet is reachable);
+2. the compact JPEG copy of CIFAR-10 (``cifar10_train_jpeg_part*.npz`` +
+   ``cifar10_test_jpeg.npz``): all 60,000 images, decoded once with Pillow and cached as
+   ``.npy`` under ``~/.cache/hybrid-spectral/`` (keyed by the file's hash);
+3. the bit-exact partial CIFAR-10 arrays (``cifar10_partial_{train,test}.npz``).
+
+The data directory is ``data_dir`` if given, else ``$HYBRID_DATA_DIR``, else the first of
+``<repo>/../shared/data`` and ``./data`` that holds the requested dataset.
+
+Images are returned as uint8 NHWC tensors; :func:`normalize` turns them (or NCHW
+batches) into the float NCHW input the models expect, both in training and in the ONNX
+runtime, so the two can never disagree on the constants.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR100_CLASSES",
+    "CIFAR_MEAN_STD",
+    "DATASETS",
+    "NUM_CLASSES",
+    "SOURCES",
+    "CifarData",
+    "GpuLoader",
+    "cache_dir",
+    "candidate_data_dirs",
+    "load_cifar",
+    "normalize",
+    "resolve_data_dir",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+#: CIFAR-100 fine labels, in label order (as in the official ``meta`` file).
+CIFAR100_CLASSES: tuple[str, ...] = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+
+#: Standard per-channel (RGB) mean and standard deviation of the official training sets,
+#: on the [0, 1] scale. (The JPEG copy's stds are slightly lower; we keep the standard
+#: constants so checkpoints are interchangeable between sources.)
+CIFAR_MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
+NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100}
+#: Accepted values of ``load_cifar(source=...)``.
+SOURCES: tuple[str, ...] = ("auto", "torchvision", "jpeg", "partial")
+
+_TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+_JPEG_TRAIN_GLOB = "cifar10_train_jpeg_part*.npz"
+_JPEG_TEST = "cifar10_test_jpeg.npz"
+_PARTIAL = ("cifar10_partial_train.npz", "cifar10_partial_test.npz")
+_CACHE_FORMAT = "v1"  # bump to invalidate every cached decode
+
+
+# --------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------
+def _mean_std(dataset: str, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[list[float], list[float]]:
+    if mean is None or std is None:
+        if dataset not in CIFAR_MEAN_STD:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        default_mean, default_std = CIFAR_MEAN_STD[dataset]
+        mean = default_mean if mean is None else mean
+        std = default_std if std is None else std
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def normalize(
+    x: Tensor | np.ndarray,
+    dataset: str = "cifar10",
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    layout: str = "auto",
+) -> Tensor | np.ndarray:
+    """Images -> normalised float32 NCHW model input: ``(x / 255 - mean) / std``.
+
+    Args:
+        x: ``(N, H, W, 3)`` / ``(H, W, 3)`` (NHWC) or ``(N, 3, H, W)`` / ``(3, H, W)``
+            (NCHW) images; uint8 in [0, 255] or float in [0, 1]. A torch tensor or a
+            numpy array (the ONNX runtime passes numpy); the result has the same kind.
+        dataset: whose constants to use (``CIFAR_MEAN_STD``); ``mean``/``std`` override.
+        layout: ``"auto"`` (channels are the axis of size 3: last -> NHWC, else NCHW),
+            ``"nhwc"`` or ``"nchw"``.
+
+    Returns: float32 ``(N, 3, H, W)`` (or ``(3, H, W)`` for a single image).
+    """
+    mean_, std_ = _mean_std(dataset, mean, std)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected images of shape (N,H,W,3) or (N,3,H,W) (or one image), got {tuple(x.shape)}")
+    if layout == "auto":
+        layout = "nchw" if x.shape[-3] == len(mean_) else "nhwc" if x.shape[-1] == len(mean_) else "?"
+    if layout not in ("nchw", "nhwc"):
+        raise ValueError(f"cannot tell the channel axis of shape {tuple(x.shape)}; pass layout='nhwc' or 'nchw'")
+    if isinstance(x, np.ndarray):
+        out = torch.from_numpy(np.ascontiguousarray(x))
+        return normalize(out, dataset, mean=mean_, std=std_, layout=layout).numpy()
+    if layout == "nhwc":
+        x = x.movedim(-1, -3)
+    scale = 255.0 if x.dtype == torch.uint8 else 1.0
+    shape = (len(mean_), 1, 1)
+    m = torch.tensor(mean_, dtype=torch.float32, device=x.device).view(shape) * scale
+    s = torch.tensor(std_, dtype=torch.float32, device=x.device).view(shape) * scale
+    # One fused expression: (x/255 - mean)/std == (x - 255*mean) / (255*std).
+    return (x.to(torch.float32) - m) / s
+
+
+# --------------------------------------------------------------------------------------
+# The data set container
+# --------------------------------------------------------------------------------------
+@dataclass
+class CifarData:
+    """A loaded split pair. Images uint8 ``(N, 32, 32, 3)`` RGB, labels int64 ``(N,)``."""
+
+    dataset: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    classes: tuple[str, ...]
+    source: str
+    #: True for bit-exact official pixels (torchvision folders, partial arrays).
+    exact: bool = True
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> dict:
+        """``{"source", "n_train", "n_test"}`` as written into model cards."""
+        return {"source": self.source, "n_train": self.n_train, "n_test": self.n_test}
+
+
+# --------------------------------------------------------------------------------------
+# Locating the data
+# --------------------------------------------------------------------------------------
+def candidate_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Directories to search: ``[data_dir]``, else ``[$HYBRID_DATA_DIR]``, else the defaults."""
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    env = os.environ.get("HYBRID_DATA_DIR")
+    if env:
+        return [Path(env).expanduser()]
+    return [REPO_ROOT.parent / "shared" / "data", Path.cwd() / "data"]
+
+
+def _available_sources(directory: Path, dataset: str) -> list[str]:
+    """The sources present in ``directory`` for ``dataset``, in preference order."""
+    found = []
+    folder = directory / _TORCHVISION_FOLDERS[dataset]
+    if folder.is_dir() and any(folder.iterdir()):
+        found.append("torchvision")
+    if dataset == "cifar10":
+        if (directory / _JPEG_TEST).is_file() and list(directory.glob(_JPEG_TRAIN_GLOB)):
+            found.append("jpeg")
+        if all((directory / name).is_file() for name in _PARTIAL):
+            found.append("partial")
+    return found
+
+
+def _missing_message(dataset: str, searched: Sequence[Path]) -> str:
+    where = ", ".join(str(p) for p in searched)
+    folder = _TORCHVISION_FOLDERS[dataset]
+    compact = (
+        f" or the compact files {_JPEG_TRAIN_GLOB} + {_JPEG_TEST} (or {_PARTIAL[0]} + {_PARTIAL[1]})"
+        if dataset == "cifar10"
+        else " (there is no compact copy of CIFAR-100)"
+    )
+    return (
+        f"no {_PRETTY[dataset]} data found in {where}: either put torchvision's '{folder}/' folder there "
+        f"(or pass --download / download=True where the internet is reachable){compact}, "
+        f"and point --data-dir or HYBRID_DATA_DIR at that directory"
+    )
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None, dataset: str = "cifar10") -> Path:
+    """The directory holding ``dataset``: explicit > ``$HYBRID_DATA_DIR`` > first default that has it.
+
+    Raises ``FileNotFoundError`` (naming both ways to provide the data) when none does.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    candidates = candidate_data_dirs(data_dir)
+    for directory in candidates:
+        if directory.is_dir() and _available_sources(directory, dataset):
+            return directory.resolve()
+    raise FileNotFoundError(_missing_message(dataset, candidates))
+
+
+# --------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where decoded JPEG arrays are cached (``$HYBRID_CACHE_DIR`` or ``~/.cache/hybrid-spectral``)."""
+    return Path(os.environ.get("HYBRID_CACHE_DIR") or Path.home() / ".cache" / "hybrid-spectral")
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Concatenated JPEG files -> uint8 ``(N, H, W, 3)`` (Pillow, ~10k images/s)."""
+    from PIL import Image
+
+    images = []
+    for k in range(len(offsets) - 1):
+        data = blob[offsets[k]:offsets[k + 1]].tobytes()
+        with Image.open(io.BytesIO(data)) as image:
+            images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return np.stack(images)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_jpeg_npz(path: str | os.PathLike, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One JPEG ``.npz`` -> (images uint8 ``(N, 32, 32, 3)``, labels uint8 ``(N,)``).
+
+    The decode runs once per file content: the result is cached as
+    ``<cache>/<stem>-<sha256[:16]>-v1.npy``, written atomically (several processes, e.g.
+    DDP ranks, may race to write it; each rename is whole).
+    """
+    path = Path(path)
+    cache = cache_dir() if cache is None else Path(cache)
+    with np.load(path, allow_pickle=False) as archive:
+        labels = archive["y"]
+        target = cache / f"{path.stem}-{_file_digest(path)[:16]}-{_CACHE_FORMAT}.npy"
+        if target.is_file():
+            try:
+                images = np.load(target, allow_pickle=False)
+                if images.shape == (len(labels), 32, 32, 3) and images.dtype == np.uint8:
+                    return images, labels
+            except (OSError, ValueError):
+                pass  # a damaged cache entry: decode again and overwrite it
+        images = _decode_jpegs(archive["jpeg"], archive["offsets"])
+    if images.shape[0] != len(labels):
+        raise ValueError(f"{path}: {images.shape[0]} images but {len(labels)} labels")
+    try:
+        _atomic_save_npy(target, images)
+    except OSError as error:  # a read-only home must not stop training
+        warnings.warn(f"could not cache decoded JPEGs at {target}: {error}", stacklevel=2)
+    return images, labels
+
+
+def _read_jpeg(directory: Path, limit_train: int | None) -> tuple[np.ndarray, ...]:
+    parts = []
+    for path in directory.glob(_JPEG_TRAIN_GLOB):
+        with np.load(path, allow_pickle=False) as archive:
+            parts.append((int(archive["start"]), len(archive["y"]), path))
+    parts.sort()
+    expected = 0
+    for start, count, path in parts:
+        if start != expected:
+            raise ValueError(f"{directory}: JPEG training parts are not contiguous ({path.name} starts at {start}, expected {expected})")
+        expected += count
+    xs, ys, loaded = [], [], 0
+    for _, count, path in parts:
+        if limit_train is not None and loaded >= limit_train:
+            break  # only decode the parts the limit needs
+        x, y = load_jpeg_npz(path)
+        xs.append(x), ys.append(y)
+        loaded += count
+    x_test, y_test = load_jpeg_npz(directory / _JPEG_TEST)
+    return np.concatenate(xs), np.concatenate(ys), x_test, y_test
+
+
+def _read_partial(directory: Path) -> tuple[np.ndarray, ...]:
+    arrays = []
+    for name in _PARTIAL:
+        with np.load(directory / name, allow_pickle=False) as archive:
+            arrays += [archive["x"], archive["y"]]
+    return tuple(arrays)
+
+
+def _read_torchvision(directory: Path, dataset: str, download: bool) -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        train = cls(str(directory), train=True, download=download)
+        test = cls(str(directory), train=False, download=download)
+    except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
+        raise FileNotFoundError(f"{directory / _TORCHVISION_FOLDERS[dataset]}: {error}") from None
+    # CIFAR100's ``targets`` are the fine labels.
+    arrays = (train.data, np.asarray(train.targets), test.data, np.asarray(test.targets))
+    return arrays, tuple(train.classes)
+
+
+def _check_limit(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def load_cifar(
+    dataset: str = "cifar10",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = False,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    source: str = "auto",
+) -> CifarData:
+    """Load CIFAR-10 or CIFAR-100 (fine labels) as uint8 NHWC tensors.
+
+    Args:
+        dataset: ``"cifar10"`` or ``"cifar100"``.
+        data_dir: the directory to read (see the module docstring for the default).
+        download: let torchvision download the official archive into the directory
+            (``data_dir``, else ``$HYBRID_DATA_DIR``, else ``./data``) if nothing is there.
+        limit_train, limit_test: keep the first N images of each split (all if larger).
+        source: ``"auto"`` (torchvision > jpeg > partial) or one of them explicitly.
+
+    Raises:
+        FileNotFoundError: no usable data (the message names both ways to provide it).
+        ValueError: bad arguments or inconsistent files.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    _check_limit("limit_train", limit_train)
+    _check_limit("limit_test", limit_test)
+    candidates = candidate_data_dirs(data_dir)
+    try:
+        directory = resolve_data_dir(data_dir, dataset)
+    except FileNotFoundError:
+        if not download or source not in ("auto", "torchvision"):
+            raise
+        directory = candidates[0] if data_dir or os.environ.get("HYBRID_DATA_DIR") else Path.cwd() / "data"
+        directory.mkdir(parents=True, exist_ok=True)
+    available = _available_sources(directory, dataset) or (["torchvision"] if download else [])
+    chosen = available[0] if source == "auto" else source
+    if chosen not in available:
+        raise FileNotFoundError(
+            f"source {source!r} requested but {directory} only has {available or 'nothing'} for {dataset}; "
+            + _missing_message(dataset, [directory])
+        )
+
+    pretty = _PRETTY[dataset]
+    classes: tuple[str, ...] = CIFAR10_CLASSES if dataset == "cifar10" else CIFAR100_CLASSES
+    if chosen == "torchvision":
+        arrays, classes = _read_torchvision(directory, dataset, download)
+        folder = _TORCHVISION_FOLDERS[dataset]
+        description = f"{pretty} ({'fine labels, ' if dataset == 'cifar100' else ''}official {folder}) from {directory}"
+    elif chosen == "jpeg":
+        arrays = _read_jpeg(directory, limit_train)
+        description = f"{pretty} (JPEG copy) from {directory}"
+    else:
+        arrays = _read_partial(directory)
+        description = f"{pretty} (bit-exact partial copy) from {directory}"
+    x_train, y_train, x_test, y_test = arrays
+    x_train, y_train = x_train[:limit_train], y_train[:limit_train]
+    x_test, y_test = x_test[:limit_test], y_test[:limit_test]
+
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or len(x) != len(y):
+            raise ValueError(f"{description}: bad {split} arrays {x.shape} {x.dtype} / {np.shape(y)}")
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise ValueError(f"{description}: {split} labels outside [0, {len(classes)})")
+    return CifarData(
+        dataset=dataset,
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
+        y_train=torch.from_numpy(y_train.astype(np.int64)),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
+        y_test=torch.from_numpy(y_test.astype(np.int64)),
+        classes=tuple(str(c) for c in classes),
+        source=description,
+        exact=chosen != "jpeg",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# On-device batches
+# --------------------------------------------------------------------------------------
+def _reflect(index: Tensor, size: int) -> Tensor:
+    """Reflect-pad index map ('reflect' mode, edge not repeated), valid for pads < size."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def augment_indices(
+    dy: Tensor, dx: Tensor, flip: Tensor, size: tuple[int, int], pad: int, mode: str
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Source row/column indices of random crops (+flips) of a ``pad``-padded image.
+
+    dy, dx: ``(B,)`` crop offsets in ``[0, 2*pad]``; flip: ``(B,)`` bool.
+    Returns rows ``(B, H)``, cols ``(B, W)`` into the unpadded image and, for zero padding,
+    a ``(B, 1, H, W)`` validity mask (``None`` for reflect).
+    """
+    height, width = size
+    rows = dy[:, None] - pad + torch.arange(height, device=dy.device)
+    cols = dx[:, None] - pad + torch.arange(width, device=dx.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # flip after the crop
+    if mode == "reflect":
+        return _reflect(rows, height), _reflect(cols, width), None
+    valid = ((rows >= 0) & (rows < height))[:, None, :, None] & ((cols >= 0) & (cols < width))[:, None, None, :]
+    return rows.clamp(0, height - 1), cols.clamp(0, width - 1), valid
+
+
+class GpuLoader:
+    """Batches from a whole split kept on the device as one uint8 tensor (airbench style).
+
+    Each epoch draws, from a CPU ``torch.Generator`` seeded by ``(seed, epoch)``, one
+    permutation and (for training) one crop offset pair and flip bit per image; every batch
+    is then a single gather on the device: crop with ``pad`` pixels of reflect/zero
+    padding, horizontal flip, normalisation. No per-sample Python runs in the loop, and
+    the batches depend only on ``(seed, epoch)``, not on the device or on resumption.
+
+    Distributed: every rank draws the same random numbers; rank ``r`` of ``world_size``
+    takes ``global_batch[r::world_size]`` of each global batch (what ``DistributedSampler``
+    gives), so ``batch_size`` is the global batch size. Training drops the last partial
+    batch; evaluation shards the split without padding (every image counted once).
+
+    Args:
+        images: uint8 ``(N, H, W, C)``; labels: int ``(N,)``.
+        batch_size: global batch size.
+        train: shuffle + augment + drop_last if True; in order, un-augmented otherwise.
+        dataset / mean / std: normalisation constants (see :func:`normalize`).
+        pad, pad_mode: random-crop padding (``"reflect"`` or ``"zeros"``; pad 0 = no crop).
+        flip: random horizontal flips.
+        channels_last: yield channels-last float batches (faster convolutions on CUDA).
+
+    Yields ``(x, y)``: float32 ``(b, C, H, W)`` normalised, int64 ``(b,)``, on ``device``.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        *,
+        train: bool,
+        device: str | torch.device = "cpu",
+        dataset: str = "cifar10",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        seed: int = 0,
+        pad: int = 4,
+        pad_mode: str = "reflect",
+        flip: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if pad_mode not in ("reflect", "zeros"):
+            raise ValueError(f"pad_mode must be 'reflect' or 'zeros', got {pad_mode!r}")
+        if not 0 <= pad < min(images.shape[1:3]):
+            raise ValueError(f"pad must be in [0, {min(images.shape[1:3])}), got {pad}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if batch_size <= 0 or batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} must be a positive multiple of the world size {world_size}")
+        if train and batch_size > len(images):
+            raise ValueError(f"batch size {batch_size} exceeds the {len(images)} training images")
+        self.device = torch.device(device)
+        # NCHW once, on the device: the per-batch gather then reads contiguous planes.
+        self.images = images.to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size, self.train, self.seed = batch_size, train, int(seed)
+        self.mean, self.std = _mean_std(dataset, mean, std)
+        self.pad, self.pad_mode, self.flip = pad, pad_mode, flip
+        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (equal on every rank when training)."""
+        n = len(self.images)
+        if self.train:
+            return n // self.batch_size
+        mine = len(range(self.rank, n, self.world_size))
+        return -(-mine // (self.batch_size // self.world_size))
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.world_size
+
+    def generator(self, epoch: int) -> torch.Generator:
+        """The CPU generator of one epoch (a pure function of ``seed`` and ``epoch``)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+
+    def _plan(self, epoch: int) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """This rank's image order ``(steps, b)`` and augmentation draws, on the device."""
+        n = len(self.images)
+        if not self.train:
+            order = torch.arange(self.rank, n, self.world_size)
+            return order.to(self.device), None, None, None
+        g = self.generator(epoch)
+        perm = torch.randperm(n, generator=g)
+        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        steps = n // self.batch_size
+        # Global batch s = perm[s*B:(s+1)*B]; this rank takes every world_size-th image of it.
+        mine = perm[: steps * self.batch_size].view(steps, self.batch_size)[:, self.rank :: self.world_size]
+        mine = mine.reshape(-1)
+        # Augmentation draws are attached to the image's slot in the permutation.
+        slot = torch.arange(steps * self.batch_size).view(steps, self.batch_size)[:, self.rank :: self.world_size].reshape(-1)
+        to = lambda t: t.to(self.device, non_blocking=True)
+        return to(mine), to(dy[slot]), to(dx[slot]), to(flip[slot])
+
+    def batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Iterate over one epoch's batches (see the class docstring)."""
+        order, dy, dx, flip = self._plan(epoch)
+        b = self.local_batch_size if self.train else self.batch_size // self.world_size
+        size = tuple(self.images.shape[-2:])
+        channels = torch.arange(self.images.shape[1], device=self.device)
+        for start in range(0, len(order) if not self.train else len(self) * b, b):
+            index = order[start:start + b]
+            if self.train and self.pad + int(self.flip) > 0:
+                rows, cols, valid = augment_indices(dy[start:start + b], dx[start:start + b], flip[start:start + b],
+                                                    size, self.pad, self.pad_mode)
+                # One gather: image i, channel c, row rows[i, y], column cols[i, x].
+                x = self.images[index[:, None, None, None], channels[None, :, None, None],
+                                rows[:, None, :, None], cols[:, None, None, :]]
+                if valid is not None:
+                    x = x * valid
+            else:
+                x = self.images[index]
+            x = normalize(x, mean=self.mean, std=self.std, layout="nchw")
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[index]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.batches(0)

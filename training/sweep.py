@@ -1,0 +1,235 @@
+"""Run a grid of trainings and write the papers' results table: ``python -m training.sweep --config X.json``.
+
+Config (JSON)::
+
+    {
+      "name": "paper_cifar10",              # title of the report
+      "out": "runs/paper_cifar10",          # run files + report (relative to the cwd)
+      "variants": ["resnet18", "spectral", "diffstride", "hybrid", "diffstride2"],
+      "strides": ["1,1,2,2,2", "1,1,3,1,3"],  # strings or lists of 5 numbers
+      "seeds": [0, 1, 2],
+      "datasets": ["cifar10"],
+      "epochs": 200,
+      "args": {"batch-size": 128, "schedule": "piecewise", "nesterov": true},  # more train flags
+      "nproc": 1                            # > 1: launch each run with torchrun (DDP)
+    }
+
+Each grid point is one ``python -m training.train ... --resume`` process (so a sweep that
+was stopped continues where it was); runs whose card says ``epoch == epochs`` are
+skipped. Afterwards ``out`` gets ``results.md`` / ``results.csv`` (rows: stride tuples,
+columns: variants, last row: mean; cells mean ± std over seeds), ``curves_<dataset>.html``
+and ``strides/<run>.html`` (see :mod:`training.report`).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import checkpoint as ckpt
+from . import report
+from .train import VARIANTS, parse_strides, run_name
+from .data import DATASETS
+
+__all__ = ["Run", "load_config", "plan_runs", "main"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_KEYS = {"name", "out", "variants", "strides", "seeds", "datasets", "epochs", "args", "nproc", "data_dir", "description"}
+#: Flags the sweep sets itself (per grid point) and so refuses in ``args``.
+RESERVED_FLAGS = {"variant", "strides", "seed", "dataset", "epochs", "out", "resume", "overwrite", "name", "data-dir"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Run:
+    """One grid point."""
+
+    variant: str
+    strides: tuple[float, ...]
+    seed: int
+    dataset: str
+    name: str
+
+    def card_path(self, out: Path) -> Path:
+        return out / f"{self.name}.json"
+
+
+def _strides_arg(strides: Sequence[float]) -> str:
+    return ",".join(f"{s:g}" for s in strides)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a sweep config (``ConfigError`` with a one-line reason)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the config must be a JSON object")
+    unknown = set(config) - CONFIG_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(CONFIG_KEYS)}")
+    config.setdefault("variants", list(VARIANTS))
+    config.setdefault("strides", ["1,1,2,2,2"])
+    config.setdefault("seeds", [0])
+    config.setdefault("datasets", ["cifar10"])
+    config.setdefault("args", {})
+    config.setdefault("nproc", 1)
+    config.setdefault("name", Path(path).stem)
+    if "epochs" not in config:
+        raise ConfigError(f"{path}: 'epochs' is required")
+    for key in ("variants", "strides", "seeds", "datasets"):
+        if not isinstance(config[key], list) or not config[key]:
+            raise ConfigError(f"{path}: '{key}' must be a non-empty list")
+    bad = [v for v in config["variants"] if v not in VARIANTS]
+    if bad:
+        raise ConfigError(f"{path}: unknown variants {bad}; expected some of {list(VARIANTS)}")
+    bad = [d for d in config["datasets"] if d not in DATASETS]
+    if bad:
+        raise ConfigError(f"{path}: unknown datasets {bad}; expected some of {list(DATASETS)}")
+    strides = []
+    for value in config["strides"]:
+        text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+        try:
+            strides.append(parse_strides(text))
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    config["strides"] = strides
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in config["seeds"]):
+        raise ConfigError(f"{path}: 'seeds' must be integers")
+    if not isinstance(config["epochs"], int) or config["epochs"] <= 0:
+        raise ConfigError(f"{path}: 'epochs' must be a positive integer")
+    if not isinstance(config["args"], dict):
+        raise ConfigError(f"{path}: 'args' must be an object of train flags, e.g. {{\"batch-size\": 128}}")
+    reserved = {k.lstrip("-").replace("_", "-") for k in config["args"]} & RESERVED_FLAGS
+    if reserved:
+        raise ConfigError(f"{path}: 'args' may not set {sorted(reserved)}; the sweep sets them per run")
+    if not isinstance(config["nproc"], int) or config["nproc"] < 1:
+        raise ConfigError(f"{path}: 'nproc' must be a positive integer")
+    return config
+
+
+def plan_runs(config: dict[str, Any]) -> list[Run]:
+    """The grid in table order: dataset > strides > variant > seed."""
+    runs = []
+    for dataset, strides, variant, seed in itertools.product(
+        config["datasets"], config["strides"], config["variants"], config["seeds"]
+    ):
+        runs.append(Run(variant, tuple(strides), seed, dataset, run_name(variant, dataset, strides, seed)))
+    return runs
+
+
+def _flag_args(args: dict[str, Any]) -> list[str]:
+    """``{"batch-size": 128, "nesterov": true, "no-progress": true}`` -> CLI flags."""
+    out: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.lstrip("-").replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            out += [flag, ",".join(str(v) for v in value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def train_command(run: Run, config: dict[str, Any], out: Path, data_dir: str | None, nproc: int) -> list[str]:
+    """The command line of one run (``torchrun`` when ``nproc > 1``)."""
+    launcher = [sys.executable, "-m", "training.train"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "training.train"]
+    command = launcher + [
+        "--variant", run.variant, "--dataset", run.dataset, "--strides", _strides_arg(run.strides),
+        "--seed", str(run.seed), "--epochs", str(config["epochs"]), "--out", str(out), "--resume",
+    ]
+    if data_dir:
+        command += ["--data-dir", str(data_dir)]
+    return command + _flag_args(config["args"])
+
+
+def _card(path: Path) -> dict | None:
+    try:
+        return ckpt.load_card(path)
+    except (OSError, ValueError):
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", required=True, help="sweep JSON (see training/sweeps/)")
+    p.add_argument("--out", default=None, help="override the config's 'out' directory")
+    p.add_argument("--data-dir", default=None, help="passed to every run (default: the config's data_dir, else auto)")
+    p.add_argument("--nproc", type=int, default=None, help="override 'nproc' (GPUs per run, via torchrun)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report from existing cards")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        parser.error(str(error))
+    if args.nproc is not None and args.nproc < 1:
+        parser.error(f"--nproc must be >= 1, got {args.nproc}")
+    # Absolute paths: the runs execute in the repository root.
+    out = Path(args.out or config.get("out") or Path("runs") / config["name"]).expanduser().resolve()
+    nproc = args.nproc or config["nproc"]
+    data_dir = args.data_dir or config.get("data_dir")
+    data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
+    runs = plan_runs(config)
+
+    failed: list[str] = []
+    if not args.report_only:
+        todo = [r for r in runs if not ckpt.is_finished(_card(r.card_path(out)))]
+        print(f"sweep {config['name']}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run -> {out}", flush=True)
+        for index, run in enumerate(todo, 1):
+            command = train_command(run, config, out, data_dir, nproc)
+            print(f"[{index}/{len(todo)}] {shlex.join(command)}", flush=True)
+            if args.dry_run:
+                continue
+            start = time.perf_counter()
+            result = subprocess.run(command, cwd=REPO_ROOT)
+            if result.returncode != 0:
+                failed.append(run.name)
+                print(f"[{index}/{len(todo)}] {run.name} FAILED (exit {result.returncode})", flush=True)
+                if args.fail_fast:
+                    break
+            else:
+                print(f"[{index}/{len(todo)}] {run.name} done in {time.perf_counter() - start:.0f}s", flush=True)
+        if args.dry_run:
+            return 0
+
+    cards = [card for card in (_card(r.card_path(out)) for r in runs) if card]
+    for card in cards:
+        card["_path"] = str(out / f"{card['name']}.json")
+    written = report.write_report(cards, out, title=f"Sweep {config['name']}")
+    finished = sum(ckpt.is_finished(c) for c in cards)
+    print(f"report: {finished}/{len(runs)} finished runs -> " + ", ".join(str(p) for k, p in written.items() if "/" not in k))
+    print(report.results_markdown(cards))
+    if failed:
+        print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
