@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # closed network: no telemetry calls
+# Gradio's queue rebuilds a pandas summary of the last GRADIO_ANALYTICS_MAX_EVENTS (10,000)
+# events after *every* event, for the monitoring page this app does not enable: a cost per
+# request that grows with uptime (~20-40 ms after a few thousand calls on 2 cores).
+# Recompute it every 1000 events over at most 1000.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 
 import gradio as gr  # noqa: E402
 
@@ -30,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "exports" / "models",
                         help="folder of exported models (default exports/models)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--no-preload", dest="preload", action="store_false",
+                        help="create onnxruntime sessions on first use instead of in the background at start-up")
     return parser.parse_args(argv)
 
 
@@ -44,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     demo, service = create_app(args.models_dir)
+    if args.preload:
+        threading.Thread(target=service.preload, name="preload-models", daemon=True).start()
     logging.getLogger("dashboard").info(
         "models dir %s: %d model(s), %d skipped", args.models_dir, len(service.names()), len(service.skipped()))
     demo.launch(
@@ -56,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         css=CSS,
         theme=gr.themes.Soft(),
         footer_links=["api"],
+        run_history=False,  # no per-run recording of uploads (privacy, and less work per call)
     )
 
 

@@ -30,6 +30,11 @@ class RawImage(gr.Image):
         kwargs.setdefault("image_mode", None)
         super().__init__(*args, **kwargs)
 
+    def get_config(self, cls=None):
+        # The front end is gr.Image's: serialise the props of gr.Image's signature (ours
+        # is ``*args, **kwargs``, which would send none of them).
+        return super().get_config(cls or gr.Image)
+
     def preprocess(self, payload: ImageData | None) -> str | None:  # type: ignore[override]
         if payload is None:
             return None

@@ -8,12 +8,12 @@ rarely redrawn figures (compare, training) use ``plotly.graph_objects``.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import orjson
 import plotly.graph_objects as go
 from gradio.components.plot import PlotData
 
@@ -36,9 +36,11 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
 def plot_data(figure: dict | go.Figure) -> PlotData:
-    """A figure (JSON dict or ``go.Figure``) as the value ``gr.Plot`` sends to the browser."""
-    text = figure.to_json() if isinstance(figure, go.Figure) else json.dumps(figure, separators=(",", ":"))
-    return PlotData(type="plotly", plot=text)
+    """A figure (JSON dict, numpy arrays allowed, or ``go.Figure``) as the value ``gr.Plot``
+    sends to the browser."""
+    if isinstance(figure, go.Figure):
+        return PlotData(type="plotly", plot=figure.to_json())
+    return PlotData(type="plotly", plot=orjson.dumps(figure, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
 def message_figure(text: str, height: int = 240) -> dict:
@@ -81,9 +83,9 @@ def topk_figure(topk: Sequence[tuple[str, float]], title: str = "") -> dict:
         ],
         "layout": {
             "title": {"text": title, "font": {"size": 13}} if title else None,
-            "height": 250,
+            "height": 270,
             "font": FONT,
-            "margin": {"l": 90, "r": 20, "t": 30 if title else 10, "b": 40},
+            "margin": {"l": 90, "r": 20, "t": 44, "b": 40},
             "xaxis": {"title": {"text": "probability (%)"}, "range": [0, 100], "fixedrange": True},
             "yaxis": {"fixedrange": True, "automargin": True},
             "bargap": 0.25,
@@ -182,7 +184,7 @@ def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250) -> dict
         data.append(
             {
                 "type": "heatmap",
-                "z": np.round(spec, 2).tolist(),
+                "z": np.round(spec, 2),
                 "x": _freqs(w),
                 "y": _freqs(h),
                 "xaxis": xref,
@@ -271,7 +273,7 @@ def feature_maps_figure(features: dict[str, np.ndarray], channels: int = 3, pane
             y_top = 1.0 - r * (height + gap_y)
             y_dom = [y_top - height, y_top]
             data.append(
-                {"type": "heatmap", "z": np.round(image, 3).tolist(), "xaxis": f"x{axis}", "yaxis": f"y{axis}",
+                {"type": "heatmap", "z": np.round(image, 3), "xaxis": f"x{axis}", "yaxis": f"y{axis}",
                  "colorscale": "Greys", "reversescale": True, "showscale": False,
                  "hovertemplate": f"{stage} {name}" + " (%{y}, %{x}): %{z:.3f}<extra></extra>"}
             )
@@ -283,8 +285,8 @@ def feature_maps_figure(features: dict[str, np.ndarray], channels: int = 3, pane
                 {"text": label, "showarrow": False, "xref": "paper", "yref": "paper", "x": (x_dom[0] + x_dom[1]) / 2,
                  "y": y_dom[1], "xanchor": "center", "yanchor": "bottom", "font": {"size": 10}}
             )
-    layout.update({"height": int(rows * (panel_px + 24) + 40), "font": FONT, "annotations": annotations,
-                   "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "showlegend": False})
+    layout.update({"height": int(rows * (panel_px + 24) + 60), "font": FONT, "annotations": annotations,
+                   "margin": {"l": 10, "r": 10, "t": 50, "b": 10}, "showlegend": False})
     return {"data": data, "layout": layout}
 
 
@@ -292,26 +294,27 @@ def feature_maps_figure(features: dict[str, np.ndarray], channels: int = 3, pane
 # Compare tab
 # --------------------------------------------------------------------------------------
 def strides_figure(strides: dict[str, dict[str, tuple[float, float]]], stages: Sequence[str]) -> go.Figure:
-    """Grouped bars: per stage (x), one bar per model: its stride along height and width.
-
-    strides: ``{model: {stage: (s_h, s_w)}}``; stages without a downsampling layer are 1.
+    """Grouped bars: per stage (x), two bars per model: its stride along height (solid) and
+    width (hatched). strides: ``{model: {stage: (s_h, s_w)}}``; stages without a
+    downsampling layer count as 1.
     """
     fig = go.Figure()
     for index, (model, per_stage) in enumerate(strides.items()):
         colour = PALETTE[index % len(PALETTE)]
-        for axis, (pos, pattern) in enumerate(((0, ""), (1, "/"))):
-            values = [float(per_stage.get(s, (1.0, 1.0))[pos]) for s in stages]
+        for axis, pattern in ((0, ""), (1, "/")):
+            name = "s_h" if axis == 0 else "s_w"
+            values = [float(per_stage.get(s, (1.0, 1.0))[axis]) for s in stages]
             fig.add_bar(
-                x=list(stages), y=values, name=f"{model} ({'s_h' if axis == 0 else 's_w'})",
-                marker={"color": colour, "pattern": {"shape": pattern}},
+                x=list(stages), y=values, name=model, showlegend=axis == 0,
+                marker={"color": colour, "pattern": {"shape": pattern, "fgcolor": "white", "solidity": 0.3}},
                 offsetgroup=f"{model}-{axis}", legendgroup=model,
-                text=[f"{v:.2f}" for v in values], textposition="outside",
-                hovertemplate=f"{model}<br>%{{x}}: {'s_h' if axis == 0 else 's_w'}=%{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{model}<br>%{{x}}: {name}=%{{y:.3f}}<extra></extra>",
             )
     fig.update_layout(
-        barmode="group", height=340, font=FONT, margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        yaxis_title="stride", title={"text": "Strides per stage (solid: height, hatched: width)", "font": {"size": 13}},
-        legend={"orientation": "h", "y": -0.2},
+        barmode="group", height=360, font=FONT, margin={"l": 50, "r": 10, "t": 60, "b": 40},
+        yaxis={"title": "stride", "rangemode": "tozero"}, bargap=0.25, bargroupgap=0.05,
+        title={"text": "Stride per stage (solid: height, hatched: width; 1 = no downsampling)", "font": {"size": 12}},
+        legend={"orientation": "h", "y": -0.15}, template="plotly_white",
     )
     return fig
 
@@ -324,13 +327,15 @@ def resolution_figure(sizes: dict[str, dict[str, tuple[int, int]]], stages: Sequ
         fig.add_scatter(
             x=present, y=[per_stage[s][0] * per_stage[s][1] for s in present], mode="lines+markers+text",
             name=model, line={"color": PALETTE[index % len(PALETTE)]},
-            text=[f"{per_stage[s][0]}×{per_stage[s][1]}" for s in present], textposition="top center",
+            text=[f"{per_stage[s][0]}×{per_stage[s][1]}" for s in present], textposition="top right",
+            textfont={"size": 10, "color": PALETTE[index % len(PALETTE)]}, cliponaxis=False,
             hovertemplate=f"{model}<br>%{{x}}: %{{text}}<extra></extra>",
         )
     fig.update_layout(
-        height=340, font=FONT, margin={"l": 60, "r": 10, "t": 40, "b": 40},
-        title={"text": "Resolution per stage (pixels per channel, log scale)", "font": {"size": 13}},
-        yaxis={"type": "log", "title": "h × w"}, xaxis={"categoryorder": "array", "categoryarray": list(stages)},
-        legend={"orientation": "h", "y": -0.2},
+        height=360, font=FONT, margin={"l": 60, "r": 30, "t": 60, "b": 40},
+        title={"text": "Output size per stage (h × w, log scale)", "font": {"size": 12}},
+        yaxis={"type": "log", "title": "pixels per channel"},
+        xaxis={"categoryorder": "array", "categoryarray": list(stages)},
+        legend={"orientation": "h", "y": -0.15}, template="plotly_white",
     )
     return fig

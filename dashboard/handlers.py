@@ -35,7 +35,7 @@ def user_errors(fn: Callable) -> Callable:
         except gr.Error:
             raise
         except UserError as exc:
-            raise gr.Error(str(exc), title="Cannot do that", print_exception=False) from None
+            raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - last line of defence, the server keeps serving
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(f"Internal error ({type(exc).__name__}): {exc}", print_exception=False) from None
@@ -81,6 +81,14 @@ class Handlers:
         view = view.repeat(VIEW_SCALE, axis=0).repeat(VIEW_SCALE, axis=1)
         return bar, view, self._summary(analysis)
 
+    def views_ui(self, image: str | None, model: str | None) -> tuple[Any, Any, str]:
+        """Browser chain after classify: on failure (already reported by classify) clear the
+        views instead of leaving the previous image's results on screen."""
+        try:
+            return self.views(image, model)
+        except gr.Error:
+            return figures.plot_data(figures.message_figure("No result for this input.", 250)), None, ""
+
     def _summary(self, analysis: Analysis) -> str:
         card = self.service.card(analysis.model_name)
         top, prob = analysis.topk[0]
@@ -120,6 +128,14 @@ class Handlers:
             feats = figures.plot_data(figures.message_figure("Tick “Show feature maps” to draw them.", 120))
         return grid, feats, self.service.layer_rows(name)
 
+    def spectra_ui(self, image: str | None, model: str | None, show_features: bool, channels: float):
+        """Browser chain after classify: like :meth:`spectra`, but clears instead of raising."""
+        try:
+            return self.spectra(image, model, show_features, channels)
+        except gr.Error:
+            empty = figures.plot_data(figures.message_figure("No result for this input."))
+            return empty, figures.plot_data(figures.message_figure("")), []
+
     # ------------------------------------------------------------------ compare
     @user_errors
     def compare(self, image: str | None, models: Sequence[str] | str | None) -> tuple[dict, list[list[Any]], Any, Any]:
@@ -157,7 +173,7 @@ class Handlers:
                 None if cost.get("flops") is None else round(cost["flops"] / 1e6, 1),
                 None if cost.get("params") is None else round(cost["params"] / 1e6, 2),
                 round(latency, 2),
-                " → ".join(f"{h}×{w}" for h, w in resolution.values()),
+                " → ".join(str(h) if h == w else f"{h}×{w}" for h, w in resolution.values()),
             ])
             strides[name] = per_stage
             sizes[name] = {s: tuple(v) for s, v in resolution.items()}

@@ -17,6 +17,7 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "tests" / "assets"
 CSS = """
 #dash-title h1 {margin-bottom: 0.1em}
 #model-view img {image-rendering: pixelated}
+#input-image img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain}
 .dash-note {font-size: 0.9em; color: var(--body-text-color-subdued)}
 """
 
@@ -97,7 +98,9 @@ def build_demo(service: DashboardService) -> gr.Blocks:
             with gr.Column(scale=1, min_width=300):
                 image = RawImage(label="Image", sources=["upload", "webcam", "clipboard"], height=240,
                                  elem_id="input-image")
+                # allow_custom_value: an unknown name reaches the handler, which explains it.
                 model = gr.Dropdown(choices=choices, value=default, label="Model", elem_id="model-select",
+                                    allow_custom_value=True,
                                     info="Default: the best test accuracy among the bundled models.")
                 classify_btn = gr.Button("Classify", variant="primary", elem_id="classify-btn")
                 if examples:
@@ -128,10 +131,10 @@ def build_demo(service: DashboardService) -> gr.Blocks:
                                 show_features = gr.Checkbox(label="Show feature maps", value=False,
                                                             elem_id="show-features")
                                 channels = gr.Slider(0, 8, value=3, step=1, label="Channels per stage (besides the mean)")
-                            feature_plot = gr.Plot(label="Feature maps: channel mean and first channels",
+                            feature_plot = gr.Plot(label="Feature maps: channel mean and the most active channels",
                                                    elem_id="feature-plot")
                         layers_table = gr.Dataframe(
-                            headers=["layer", "stage", "kind", "stride (h × w)", "size in → out", "crop (bins)"],
+                            headers=["layer", "stage", "kind", "stride (h × w)", "size in → out", "crop: pass/cut (kept)"],
                             label="Downsampling layers of the model", interactive=False, wrap=True,
                             elem_id="layers-table",
                         )
@@ -139,7 +142,7 @@ def build_demo(service: DashboardService) -> gr.Blocks:
                         with gr.Row():
                             compare_models = gr.Dropdown(
                                 choices=choices, value=_compare_default(service), multiselect=True,
-                                max_choices=MAX_COMPARE, label=f"Models to compare (2–{MAX_COMPARE}, same dataset)",
+                                max_choices=MAX_COMPARE, allow_custom_value=True, label=f"Models to compare (2–{MAX_COMPARE}, same dataset)",
                                 scale=4, elem_id="compare-models",
                             )
                             compare_btn = gr.Button("Compare", variant="primary", scale=1, elem_id="compare-btn")
@@ -148,8 +151,9 @@ def build_demo(service: DashboardService) -> gr.Blocks:
                                               for i in range(MAX_COMPARE)]
                         compare_table = gr.Dataframe(
                             headers=["model", "variant", "top-1", "p (%)", "test acc (%)", "MFLOPs", "params (M)",
-                                     "latency (ms)", "resolution (stem → …)"],
+                                     "ORT latency (ms)", "map size per stage (stem → …)"],
                             label="Side by side", interactive=False, wrap=True, elem_id="compare-table",
+                            column_widths=["11%", "11%", "9%", "7%", "8%", "9%", "8%", "9%", "28%"],
                         )
                         with gr.Row():
                             strides_plot = gr.Plot(label="Strides per stage", elem_id="compare-strides")
@@ -160,7 +164,8 @@ def build_demo(service: DashboardService) -> gr.Blocks:
                             training_models = gr.CheckboxGroup(choices=choices, value=names, label="Models",
                                                                scale=3, elem_id="training-models")
                             stride_model = gr.Dropdown(choices=choices, value=default,
-                                                       label="Stride trajectories of", scale=1)
+                                                       label="Stride trajectories of", scale=2,
+                                                       allow_custom_value=True)
                         curves_plot = gr.Plot(label="Accuracy and loss per epoch", elem_id="training-curves")
                         with gr.Row():
                             stride_plot = gr.Plot(label="Learned strides per epoch", elem_id="training-strides")
@@ -175,12 +180,13 @@ def build_demo(service: DashboardService) -> gr.Blocks:
         compare_outputs = [compare_json, compare_table, strides_plot, resolution_plot]
 
         def after_classify(dep, tag):
-            """Bar + model view, then spectra: both reuse the cached forward pass."""
+            """Bar + model view, then spectra: both reuse the cached forward pass (and clear
+            themselves when the input was rejected, so no stale result stays on screen)."""
             return (
-                dep.success(h.views, [image, model], [bar, view, summary], api_name=f"_views_{tag}",
-                            api_visibility="private")
-                .success(h.spectra, spectra_inputs, spectra_outputs, api_name=f"_spectra_{tag}",
+                dep.then(h.views_ui, [image, model], [bar, view, summary], api_name=f"_views_{tag}",
                          api_visibility="private")
+                .then(h.spectra_ui, spectra_inputs, spectra_outputs, api_name=f"_spectra_{tag}",
+                      api_visibility="private")
             )
 
         after_classify(classify_btn.click(h.classify, [image, model], [label], api_name="classify"), "button")

@@ -24,8 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def find_chromium() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    """``$CHROMIUM`` if set (and only that), else Debian's /usr/bin/chromium or one on PATH."""
+    if os.environ.get("CHROMIUM"):
+        return os.environ["CHROMIUM"] if Path(os.environ["CHROMIUM"]).is_file() else None
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
         if candidate and Path(candidate).is_file():
             return candidate
     return None
@@ -41,9 +43,9 @@ def launch_browser(playwright, executable: str | None = None):
 def upload_and_wait(page, image: str | Path, timeout_ms: int = 60_000) -> str:
     """Upload ``image`` into the input panel; returns the predicted label once it shows."""
     page.locator("#input-image input[type=file]").set_input_files(str(image))
-    label = page.locator("#top5-label h2").first
+    label = page.locator("#top5-label [data-testid=label-output-value]").first
     page.wait_for_function(
-        "() => { const el = document.querySelector('#top5-label h2'); return el && el.textContent.trim().length > 0; }",
+        "() => { const el = document.querySelector('#top5-label [data-testid=label-output-value]'); return el && el.textContent.trim().length > 0; }",
         timeout=timeout_ms,
     )
     return label.inner_text().strip()
@@ -91,7 +93,7 @@ def capture_all(url: str, out: Path, image: Path, executable: str | None = None,
         open_tab(page, "Compare")
         page.locator("#compare-btn").click()
         wait_for_plot(page, "#compare-strides")
-        page.wait_for_function("() => document.querySelector('#compare-label-0 h2')", timeout=60_000)
+        page.wait_for_function("() => document.querySelector('#compare-label-0 [data-testid=label-output-value]')", timeout=60_000)
         page.wait_for_timeout(800)
         shots["compare"] = out / "compare.png"
         page.screenshot(path=str(shots["compare"]), full_page=True)

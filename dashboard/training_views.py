@@ -12,7 +12,7 @@ from .figures import message_figure, plot_data
 
 __all__ = ["curves", "strides", "reproduction", "overview", "OVERVIEW_HEADERS"]
 
-OVERVIEW_HEADERS = ["model", "variant", "dataset", "strides (init)", "learned strides", "epochs", "test acc (%)", "data"]
+OVERVIEW_HEADERS = ["model", "variant", "dataset", "strides (init)", "learned strides (per layer, h×w)", "epochs", "test acc (%)", "data"]
 
 
 def _named(name: str, card: dict) -> dict:
@@ -33,6 +33,10 @@ def curves(cards: dict[str, dict]) -> Any:
 def strides(card: dict | None, name: str | None) -> Any:
     if card is None:
         return plot_data(message_figure("Choose a model.", 300))
+    if not any(h.get("strides") for h in card.get("history") or []):
+        learned = card.get("learned_strides") or {}
+        what = "its card has no per-epoch history" if learned else "it has no learnable strides"
+        return plot_data(message_figure(f"No stride trajectory for '{name}' ({card.get('variant')}): {what}.", 300))
     from training.report import stride_figure
 
     return stride_figure(_named(name or "?", card))
@@ -62,7 +66,7 @@ def overview(cards: dict[str, dict]) -> list[list[Any]]:
             card.get("variant"),
             card.get("dataset"),
             ", ".join(f"{float(s):g}" for s in card.get("strides") or []),
-            "; ".join(f"{k.split('.')[0]}: {v[0]:.2f}×{v[1]:.2f}" for k, v in learned.items()) or "—",
+            ", ".join(f"{v[0]:.2f}×{v[1]:.2f}" for v in learned.values()) or "—",
             f"{card.get('epoch', 0)}/{card.get('epochs', 0)}",
             None if acc is None else round(100 * float(acc), 2),
             f"{data.get('source') or '?'} ({data.get('n_train', '?')} train / {data.get('n_test', '?')} test)",

@@ -4,8 +4,8 @@
   ONNX with the project's exporter (``exports.export.export_checkpoint``), with cards that
   carry a short synthetic training history (so the Training tab has something to draw).
   Exporting all variants takes a minute or two on a 2-core CPU, so the folder is cached
-  under ``artifacts/test-models/<key>/``, keyed by the source of ``hybrid_model``,
-  ``exports`` and this file; ``DASHBOARD_TEST_MODELS=DIR`` uses a ready folder instead.
+  under ``artifacts/test-models/<key>/``, keyed by the source of ``hybrid_model``, the
+  exporter and this file; ``DASHBOARD_TEST_MODELS=DIR`` uses a ready folder instead.
 * ``app_server`` (session): ``python app.py --port P --models-dir <models_dir>`` as a
   subprocess on a free port, up once the page is served; ``start_app`` starts more.
 * ``cifar_images``: the PNGs in ``tests/assets`` (bit-exact CIFAR-10 test images, label in
@@ -38,7 +38,7 @@ VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
 #: Synthetic test accuracies: makes the default ("best") model deterministic: hybrid.
 TEST_ACC = {"resnet18": 0.41, "spectral": 0.38, "diffstride": 0.44, "hybrid": 0.47, "diffstride2": 0.45}
 DEFAULT_MODEL = "hybrid"
-FIXTURE_VERSION = "1"
+FIXTURE_VERSION = "2"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -69,26 +69,32 @@ def cifar_images() -> list[CifarImage]:
 # --------------------------------------------------------------------------------------
 def _source_key() -> str:
     digest = hashlib.sha256(FIXTURE_VERSION.encode())
-    for folder in ("hybrid_model", "exports"):
-        for path in sorted((ROOT / folder).glob("*.py")):
+    sources = sorted((ROOT / "hybrid_model").glob("*.py")) + [
+        ROOT / "exports" / name for name in ("export.py", "checkpoint_io.py", "parity.py")]
+    for path in sources:
+        if path.is_file():
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _synthetic_history(card_strides: dict[str, list[float]], epochs: int = 4) -> list[dict]:
-    """A short, clearly synthetic history (the Training tab needs one to draw)."""
+def _synthetic_history(card_strides: dict[str, list[float]], final_acc: float, seed: int, epochs: int = 6) -> list[dict]:
+    """A short, clearly synthetic history (the Training tab needs one to draw), distinct per
+    model: accuracy rises to ``final_acc``, DiffStride strides drift from their start."""
     history = []
     for epoch in range(1, epochs + 1):
+        progress = 1.0 - 0.6 ** epoch
+        acc = final_acc * progress / (1.0 - 0.6 ** epochs)
         history.append({
             "epoch": epoch,
-            "train_loss": round(2.3 / epoch, 4),
-            "train_acc": round(0.1 + 0.1 * epoch, 4),
-            "test_loss": round(2.4 / epoch + 0.1, 4),
-            "test_acc": round(0.1 + 0.08 * epoch, 4),
-            "strides": {layer: [round(s[0] + 0.1 * epoch, 4), round(s[1] + 0.05 * epoch, 4)]
-                        for layer, s in card_strides.items()},
+            "train_loss": round(2.3 - 1.4 * progress - 0.05 * seed, 4),
+            "train_acc": round(min(1.0, acc + 0.04), 4),
+            "test_loss": round(2.35 - 1.2 * progress - 0.04 * seed, 4),
+            "test_acc": round(acc, 4),
+            "strides": {layer: [round(s[0] + (0.08 + 0.03 * k) * progress * (1 + seed), 4),
+                                round(s[1] + (0.05 + 0.02 * k) * progress * (1 + seed), 4)]
+                        for k, (layer, s) in enumerate(card_strides.items())},
             "seconds": 1.0,
         })
     return history
@@ -107,10 +113,11 @@ def build_test_models(out: Path, variants=VARIANTS) -> Path:
         base = checkpoints / variant
         _, card_path = fresh_checkpoint(variant, base, seed=seed, calibration_images=calibration)
         card = load_card(card_path)
+        history = _synthetic_history(card.get("learned_strides") or {}, TEST_ACC.get(variant, 0.3), seed)
         card.update(
-            test_acc=TEST_ACC.get(variant, 0.3),
-            history=_synthetic_history(card.get("learned_strides") or {}),
-            epoch=4, epochs=4,
+            test_acc=history[-1]["test_acc"],
+            history=history,
+            epoch=len(history), epochs=len(history),
             data={"source": "synthetic test card (untrained weights)", "n_train": 0, "n_test": 0},
         )
         card_path.write_text(json.dumps(card, indent=2) + "\n")
@@ -133,6 +140,40 @@ def models_dir() -> Path:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         done.write_text("ok\n")
+        _drop_stale_caches(target)
+    return target
+
+
+def _drop_stale_caches(keep: Path, max_age_s: float = 3600.0) -> None:
+    """Remove other cached model folders (~230 MB each) unused for an hour."""
+    now = time.time()
+    for folder in keep.parent.iterdir():
+        if folder.name.startswith(keep.name) or not folder.is_dir():
+            continue
+        if now - folder.stat().st_mtime > max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mixed_models_dir(models_dir: Path) -> Path:
+    """Two datasets in one folder: ``resnet18`` (CIFAR-10, copied from ``models_dir``) and a
+    fresh CIFAR-100 ``resnet18-c100`` (exported once, cached beside ``models_dir``)."""
+    from exports.checkpoint_io import fresh_checkpoint
+    from exports.export import export_checkpoint
+
+    target = models_dir.parent / f"{models_dir.name}-c100"
+    if not (target / ".complete").is_file():
+        staging = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        _, card_path = fresh_checkpoint("resnet18", staging / "_ck" / "c100", dataset="cifar100", num_classes=100,
+                                        test_acc=0.2, data={"source": "synthetic test card", "n_train": 0, "n_test": 0})
+        export_checkpoint(card_path, staging / "resnet18-c100.onnx", parity_images=4, log=lambda line: None)
+        shutil.rmtree(staging / "_ck", ignore_errors=True)
+        shutil.copy(models_dir / "resnet18.onnx", staging / "resnet18.onnx")  # unlisted: picked up by scanning
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        (target / ".complete").write_text("ok\n")
     return target
 
 
@@ -189,15 +230,15 @@ def _wait_until_serving(url: str, process: subprocess.Popen, log_path: Path, tim
 
 
 @contextmanager
-def run_app(models: Path, log_dir: Path, timeout: float = 120.0) -> Iterator[AppServer]:
-    """``python app.py --port P --models-dir models`` until the block ends."""
+def run_app(models: Path, log_dir: Path, timeout: float = 120.0, extra_args: tuple[str, ...] = ()) -> Iterator[AppServer]:
+    """``python app.py --port P --models-dir models [extra_args]`` until the block ends."""
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     for attempt in range(3):
         port = free_port()
         log_path = log_dir / f"app-{port}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--models-dir", str(models)],
+                [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--models-dir", str(models), *extra_args],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
             )
         url = f"http://127.0.0.1:{port}/"
@@ -240,7 +281,7 @@ def start_app(tmp_path_factory):
     from contextlib import ExitStack
 
     with ExitStack() as stack:
-        def start(models: Path) -> AppServer:
-            return stack.enter_context(run_app(models, tmp_path_factory.mktemp("app-logs")))
+        def start(models: Path, *extra_args: str) -> AppServer:
+            return stack.enter_context(run_app(models, tmp_path_factory.mktemp("app-logs"), extra_args=extra_args))
 
         yield start

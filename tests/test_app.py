@@ -1,0 +1,424 @@
+"""The dashboard's API, driven with gradio_client against a real server (``python app.py``)
+serving real ONNX exports through onnxruntime; no mocks on the model path."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from conftest import CIFAR10_CLASSES, DEFAULT_MODEL, VARIANTS
+
+pytestmark = pytest.mark.timeout(600)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+def classify(client: Client, path: Path | str, model: str | None = None) -> dict:
+    args = [handle_file(str(path))] + ([model] if model is not None else [])
+    return client.predict(*args, api_name="/classify")
+
+
+def assert_label(value: dict) -> str:
+    """A gr.Label value whose top label is a lower-case CIFAR-10 class; returns it."""
+    assert isinstance(value, dict), value
+    top = value["label"]
+    assert top in CIFAR10_CLASSES and top == top.lower(), value
+    confidences = value["confidences"]
+    assert len(confidences) == 5
+    probs = [c["confidence"] for c in confidences]
+    assert probs == sorted(probs, reverse=True)
+    assert confidences[0]["label"] == top
+    assert 0.0 < sum(probs) <= 1.0 + 1e-5
+    assert len({c["label"] for c in confidences}) == 5
+    return top
+
+
+def figure(plot_value: dict) -> dict:
+    """The Plotly figure inside a gr.Plot API value."""
+    assert plot_value["type"] == "plotly"
+    return json.loads(plot_value["plot"])
+
+
+def error_text(excinfo: pytest.ExceptionInfo) -> str:
+    return str(excinfo.value)
+
+
+def write_image(path: Path, image: Image.Image, **save) -> Path:
+    image.save(path, **save)
+    return path
+
+
+def cifar_array(index: int = 1) -> np.ndarray:
+    return np.asarray(Image.open(sorted((Path(__file__).parent / "assets").glob("*.png"))[index]).convert("RGB"))
+
+
+# --------------------------------------------------------------------------------------
+# The torch-free spectrum equals the project's reference
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(3, 32, 32), (64, 32, 32), (128, 24, 24), (512, 8, 9), (5, 15, 7), (4, 7, 2),
+                                   (2, 1, 1)])
+def test_dashboard_log_spectrum_matches_hybrid_model(shape):
+    from dashboard.service import log_spectrum
+    from hybrid_model.introspect import log_spectrum as reference
+
+    feature = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 3
+    np.testing.assert_allclose(log_spectrum(feature), reference(feature), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# Endpoints
+# --------------------------------------------------------------------------------------
+def test_api_exposes_every_endpoint(client: Client):
+    api = client.view_api(print_info=False, return_format="dict")
+    names = set(api["named_endpoints"])
+    assert {"/classify", "/spectra", "/compare", "/training", "/models"} <= names
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/classify"]["parameters"]]
+    assert params == ["image", "model"]
+    model_param = api["named_endpoints"]["/classify"]["parameters"][1]
+    assert model_param["parameter_has_default"] and model_param["parameter_default"] == DEFAULT_MODEL
+
+
+def test_models_endpoint(client: Client, models_dir: Path):
+    info = client.predict(api_name="/models")
+    assert info["default"] == DEFAULT_MODEL
+    assert sorted(m["name"] for m in info["models"]) == sorted(VARIANTS)
+    assert info["skipped"] == []
+    for entry in info["models"]:
+        assert entry["dataset"] == "cifar10" and entry["size_bytes"] > 1_000_000
+        assert Path(entry["file"]).name == f"{entry['name']}.onnx"
+
+
+def test_classify_real_cifar_images_with_the_default_model(client: Client, cifar_images):
+    for image in cifar_images[:6]:
+        assert_label(classify(client, image.path))
+
+
+@pytest.mark.parametrize("model", VARIANTS)
+def test_classify_every_model(client: Client, cifar_images, model: str):
+    assert_label(classify(client, cifar_images[0].path, model))
+
+
+def test_classify_matches_the_runtime(client: Client, cifar_images, models_dir: Path):
+    """The served probabilities are the ONNX model's (same file, same preprocessing)."""
+    from exports.runtime import OnnxModel
+
+    model = OnnxModel(models_dir / "resnet18.onnx")
+    for image in cifar_images[:3]:
+        expected = model.predict(str(image.path))
+        served = classify(client, image.path, "resnet18")
+        assert served["label"] == expected.top_k[0][0]
+        got = {c["label"]: c["confidence"] for c in served["confidences"]}
+        for name, prob in expected.top_k:
+            assert got[name] == pytest.approx(prob, abs=1e-5)
+
+
+def test_spectra_draws_each_layer_crop_on_the_map_it_reads(client: Client, cifar_images, models_dir: Path):
+    from exports.runtime import OnnxModel
+
+    card = OnnxModel(models_dir / "hybrid.onnx").card
+    spectral_layers = [layer for layer in card["layers"] if layer["crop"]]
+    grid, features, table = client.predict(handle_file(str(cifar_images[1].path)), "hybrid", False, 3,
+                                           api_name="/spectra")
+    fig = figure(grid)
+    heatmaps = [t for t in fig["data"] if t["type"] == "heatmap"]
+    # input image + stem, layer1..4, head
+    assert len(heatmaps) == 7
+    crops = [s for s in fig["layout"]["shapes"] if s.get("name", "").startswith("crop:")]
+    ramps = [s for s in fig["layout"]["shapes"] if s.get("name", "").startswith("ramp:")]
+    assert sorted(s["name"][5:] for s in crops) == sorted(layer["name"] for layer in spectral_layers)
+    assert len(ramps) == sum(layer["kind"] == "diffstride" for layer in spectral_layers)  # the head has no ramp
+    titles = " ".join(a["text"] for a in fig["layout"]["annotations"])
+    assert "reads this map" in titles and "learned s=(" in titles
+    # layer2's crop sits on layer1's output: its panel is 32x32 and the box is in its axes
+    layer2 = next(layer for layer in spectral_layers if layer["stage"] == "layer2")
+    box = next(s for s in crops if s["name"] == f"crop:{layer2['name']}")
+    panel = heatmaps[[i for i, t in enumerate(heatmaps) if t["xaxis"] == box["xref"]][0]]
+    assert (len(panel["z"]), len(panel["z"][0])) == tuple(layer2["in_size"])
+    # feature maps only on demand
+    assert not figure(features)["data"]
+    assert [row[0] for row in table["data"]] == [layer["name"] for layer in card["layers"]]
+
+
+def test_spectra_feature_maps_on_demand_and_conv_model(client: Client, cifar_images):
+    grid, features, _ = client.predict(handle_file(str(cifar_images[2].path)), "resnet18", True, 2,
+                                       api_name="/spectra")
+    fig = figure(grid)
+    assert not [s for s in fig["layout"].get("shapes", []) if s["name"].startswith("crop:")]  # strided convs: no crop
+    assert "strided conv" in " ".join(a["text"] for a in fig["layout"]["annotations"])
+    maps = figure(features)["data"]
+    assert len(maps) == 5 * 3  # stem, layer1..4 x (mean + 2 channels)
+
+
+def test_compare_two_to_four_models(client: Client, cifar_images):
+    summary, table, strides, resolution = client.predict(
+        handle_file(str(cifar_images[3].path)), ["hybrid", "resnet18", "diffstride"], api_name="/compare")
+    models = summary["models"]
+    assert [m["name"] for m in models] == ["hybrid", "resnet18", "diffstride"]
+    for m in models:
+        assert m["topk"][0][0] in CIFAR10_CLASSES
+        assert m["flops"] > 0 and m["latency_ms"] > 0 and m["test_acc"] is not None
+    assert models[1]["resolution"]["layer4"] == [4, 4]  # plain ResNet-18: 32 -> 4
+    assert len(table["data"]) == 3
+    bars = figure(strides)["data"]
+    assert {b["legendgroup"] for b in bars} == {"hybrid", "resnet18", "diffstride"}
+    assert len(figure(resolution)["data"]) == 3
+
+
+@pytest.mark.parametrize("models, message", [
+    (["hybrid"], "Choose between 2 and 4 models"),
+    (["hybrid", "resnet18", "spectral", "diffstride", "diffstride2"], "Choose between 2 and 4 models"),
+    (["hybrid", "nosuchmodel"], "Unknown model 'nosuchmodel'"),
+])
+def test_compare_rejects_bad_selections(client: Client, cifar_images, models, message):
+    with pytest.raises(AppError) as excinfo:
+        client.predict(handle_file(str(cifar_images[0].path)), models, api_name="/compare")
+    assert message in error_text(excinfo)
+
+
+def test_training_endpoint(client: Client):
+    curves, strides, reproduction, overview = client.predict(api_name="/training")
+    traces = figure(curves)["data"]
+    assert len(traces) == len(VARIANTS) * 4  # train/test x acc/loss per model
+    stride_traces = figure(strides)["data"]  # default model: hybrid, 4 DiffStride layers x (s_h, s_w)
+    assert len(stride_traces) == 8 and all(len(t["x"]) == 6 for t in stride_traces)
+    assert "CIFAR-10" in reproduction and "47.00" in reproduction  # hybrid's (synthetic) test accuracy
+    assert sorted(row[0] for row in overview["data"]) == sorted(VARIANTS)
+    curves, strides, _, overview = client.predict(["resnet18", "spectral"], "resnet18", api_name="/training")
+    assert len(figure(curves)["data"]) == 8
+    assert "no learnable strides" in json.dumps(figure(strides))
+    assert len(overview["data"]) == 2
+
+
+def test_compare_refuses_models_of_different_datasets(start_app, mixed_models_dir: Path, cifar_images):
+    from training.data import CIFAR100_CLASSES
+
+    client = Client(start_app(mixed_models_dir).url, verbose=False)
+    info = client.predict(api_name="/models")
+    assert {m["name"]: m["dataset"] for m in info["models"]} == {"resnet18": "cifar10", "resnet18-c100": "cifar100"}
+    with pytest.raises(AppError) as excinfo:
+        client.predict(handle_file(str(cifar_images[0].path)), ["resnet18", "resnet18-c100"], api_name="/compare")
+    message = error_text(excinfo)
+    assert "must share one dataset" in message and "resnet18-c100 (cifar100)" in message
+    top = classify(client, cifar_images[0].path, "resnet18-c100")
+    assert top["label"] in CIFAR100_CLASSES and len(top["confidences"]) == 5
+
+
+# --------------------------------------------------------------------------------------
+# Unusual but valid images: all must classify
+# --------------------------------------------------------------------------------------
+def _unusual_images(folder: Path) -> dict[str, Path]:
+    rgb = Image.fromarray(cifar_array(1))
+    big = rgb.resize((320, 240), Image.Resampling.NEAREST)
+    frames = [Image.fromarray(np.roll(cifar_array(1), k, axis=1)).convert("P") for k in range(3)]
+    grey16 = (np.asarray(rgb.convert("L"), np.uint16) * 257).astype(np.uint16)
+    out = {
+        "grayscale": write_image(folder / "grey.png", rgb.convert("L")),
+        "rgba": write_image(folder / "rgba.png", Image.merge("RGBA", (*rgb.split(), Image.new("L", rgb.size, 128)))),
+        "palette": write_image(folder / "palette.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE)),
+        "cmyk": write_image(folder / "cmyk.jpg", rgb.convert("CMYK"), format="JPEG"),
+        "16-bit": write_image(folder / "grey16.png", Image.fromarray(grey16)),
+        "bilevel": write_image(folder / "bilevel.png", rgb.convert("1")),
+        "non-square jpeg": write_image(folder / "photo.jpg", big, quality=90),
+        "webp": write_image(folder / "image.webp", rgb, format="WEBP"),
+        "bmp": write_image(folder / "image.bmp", rgb),
+        "tiff": write_image(folder / "image.tiff", rgb),
+    }
+    gif = folder / "animated.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    out["animated gif"] = gif
+    return out
+
+
+@pytest.fixture(scope="module")
+def unusual_images(tmp_path_factory) -> dict[str, Path]:
+    return _unusual_images(tmp_path_factory.mktemp("unusual"))
+
+
+def test_unusual_images_are_what_they_claim(unusual_images):
+    modes = {name: Image.open(path).mode for name, path in unusual_images.items()}
+    assert modes["grayscale"] == "L" and modes["rgba"] == "RGBA" and modes["palette"] == "P"
+    assert modes["cmyk"] == "CMYK" and modes["16-bit"] in ("I;16", "I") and modes["bilevel"] == "1"
+    assert getattr(Image.open(unusual_images["animated gif"]), "n_frames", 1) == 3
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "rgba", "palette", "cmyk", "16-bit", "bilevel", "animated gif",
+                                  "non-square jpeg", "webp", "bmp", "tiff"])
+def test_valid_unusual_images_classify(client: Client, unusual_images, kind):
+    assert_label(classify(client, unusual_images[kind]))
+
+
+def test_unusual_image_spectra_and_compare(client: Client, unusual_images):
+    grid, _, _ = client.predict(handle_file(str(unusual_images["cmyk"])), api_name="/spectra")
+    assert len(figure(grid)["data"]) == 7
+    summary, *_ = client.predict(handle_file(str(unusual_images["animated gif"])), ["hybrid", "resnet18"],
+                                 api_name="/compare")
+    assert len(summary["models"]) == 2
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: a clear message, and the server keeps serving
+# --------------------------------------------------------------------------------------
+def _bad_inputs(folder: Path) -> dict[str, tuple[Path, str | tuple[str, ...]]]:
+    """Bad uploads and the words their message must contain (any of a tuple)."""
+    png = io.BytesIO()
+    Image.fromarray(cifar_array(2)).save(png, format="PNG")
+    data = png.getvalue()
+    truncated = folder / "truncated.png"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupted = bytearray(data)  # valid signature and header, damaged pixel data
+    start = len(corrupted) // 2
+    corrupted[start:start + 64] = bytes(b ^ 0xFF for b in corrupted[start:start + 64])
+    garbage = folder / "garbage.png"
+    garbage.write_bytes(bytes(corrupted))
+    noise = folder / "noise.png"
+    noise.write_bytes(data[:8] + bytes(range(256)) * 8)  # PNG signature, then noise
+    text = folder / "notes.txt"
+    text.write_text("this is not an image\n" * 20)
+    fake = folder / "fake.jpg"
+    fake.write_bytes(b"%PDF-1.4\n" + b"0" * 2000)
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    huge = folder / "huge.png"
+    Image.new("L", (10000, 10000), 0).save(huge, optimize=True)
+    return {
+        "text file": (text, "not an image"),
+        "pdf named .jpg": (fake, "not an image"),
+        "truncated png": (truncated, "corrupted"),
+        "corrupted bytes": (garbage, "corrupted"),
+        "signature then noise": (noise, ("not an image", "corrupted")),
+        "empty upload": (empty, "empty"),
+        "10000x10000 image": (huge, "too large"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    return _bad_inputs(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("kind", ["text file", "pdf named .jpg", "truncated png", "corrupted bytes",
+                                  "signature then noise", "empty upload", "10000x10000 image"])
+@pytest.mark.parametrize("endpoint", ["/classify", "/spectra"])
+def test_bad_images_give_a_clear_message(client: Client, bad_inputs, cifar_images, kind, endpoint):
+    path, expected = bad_inputs[kind]
+    with pytest.raises(AppError) as excinfo:
+        client.predict(handle_file(str(path)), api_name=endpoint)
+    message = error_text(excinfo)
+    assert any(e in message.lower() for e in ((expected,) if isinstance(expected, str) else expected)), message
+    assert path.name in message  # names the upload
+    assert "Traceback" not in message and "Internal error" not in message
+    assert_label(classify(client, cifar_images[0].path))  # still serving
+
+
+def test_bad_image_in_compare(client: Client, bad_inputs):
+    path, expected = bad_inputs["truncated png"]
+    with pytest.raises(AppError) as excinfo:
+        client.predict(handle_file(str(path)), ["hybrid", "resnet18"], api_name="/compare")
+    assert expected in error_text(excinfo).lower()
+
+
+def test_missing_image_and_unknown_model(client: Client, cifar_images):
+    with pytest.raises(AppError) as excinfo:
+        client.predict(None, api_name="/classify")
+    assert "No image was provided" in error_text(excinfo)
+    with pytest.raises(AppError) as excinfo:
+        classify(client, cifar_images[0].path, "no-such-model")
+    message = error_text(excinfo)
+    assert "Unknown model 'no-such-model'" in message and "hybrid" in message
+
+
+def test_upload_over_the_size_limit_is_refused(app_server, tmp_path: Path, cifar_images):
+    """max_file_size: the server refuses an 11 MB upload with HTTP 413 and keeps serving."""
+    big = tmp_path / "big.png"
+    big.write_bytes(cifar_images[0].path.read_bytes() + b"\0" * (11 * 2**20))
+    boundary = "dashboardtestboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(app_server.url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        urllib.request.urlopen(request, timeout=30)
+    assert excinfo.value.code == 413
+    assert "10" in excinfo.value.read().decode(errors="replace")  # the limit is stated
+    client = Client(app_server.url, verbose=False)
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        classify(client, big)
+    assert_label(classify(client, cifar_images[0].path))
+
+
+# --------------------------------------------------------------------------------------
+# Model folders with problems: the app still starts and says why
+# --------------------------------------------------------------------------------------
+def test_broken_model_files_are_skipped_with_reasons(start_app, broken_models_dir: Path, cifar_images):
+    server = start_app(broken_models_dir)
+    client = Client(server.url, verbose=False)
+    info = client.predict(api_name="/models")
+    assert [m["name"] for m in info["models"]] == ["resnet18"] and info["default"] == "resnet18"
+    skipped = {Path(s["file"]).name: s["reason"] for s in info["skipped"]}
+    assert set(skipped) == {"corrupt.onnx", "empty.onnx", "nocard.onnx"}
+    assert all(reason.strip() for reason in skipped.values())
+    assert "card" in skipped["nocard.onnx"].lower()
+    with urllib.request.urlopen(server.url, timeout=10) as page:
+        html = page.read().decode()
+    assert "corrupt.onnx" in html  # the skipped files are listed in the UI
+    assert_label(classify(client, cifar_images[0].path))
+    with pytest.raises(AppError) as excinfo:
+        classify(client, cifar_images[0].path, "corrupt")
+    assert "Unknown model 'corrupt'" in error_text(excinfo)
+
+
+def test_no_valid_model_still_starts(start_app, tmp_path_factory, cifar_images):
+    folder = tmp_path_factory.mktemp("no-models")
+    (folder / "broken.onnx").write_bytes(b"not onnx at all")
+    server = start_app(folder)
+    client = Client(server.url, verbose=False)
+    info = client.predict(api_name="/models")
+    assert info["models"] == [] and info["default"] is None
+    assert [Path(s["file"]).name for s in info["skipped"]] == ["broken.onnx"]
+    with urllib.request.urlopen(server.url, timeout=10) as page:
+        html = page.read().decode()
+    assert "No valid model was found" in html and "broken.onnx" in html
+    for call in (lambda: classify(client, cifar_images[0].path),
+                 lambda: client.predict(handle_file(str(cifar_images[0].path)), api_name="/spectra"),
+                 lambda: client.predict(api_name="/training")):
+        with pytest.raises(AppError) as excinfo:
+            call()
+        message = error_text(excinfo)
+        assert "No valid model was found" in message and "broken.onnx" in message
+
+
+def test_missing_models_folder_still_starts(start_app, tmp_path: Path, cifar_images):
+    server = start_app(tmp_path / "does-not-exist")
+    client = Client(server.url, verbose=False)
+    info = client.predict(api_name="/models")
+    assert info["models"] == []
+    with pytest.raises(AppError) as excinfo:
+        classify(client, cifar_images[0].path)
+    assert "No valid model was found" in error_text(excinfo)
+
+
+def test_model_file_removed_while_serving(start_app, models_dir: Path, tmp_path: Path, cifar_images):
+    """A model file deleted after start-up (sessions are created on first use with
+    --no-preload): a clear message for that model; the other models keep working."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("resnet18", "spectral"):
+        shutil.copy(models_dir / f"{name}.onnx", folder / f"{name}.onnx")
+    server = start_app(folder, "--no-preload")
+    client = Client(server.url, verbose=False)
+    assert_label(classify(client, cifar_images[1].path, "resnet18"))
+    (folder / "spectral.onnx").unlink()
+    with pytest.raises(AppError) as excinfo:
+        classify(client, cifar_images[1].path, "spectral")
+    message = error_text(excinfo)
+    assert "Model 'spectral' could not be loaded" in message and "not found" in message
+    assert_label(classify(client, cifar_images[2].path, "resnet18"))
