@@ -40,11 +40,12 @@ from .checkpoint_io import CheckpointError, atomic_write_bytes, atomic_write_tex
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 from .runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems
 
-__all__ = ["ExportResult", "OPSET", "export_checkpoint", "fp16_weights", "main", "update_manifest", "read_manifest"]
+__all__ = ["ExportResult", "OPSET", "export_checkpoint", "export_fresh", "fp16_weights", "main", "update_manifest", "read_manifest"]
 
 OPSET = 18
 INPUT_SIZE = (32, 32)
 MANIFEST = "manifest.json"
+BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
 CARD_FORMAT = 1
 
 
@@ -270,6 +271,8 @@ def export_checkpoint(
     out = Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"--out must end in .onnx, got {out}")
+    if parity_images < 0:
+        raise ValueError(f"--parity-images must be >= 0, got {parity_images}")
     weights, _ = resolve_pair(source)
     model, card = load_checkpoint(source)
     name = name or out.stem
@@ -285,6 +288,8 @@ def export_checkpoint(
         report = check_parity(model, proto.SerializeToString(), card, parity_images, data_dir, fp16, tolerance)
         for line in report.lines():
             log(line)
+    else:
+        log("parity check skipped (--parity-images 0): the card records parity as null")
     full_card = build_card(card, model, proto, name=name, checkpoint_sha256=file_sha256(weights), fp16=fp16, parity=report)
     problems = card_problems(full_card, *graph_io(proto))
     if problems:  # would be a bug in this module: never ship a model the registry rejects
@@ -299,6 +304,36 @@ def export_checkpoint(
         update_manifest(out, full_card, sha)
     log(f"wrote {out} ({len(data) / 1e6:.1f} MB, sha256 {sha[:12]}...)")
     return ExportResult(out, full_card, report, len(data), sha)
+
+
+def export_fresh(
+    directory: str | os.PathLike,
+    variants: Sequence[str] = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2"),
+    strides: Sequence[float] = (1, 1, 2, 2, 2),
+    *,
+    calibration_images: np.ndarray | None = None,
+    card_fields: Mapping[str, Mapping[str, Any]] | None = None,
+    **export_kwargs: Any,
+) -> dict[str, ExportResult]:
+    """Freshly initialised checkpoints for ``variants`` exported into ``directory/models``.
+
+    Checkpoints go to ``directory/checkpoints``. For pipeline checks, tests and size or
+    latency measurements: the models are untrained (do not ship them).
+    ``card_fields[variant]`` adds card keys (e.g. a placeholder ``test_acc``).
+    """
+    from .checkpoint_io import fresh_checkpoint
+
+    directory = Path(directory)
+    if (directory / "models").resolve() == BUNDLED_MODELS.resolve():
+        raise ValueError("export_fresh makes untrained models: never write them into exports/models")
+    results = {}
+    for seed, variant in enumerate(variants):
+        base = directory / "checkpoints" / variant
+        fields = dict((card_fields or {}).get(variant, {}))
+        fresh_checkpoint(variant, base, tuple(strides), seed=seed, calibration_images=calibration_images, **fields)
+        out = directory / "models" / f"{variant}.onnx"
+        results[variant] = export_checkpoint(base.with_suffix(".json"), out, **export_kwargs)
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if result.path is None:
         print(f"error: parity check failed: logits differ by {result.parity.logits_max_abs:.3e} "
-              f"(tolerance {result.parity.tolerance:g}); {args.out} not written", file=sys.stderr)
+              f"(limit {result.parity.limit:.3g}); {args.out} not written", file=sys.stderr)
         return 1
     return 0
 

@@ -70,6 +70,24 @@ def _too_large(width: int, height: int, max_pixels: int) -> ImageError:
     )
 
 
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format a file's magic bytes claim (to tell "corrupted PNG" from "not an image")."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
+
+
 def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
     """Identify, size-check, then decode ``data``; every Pillow failure becomes an ImageError."""
     if not data:
@@ -84,6 +102,9 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageError(f"{label}: image too large (decompression bomb guard)") from None
     except UnidentifiedImageError:
+        known = _sniff(data)
+        if known:  # right signature, unreadable header: say so rather than "not an image"
+            raise ImageError(f"{label}: corrupted {known} data (header unreadable)") from None
         raise ImageError(f"{label}: not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{label}: corrupted image header ({error})") from None

@@ -1,0 +1,11 @@
+"""Training, sweeps and reports for the CIFAR ResNet-18 variants of ``hybrid_model``.
+
+* ``training.data`` - CIFAR-10/100 loading (torchvision folders, the shared JPEG copy, the
+  bit-exact partial arrays), ``normalize`` and the on-device ``GpuLoader``;
+* ``training.train`` - ``python -m training.train``: one run (SGD, piecewise / one-cycle
+  schedules, DDP under torchrun, atomic checkpoints, exact ``--resume``);
+* ``training.sweep`` - ``python -m training.sweep --config X.json``: grids of runs and the
+  papers' results table;
+* ``training.report`` - tables and plotly figures from model cards (shared with the dashboard);
+* ``training.checkpoint`` - the files of a run and ``load_checkpoint``.
+"""

@@ -23,6 +23,7 @@ __all__ = [
     "VARIANT_ORDER",
     "VARIANT_LABELS",
     "curves_figure",
+    "results_markdown",
     "results_table",
     "stride_figure",
     "strides_label",
@@ -196,11 +197,11 @@ def curves_figure(cards: Sequence[dict], title: str | None = None):
         if not history:
             continue
         label, color = _run_label(card), palette[index % len(palette)]
-        epochs = [h["epoch"] for h in history]
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
         for col, metric in ((1, "acc"), (2, "loss")):
             for split, dash in (("test", "solid"), ("train", "dash")):
                 fig.add_trace(go.Scatter(
-                    x=epochs, y=[h[f"{split}_{metric}"] for h in history], mode="lines+markers" if len(epochs) < 30 else "lines",
+                    x=epochs, y=[h.get(f"{split}_{metric}") for h in history], mode="lines+markers" if len(epochs) < 30 else "lines",
                     name=f"{label} ({split})", legendgroup=label, showlegend=col == 1,
                     line={"color": color, "dash": dash},
                     hovertemplate=f"{label}<br>{split} {metric}: %{{y:.4f}}<br>epoch %{{x}}<extra></extra>",
@@ -227,7 +228,7 @@ def stride_figure(card: dict, title: str | None = None):
     layers = list(history[-1]["strides"]) if history else list(card.get("learned_strides") or {})
     palette = qualitative.Plotly
     for index, layer in enumerate(layers):
-        epochs = [h["epoch"] for h in history if layer in h["strides"]]
+        epochs = [h.get("epoch") for h in history if layer in h["strides"]]
         for axis, dash in ((0, "solid"), (1, "dash")):
             fig.add_trace(go.Scatter(
                 x=epochs, y=[h["strides"][layer][axis] for h in history if layer in h["strides"]],
@@ -273,9 +274,10 @@ def results_markdown(cards: Sequence[dict], metric: str = "test_acc", title: str
     for dataset in datasets:
         rows = results_table(cards, metric, dataset=dataset)
         subset = [c for c in cards if c.get("dataset") == dataset and _finished(c)]
-        sources = sorted({c.get("data", {}).get("source", "?").split(" from ")[0] for c in subset})
-        sizes = sorted({(c.get("data", {}).get("n_train"), c.get("data", {}).get("n_test")) for c in subset})
-        epochs = sorted({c.get("epochs") for c in subset})
+        infos = [c.get("data") or {} for c in subset]
+        sources = sorted({str(info.get("source") or "?").split(" from ")[0] for info in infos})
+        sizes = sorted({(info.get("n_train"), info.get("n_test")) for info in infos}, key=str)
+        epochs = sorted({c.get("epochs") for c in subset}, key=str)
         what = "test accuracy (%)" if metric == "test_acc" else metric
         parts.append(f"## {DATASET_LABELS.get(dataset, dataset)}: {what}, mean ± std over seeds\n")
         parts.append(table_markdown(rows))
@@ -284,7 +286,9 @@ def results_markdown(cards: Sequence[dict], metric: str = "test_acc", title: str
                 f"\nData: {'; '.join(sources)}; train/test images: {', '.join(f'{a}/{b}' for a, b in sizes)}; "
                 f"epochs: {', '.join(str(e) for e in epochs)}; {len(subset)} finished runs.\n"
             )
-    return "\n".join(parts) if parts else "_no runs_\n"
+    if not datasets:
+        parts.append("_no finished runs_\n")
+    return "\n".join(parts)
 
 
 def write_report(cards: Sequence[dict], out_dir: str | os.PathLike, title: str | None = None) -> dict[str, Path]:

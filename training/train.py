@@ -30,12 +30,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import hybrid_model
+
 from . import checkpoint as ckpt
 from .data import CIFAR_MEAN_STD, DATASETS, NUM_CLASSES, SOURCES, CifarData, GpuLoader, load_cifar
 
 __all__ = ["build_parser", "main", "parse_args", "parse_strides", "run_name", "lr_lambda"]
 
-VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+VARIANTS: tuple[str, ...] = tuple(hybrid_model.VARIANTS)  # resnet18, spectral, diffstride, hybrid, diffstride2
 SCHEDULES = ("piecewise", "onecycle")
 #: Piecewise schedule: lr multipliers after 0, 1, 2, 3 milestones (0.1 -> 0.01 -> 0.001 -> 0.0001).
 PIECEWISE_FACTORS = (1.0, 0.1, 0.01, 0.001)
@@ -43,7 +45,7 @@ DEFAULT_MILESTONE_FRACTIONS = (0.5, 0.75, 0.9)
 #: Training hyper-parameters that must match for --resume to continue a run.
 RESUME_KEYS = (
     "variant", "dataset", "strides", "options", "epochs", "batch_size", "lr", "stride_lr", "momentum",
-    "nesterov", "weight_decay", "schedule", "milestones", "warmup", "label_smoothing", "resolution_penalty",
+    "nesterov", "weight_decay", "schedule", "milestones", "warmup", "label_smoothing", "resolution_penalty", "grad_clip",
     "limit_train", "limit_test", "seed", "pad", "pad_mode", "flip", "data_source",
 )
 STALL_ENV = "HYBRID_TRAIN_STALL_AT_STEP"  # test hook: rank 0 stalls after this global step
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=_nonneg_float, default=None, help="default 0 (piecewise) / 0.2 (onecycle)")
     g.add_argument("--resolution-penalty", type=_nonneg_float, default=0.0,
                    help="weight of sum over DiffStride layers of 1/(s_h*s_w) (pushes towards larger strides)")
+    g.add_argument("--grad-clip", type=_nonneg_float, default=0.0,
+                   help="clip the global gradient norm of the weights to this value (0: off)")
     g.add_argument("--seed", type=int, default=0)
 
     g = p.add_argument_group("run")
@@ -483,6 +487,11 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             return 0
         raise CliError(f"cannot resume {args.name}: {paths.state.name} is missing (card at epoch {card.get('epoch')}); use --overwrite")
 
+    if args.overwrite and rank == 0:
+        # A stale state file must never be picked up by a later --resume of the new run.
+        for path in (paths.state, paths.card, paths.weights):
+            path.unlink(missing_ok=True)
+
     # ---- devices, processes, seeds ----
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -562,7 +571,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, args.epochs):
-        model.train()
+        train_model.train()
         t0 = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
         progress = None
@@ -579,6 +588,9 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
                 total = loss + args.resolution_penalty * resolution_penalty(model).to(loss.device)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if args.grad_clip:
+                # Weights only: the strides have their own (small) learning rate.
+                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1

@@ -1,0 +1,135 @@
+"""CPU latency: onnxruntime vs PyTorch eager, per variant, for one image and a batch of 64.
+
+    python benchmarks/onnx_latency.py [--variants resnet18 hybrid ...] [--repeats 30]
+        [--batch-repeats 5] [--threads 1 2] [--out benchmarks/onnx_latency_cpu.md]
+
+Each variant is built fresh (seeded; latency does not depend on the weights' values),
+exported through the real export path (``exports.export``) to a temporary folder, then
+timed. Columns:
+
+* eager: the PyTorch model as trained (DiffStride layers rebuild their operators from the
+  stride at every forward), ``torch.no_grad``;
+* eager frozen: ``hybrid_model.freeze(model)``, the module that was exported;
+* onnxruntime: ``exports.runtime.OnnxModel.run`` (CPU provider, graph optimisation ALL).
+
+PyTorch and onnxruntime use the same number of threads. Timings are medians after
+warm-up; the measurements of the three engines are interleaved round by round so that
+background load on a shared machine hits them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exports.checkpoint_io import fresh_checkpoint, load_checkpoint  # noqa: E402
+from exports.export import export_checkpoint  # noqa: E402
+from exports.runtime import CPU, OnnxModel  # noqa: E402
+from hybrid_model import VARIANTS, freeze, model_cost  # noqa: E402
+
+STRIDES = (1, 1, 2, 2, 2)
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds of each function, timed in alternating rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_variant(variant: str, workdir: Path, repeats: int, batch_repeats: int, threads: list[int]) -> list[dict]:
+    card = workdir / f"{variant}.json"
+    fresh_checkpoint(variant, card, STRIDES)
+    export_checkpoint(card, workdir / f"{variant}.onnx", parity_images=8, manifest=False, log=lambda _: None)
+    model, _ = load_checkpoint(card)
+    frozen = freeze(model, (32, 32))
+    gflops = model_cost(model)["flops"] / 1e9  # per image
+    rows = []
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        session = OnnxModel(workdir / f"{variant}.onnx", providers=[CPU], intra_op_threads=n_threads)
+        for batch, reps in ((1, repeats), (64, batch_repeats)):
+            x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+            xt = torch.from_numpy(x)
+
+            def eager(m=model):
+                with torch.no_grad():
+                    return m(xt)
+
+            fns = {"eager": eager, "eager_frozen": lambda: eager(frozen), "onnxruntime": lambda: session.run(x)}
+            medians = _interleaved(fns, reps, warmup=3 if batch == 1 else 1)
+            rows.append({"variant": variant, "threads": n_threads, "batch": batch, "gflops": gflops, **medians})
+            print(f"{variant:12s} {n_threads} thread(s) batch {batch:3d}: "
+                  + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], command: str, load: tuple[float, float]) -> str:
+    lines = [
+        "# ONNX Runtime vs PyTorch eager latency (CPU)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores; "
+        f"the same thread count for both engines; torch {torch.__version__}, "
+        f"onnxruntime {__import__('onnxruntime').__version__}; strides {STRIDES}, 32x32 inputs, "
+        "fresh (untrained) weights. Median milliseconds per call (lower is better).",
+        "",
+        f"1-minute load average before / after the run: {load[0]:.1f} / {load[1]:.1f} "
+        "(other jobs shared the machine when this is above the core count; eager PyTorch suffers "
+        "more from contention than onnxruntime).",
+        "",
+        "| variant | GFLOP/img | threads | batch | PyTorch eager | eager (frozen) | onnxruntime | speed-up vs eager "
+        "| vs frozen | onnxruntime GFLOP/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["threads"], r["batch"])):
+        lines.append(
+            f"| {r['variant']} | {r['gflops']:.2f} | {r['threads']} | {r['batch']} | {r['eager']:.1f} | {r['eager_frozen']:.1f} | {r['onnxruntime']:.1f} "
+            f"| {r['eager'] / r['onnxruntime']:.2f}x | {r['eager_frozen'] / r['onnxruntime']:.2f}x "
+            f"| {r['gflops'] * r['batch'] / r['onnxruntime'] * 1000:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs for one image")
+    parser.add_argument("--batch-repeats", type=int, default=5, help="timed runs for the batch of 64")
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, min(4, os.cpu_count() or 1)}),
+                        help="thread counts to measure (both engines use the same)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    args = parser.parse_args()
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    rows = []
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants:
+            rows.extend(bench_variant(variant, Path(tmp), args.repeats, args.batch_repeats, args.threads))
+    table = markdown(rows, command, (load_before, os.getloadavg()[0]))
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

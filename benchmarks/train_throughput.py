@@ -1,0 +1,128 @@
+"""Training throughput of each variant: one SGD step (forward + backward + update) per batch.
+
+    python -m benchmarks.train_throughput                              # batch 256, all variants
+    python -m benchmarks.train_throughput --steps 3 --variants resnet18,hybrid --json out.json
+
+Runs on CUDA when present (bf16 autocast + channels-last, as ``training.train`` does),
+else on the CPU (fp32). Prints a Markdown table: median step time, images/s and the
+step-time ratio against ``resnet18`` (the plain strided-conv ResNet-18).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hybrid_model import VARIANTS, build_model, stride_parameters
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: int, warmup: int,
+                  device: torch.device, bf16: bool, channels_last: bool, options: dict) -> dict:
+    """Median seconds per training step of one variant on random CIFAR-sized input."""
+    torch.manual_seed(0)
+    model = build_model(variant, strides, 10, **options).to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    ids = {id(p) for p in stride_parameters(model)}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": 5e-4}]
+    if ids:
+        groups.append({"params": stride_parameters(model), "weight_decay": 0.0})
+    optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"variant": variant, "step_s": median, "images_per_s": batch / median, "times_s": times}
+
+
+def markdown_table(results: list[dict]) -> str:
+    base = next((r["step_s"] for r in results if r["variant"] == "resnet18"), None)
+    lines = ["| variant | step time (s) | images/s | step time / resnet18 |", "|---|---:|---:|---:|"]
+    for r in results:
+        ratio = f"{r['step_s'] / base:.2f}" if base else "–"
+        lines.append(f"| {r['variant']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants (resnet18 first gives the ratio)")
+    p.add_argument("--strides", default="1,1,2,2,2")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
+    p.add_argument("--smoothness", type=float, default=None, help="DiffStride R (model default 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="also write the raw numbers here")
+    args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variants {bad}; expected some of {list(VARIANTS)}")
+    if args.steps < 1 or args.batch < 1 or args.warmup < 0:
+        p.error("--steps and --batch must be >= 1, --warmup >= 0")
+    try:
+        strides = tuple(float(s) for s in args.strides.split(","))
+        assert len(strides) == 5
+    except (ValueError, AssertionError):
+        p.error(f"--strides must be 5 comma-separated numbers, got {args.strides!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    options = {} if args.smoothness is None else {"smoothness": args.smoothness}
+    name = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}; batch {args.batch}; strides {args.strides}; "
+          f"{'bf16 autocast + channels-last' if cuda else 'fp32'}; median of {args.steps} steps after {args.warmup} warm-up",
+          flush=True)
+    results = []
+    for variant in variants:
+        result = bench_variant(variant, strides, args.batch, args.steps, args.warmup, device, cuda, cuda, options)
+        results.append(result)
+        print(f"  {variant}: {result['step_s']:.3f} s/step, {result['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+    print(markdown_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "device": name, "torch": torch.__version__, "batch": args.batch, "strides": strides,
+            "steps": args.steps, "warmup": args.warmup, "options": options, "results": results,
+            "command": ["python", "-m", "benchmarks.train_throughput", *(argv if argv is not None else sys.argv[1:])],
+        }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The set of exported models a server offers: validated at start-up, loaded on first use.
+
+``ModelRegistry(models_dir)`` reads ``manifest.json`` (written by ``exports.export``) and
+also picks up ``*.onnx`` files the manifest does not list. Each model is validated without
+starting onnxruntime (protobuf parse, ``onnx.checker``, SHA-256 against the manifest,
+embedded card against the graph's inputs/outputs); anything wrong lands in ``.skipped``
+with a reason instead of raising, so one bad file never takes the dashboard down.
+Sessions are created lazily by :meth:`ModelRegistry.get` and cached; the registry is
+safe to use from several threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from .runtime import ModelError, OnnxModel, card_problems
+
+__all__ = ["MANIFEST", "ModelEntry", "ModelRegistry"]
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One valid model: what a model picker needs without loading it."""
+
+    name: str
+    file: str
+    variant: str
+    dataset: str | None
+    test_acc: float | None
+    size_bytes: int
+    path: Path = field(repr=False)
+    card: dict = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """Plain summary (no card, no path object)."""
+        out = asdict(self)
+        out.pop("card")
+        out["path"] = str(self.path)
+        return out
+
+
+def _sha256(path: Path) -> str:
+    # Not checkpoint_io.file_sha256: that module imports torch, which servers do not need.
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+
+
+def _validate(path: Path, expected_sha256: str | None) -> dict:
+    """The model's card, or ``ModelError`` saying why the file cannot be served."""
+    if not path.is_file():
+        raise ModelError("file not found")
+    if path.stat().st_size == 0:
+        raise ModelError("empty file")
+    if expected_sha256 and _sha256(path) != expected_sha256:
+        raise ModelError("sha256 differs from manifest.json (file changed or corrupted since export)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf DecodeError and friends
+        raise ModelError(f"not an ONNX model ({type(error).__name__})") from None
+    if not model.graph.node:
+        raise ModelError("not an ONNX model (no graph)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as error:
+        raise ModelError(f"invalid ONNX graph ({str(error).splitlines()[0][:160]})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "card" not in meta:
+        raise ModelError("no model card in the ONNX metadata")
+    try:
+        card = json.loads(meta["card"])
+    except json.JSONDecodeError:
+        raise ModelError("model card is not valid JSON") from None
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [(v.name, _dims(v)) for v in model.graph.input if v.name not in initializers]
+    outputs = [(v.name, _dims(v)) for v in model.graph.output]
+    problems = card_problems(card, inputs, outputs)
+    if problems:
+        raise ModelError(f"card does not match the graph: {problems[0]}")
+    return card
+
+
+class ModelRegistry:
+    """Exported models in ``models_dir``.
+
+    Args:
+        models_dir: folder with ``manifest.json`` and/or ``*.onnx`` files.
+        providers / intra_op_threads: passed to every :class:`OnnxModel`.
+        verify_sha256: check files against the manifest's hashes (cheap: ~0.1 s per model).
+
+    Attributes: ``entries`` (list of :class:`ModelEntry`, manifest order then unlisted
+    files), ``skipped`` (list of ``(file, reason)``).
+    """
+
+    def __init__(
+        self,
+        models_dir: str | os.PathLike,
+        *,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+        verify_sha256: bool = True,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.providers = list(providers) if providers else None
+        self.intra_op_threads = intra_op_threads
+        self.verify_sha256 = verify_sha256
+        self.entries: list[ModelEntry] = []
+        self.skipped: list[tuple[str, str]] = []
+        self._loaded: dict[str, OnnxModel] = {}
+        self._lock = threading.Lock()
+        self.refresh()
+
+    # ---------------------------------------------------------------- discovery
+    def _manifest_rows(self) -> list[dict]:
+        path = self.models_dir / MANIFEST
+        if not path.is_file():
+            return []
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            rows = data["models"]
+            if not isinstance(rows, list):
+                raise TypeError
+        except (OSError, ValueError, KeyError, TypeError):
+            self.skipped.append((MANIFEST, "unreadable manifest (not JSON with a 'models' list); scanning *.onnx instead"))
+            return []
+        good = [r for r in rows if isinstance(r, dict) and isinstance(r.get("file"), str)]
+        if len(good) != len(rows):
+            self.skipped.append((MANIFEST, f"{len(rows) - len(good)} malformed manifest row(s) ignored"))
+        return good
+
+    def _candidates(self) -> list[tuple[str, str | None, dict]]:
+        """``(file, expected sha256, manifest row)``: manifest rows first, then unlisted files."""
+        rows = self._manifest_rows()
+        listed = {r["file"] for r in rows}
+        found = [(r["file"], r.get("sha256") if self.verify_sha256 else None, r) for r in rows]
+        if self.models_dir.is_dir():
+            for path in sorted(self.models_dir.glob("*.onnx")):
+                if path.name not in listed:
+                    found.append((path.name, None, {}))
+        return found
+
+    def refresh(self) -> None:
+        """Re-read the folder. Cached sessions of models whose file changed are dropped."""
+        entries: list[ModelEntry] = []
+        skipped: list[tuple[str, str]] = []
+        self.skipped = skipped
+        for file, sha, row in self._candidates():
+            path = self.models_dir / file
+            if Path(file).name != file:
+                skipped.append((file, "manifest paths must be plain file names in the models folder"))
+                continue
+            try:
+                card = _validate(path, sha)
+            except ModelError as error:
+                skipped.append((file, str(error)))
+                continue
+            name = str(row.get("name") or card.get("name") or path.stem)
+            if any(e.name == name for e in entries):
+                skipped.append((file, f"duplicate model name {name!r}"))
+                continue
+            entries.append(
+                ModelEntry(
+                    name=name,
+                    file=file,
+                    variant=str(card.get("variant")),
+                    dataset=card.get("dataset"),
+                    test_acc=card.get("test_acc"),
+                    size_bytes=path.stat().st_size,
+                    path=path,
+                    card=card,
+                )
+            )
+        with self._lock:
+            self.entries = entries
+            valid = {e.name: e.path for e in entries}
+            self._loaded = {n: m for n, m in self._loaded.items() if valid.get(n) == m.path}
+
+    # ---------------------------------------------------------------- access
+    def names(self) -> list[str]:
+        """Names of the valid models, in entry order."""
+        return [e.name for e in self.entries]
+
+    def entry(self, name: str) -> ModelEntry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(self.names()) or 'none'}")
+
+    def get(self, name: str) -> OnnxModel:
+        """The loaded model (onnxruntime session created on first request, then cached)."""
+        entry = self.entry(name)
+        with self._lock:  # one session per model even if 8 requests arrive at once
+            model = self._loaded.get(name)
+            if model is None:
+                model = OnnxModel(entry.path, self.providers, self.intra_op_threads)
+                self._loaded[name] = model
+            return model
+
+    def default_name(self) -> str | None:
+        """The model with the highest test accuracy (unknown accuracy ranks last); None if empty."""
+        if not self.entries:
+            return None
+        ranked = sorted(self.entries, key=lambda e: (e.test_acc is None, -(e.test_acc or 0.0), e.name))
+        return ranked[0].name
+
+    def __contains__(self, name: object) -> bool:
+        return any(e.name == name for e in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({str(self.models_dir)!r}, models={self.names()}, skipped={len(self.skipped)})"
+
+    def summary(self) -> list[dict[str, Any]]:
+        """``entries`` as plain dicts (for tables and JSON APIs)."""
+        return [e.to_dict() for e in self.entries]

@@ -1,0 +1,264 @@
+"""training.train: every variant learns on real CIFAR-10, cards/checkpoints, resume after SIGKILL,
+DDP under torchrun (gloo, CPU), and clean command-line errors.
+
+The runs are tiny so the file stays fast on a 2-core CPU: the first 1280 training / 500 test
+images of the JPEG copy, one epoch, batch 32, and strides (3, 1, 2, 3, 2) with DiffStride
+smoothness 1 (small feature maps; the default (1, 1, 2, 2, 2) with R=4 costs ~10x more).
+With R=1 every DiffStride threshold of these strides falls between two frequency bins, so
+every stride gets a gradient (with integer thresholds and R <= 1 the ramp holds no bin).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hybrid_model
+from training import checkpoint as ckpt
+from training.data import CIFAR_MEAN_STD, CIFAR10_CLASSES, load_cifar, normalize
+from training.train import STALL_ENV, lr_lambda, main, param_checksum, resolution_penalty, run_name
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = tuple(hybrid_model.VARIANTS)
+STRIDES = (3, 1, 2, 3, 2)
+FAST = ["--strides", "3,1,2,3,2", "--smoothness", "1", "--no-progress"]
+LEARN = ["--epochs", "1", "--limit-train", "1280", "--limit-test", "500", "--batch-size", "32",
+         "--lr", "0.05", "--grad-clip", "2", "--schedule", "onecycle", *FAST]
+CHANCE = 0.10
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+
+
+def _train_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, env=env or _env(),
+                          capture_output=True, text=True, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# Every variant, one epoch, real data
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """One short CPU training per variant (in-process); variant -> card path."""
+    out = tmp_path_factory.mktemp("runs")
+    cards = {}
+    for variant in VARIANTS:
+        assert main(["--variant", variant, "--out", str(out), *LEARN]) == 0
+        cards[variant] = out / f"{run_name(variant, 'cifar10', STRIDES, 0)}.json"
+    return cards
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_beats_chance(trained, variant):
+    card = ckpt.load_card(trained[variant])
+    # 500 test images: chance is 10% +- 1.3%; 15% is far outside what chance gives.
+    assert card["test_acc"] > CHANCE + 0.05, card["history"]
+
+
+def test_card_and_checkpoint_contents(trained):
+    path = trained["hybrid"]
+    card = ckpt.load_card(path)
+    for key in ("variant", "dataset", "num_classes", "class_names", "strides", "options", "learned_strides", "epoch",
+                "epochs", "history", "test_acc", "data", "normalize", "command", "code_version", "seed", "created"):
+        assert key in card, key
+    assert card["variant"] == "hybrid" and card["dataset"] == "cifar10" and card["num_classes"] == 10
+    assert card["class_names"] == list(CIFAR10_CLASSES) and card["strides"] == list(STRIDES)
+    assert card["options"] == {"smoothness": 1.0} and card["epoch"] == card["epochs"] == 1 and card["seed"] == 0
+    assert card["data"]["n_train"] == 1280 and card["data"]["n_test"] == 500
+    assert card["data"]["source"].startswith("CIFAR-10 (JPEG copy) from ")
+    assert card["normalize"] == {"mean": list(CIFAR_MEAN_STD["cifar10"][0]), "std": list(CIFAR_MEAN_STD["cifar10"][1])}
+    assert card["command"][:3] == ["python", "-m", "training.train"] and "--variant" in card["command"]
+    assert isinstance(card["code_version"], str) and card["code_version"] and card["created"]
+    (record,) = card["history"]
+    for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "strides", "seconds", "lr", "images_per_s"):
+        assert key in record, key
+    assert record["test_acc"] == card["test_acc"] and record["images_per_s"] > 0
+    assert record["strides"] == card["learned_strides"]
+    assert not path.with_suffix(".state.pt").exists()  # removed once finished (no --keep-state)
+    assert not list(path.parent.glob(".*.tmp"))
+
+    # Learned strides: the four DiffStride layers of the hybrid, as stored in the weights.
+    weights = load_file(str(path.with_suffix(".safetensors")))
+    assert set(card["learned_strides"]) == {"stem_pool", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"}
+    for layer, (s_h, s_w) in card["learned_strides"].items():
+        stored = weights[f"{layer}.stride"]
+        assert stored.tolist() == pytest.approx([s_h, s_w])
+    # They were learned: not all equal to the initial (projected) strides of a fresh model.
+    fresh = hybrid_model.build_model("hybrid", STRIDES, smoothness=1.0)
+    fresh(torch.zeros(1, 3, 32, 32))
+    initial = hybrid_model.learned_strides(fresh)
+    moved = [abs(a - b) for layer in initial for a, b in zip(card["learned_strides"][layer], initial[layer])]
+    assert max(moved) > 1e-3, (card["learned_strides"], initial)
+
+    # The checkpoint rebuilds the model and reproduces the card's accuracy.
+    model, loaded_card = ckpt.load_checkpoint(path)
+    assert loaded_card["name"] == path.stem
+    data = load_cifar("cifar10", limit_train=1, limit_test=500)
+    with torch.no_grad():
+        predictions = torch.cat([model(normalize(x)).argmax(1) for x in data.x_test.split(250)])
+    accuracy = (predictions == data.y_test).float().mean().item()
+    assert accuracy == pytest.approx(card["test_acc"], abs=2 / 500)
+
+    # Models without learnable strides have empty stride records.
+    plain = ckpt.load_card(trained["resnet18"])
+    assert plain["learned_strides"] == {} and plain["history"][0]["strides"] == {}
+
+
+# --------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------
+def _tiny_args(out: Path, epochs: int = 2) -> list[str]:
+    # 64 images / batch 16 = 4 steps per epoch, lr drop mid-epoch 2 (at 1.5 of 2 epochs).
+    return ["--variant", "diffstride", "--epochs", str(epochs), "--limit-train", "64", "--limit-test", "32",
+            "--batch-size", "16", "--lr", "0.05", "--milestones", f"{0.75 * epochs:g}", "--seed", "3", "--out", str(out), *FAST]
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    name = run_name("diffstride", "cifar10", STRIDES, 3)
+    result = _train_cli(*_tiny_args(straight), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Stall rank 0 after global step 6 (epoch 2, step 2 of 4), then SIGKILL it from outside.
+    env = _env() | {STALL_ENV: "6"}
+    log = open(tmp_path / "killed.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "training.train", *_tiny_args(killed)], cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    marker = killed / f"{name}.stalled"
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "training never reached step 6"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    log.close()
+    assert ckpt.load_card(killed / f"{name}.json")["epoch"] == 1  # the last complete epoch
+    assert (killed / f"{name}.state.pt").exists()
+
+    result = _train_cli(*_tiny_args(killed), "--resume", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after epoch 1/2" in result.stdout
+
+    a, b = load_file(str(straight / f"{name}.safetensors")), load_file(str(killed / f"{name}.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    card_a, card_b = ckpt.load_card(straight / f"{name}.json"), ckpt.load_card(killed / f"{name}.json")
+    for ra, rb in zip(card_a["history"], card_b["history"], strict=True):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "strides", "lr"):
+            assert ra[key] == rb[key], key
+    assert "--resume" in card_b["command"] and card_b["created"] == card_b["created"]
+    assert not (killed / f"{name}.state.pt").exists()
+
+
+def test_resume_and_overwrite_rules(tmp_path, capsys):
+    args = _tiny_args(tmp_path, epochs=1)
+    assert main(args) == 0
+    card = tmp_path / f"{run_name('diffstride', 'cifar10', STRIDES, 3)}.json"
+    before = card.stat().st_mtime_ns
+    # A finished run: --resume is a no-op.
+    assert main(args + ["--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out and card.stat().st_mtime_ns == before
+    # Existing files without --resume/--overwrite: refused, nothing touched.
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2 and "--resume" in capsys.readouterr().err
+    # Different settings cannot resume a finished run.
+    with pytest.raises(SystemExit):
+        main(args + ["--resume", "--lr", "0.01"])
+    assert "other settings" in capsys.readouterr().err and card.stat().st_mtime_ns == before
+
+
+# --------------------------------------------------------------------------------------
+# DDP
+# --------------------------------------------------------------------------------------
+def test_torchrun_two_ranks_agree(tmp_path):
+    out, sums = tmp_path / "out", tmp_path / "checksums"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.train",
+               "--variant", "diffstride", "--epochs", "1", "--limit-train", "256", "--limit-test", "64",
+               "--batch-size", "128", "--device", "cpu", "--out", str(out), "--checksum-dir", str(sums), *FAST]
+    result = subprocess.run(command, cwd=ROOT, env=_env() | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    rank0, rank1 = (json.loads((sums / f"rank{r}.json").read_text()) for r in range(2))
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["sha256"] == rank1["sha256"] and rank0["sum"] == rank1["sum"]
+
+    name = run_name("diffstride", "cifar10", STRIDES, 0)
+    assert sorted(p.name for p in out.iterdir()) == [f"{name}.json", f"{name}.safetensors"]  # rank 0 only
+    card = ckpt.load_card(out / f"{name}.json")
+    assert card["world_size"] == 2 and card["data"]["n_train"] == 256 and len(card["history"]) == 1
+    model, _ = ckpt.load_checkpoint(out / f"{name}.json")
+    assert param_checksum(model)["sha256"] == rank0["sha256"]  # the saved model is the ranks' model
+    assert result.stdout.count("done, test_acc") == 1
+
+
+# --------------------------------------------------------------------------------------
+# Schedules and penalty (units)
+# --------------------------------------------------------------------------------------
+def test_schedules():
+    piecewise = lr_lambda("piecewise", 200, 1, (100, 150, 180), 0)
+    assert [piecewise(s) for s in (0, 99, 100, 149, 150, 179, 180, 199)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    onecycle = lr_lambda("onecycle", 100, 10, None, 2)  # 20 warm-up steps
+    values = [onecycle(s) for s in range(100)]
+    assert values[0] == pytest.approx(1 / 20) and values[19] == pytest.approx(1) and max(values) == pytest.approx(1)
+    assert values[-1] == pytest.approx(1 / 80) and all(a >= b for a, b in zip(values[19:], values[20:]))
+
+
+def test_resolution_penalty_pushes_strides_up():
+    model = hybrid_model.build_model("diffstride", (4, 1, 2, 2, 2))
+    penalty = resolution_penalty(model)
+    assert penalty.item() == pytest.approx(1 / 16 + 3 / 4)
+    penalty.backward()
+    assert all((p.grad < 0).all() for p in hybrid_model.stride_parameters(model))
+    assert resolution_penalty(hybrid_model.build_model("spectral")).item() == 0
+
+
+# --------------------------------------------------------------------------------------
+# Command-line errors
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--variant", "nope"], "invalid choice"),
+    (["--variant", "hybrid", "--strides", "1,1,2,2"], "5 comma-separated numbers"),
+    (["--variant", "hybrid", "--strides", "1,1,x,2,2"], "5 comma-separated numbers"),
+    (["--variant", "hybrid", "--strides", "0.5,1,2,2,2"], "[1, 64)"),
+    (["--variant", "resnet18", "--strides", "1,1,1.5,2,2"], "must be integers"),
+    (["--variant", "hybrid", "--limit-train", "0"], "positive integer"),
+    (["--variant", "hybrid", "--limit-test", "-5"], "positive integer"),
+    (["--variant", "hybrid", "--epochs", "10", "--milestones", "5,20"], "--milestones must lie in"),
+    (["--variant", "hybrid", "--schedule", "onecycle", "--milestones", "5"], "only applies"),
+    (["--variant", "hybrid", "--resume", "--overwrite"], "mutually exclusive"),
+    (["--variant", "hybrid", "--dataset", "cifar100"], "no CIFAR-100 data found"),
+    (["--variant", "hybrid", "--data-dir", "{tmp}"], "no CIFAR-10 data found"),
+    (["--variant", "hybrid", "--limit-train", "10", "--batch-size", "32"], "exceeds the 10 training images"),
+    (["--variant", "hybrid", "--smoothness", "40", "--limit-train", "64"], "cannot run on 32x32"),
+])
+def test_cli_errors_are_one_line(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path / "empty")) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m training.train: error:") and message in err[-1], err
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cli_subprocess_help_and_error(tmp_path):
+    help_ = _train_cli("--help", timeout=120)
+    assert help_.returncode == 0 and "--variant" in help_.stdout and "--resolution-penalty" in help_.stdout
+    bad = _train_cli("--variant", "hybrid", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("python -m training.train: error: no CIFAR-10 data found")
