@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 import torch
 from torch import Tensor
@@ -121,6 +121,25 @@ def diffstride_fft(x: Tensor, stride: Tensor, smoothness: float) -> Tensor:
 # --------------------------------------------------------------------------------------
 # Cached bases of the fast path
 # --------------------------------------------------------------------------------------
+def _cached(maxsize: int):
+    """``lru_cache`` whose values are always built outside ``torch.inference_mode``.
+
+    A basis first built under inference mode would be an inference tensor, and every later
+    training forward that saves it for backward would fail.
+    """
+
+    def decorate(fn):
+        @lru_cache(maxsize=maxsize)
+        @wraps(fn)
+        def build(*args):
+            with torch.inference_mode(False):
+                return fn(*args)
+
+        return build
+
+    return decorate
+
+
 def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
@@ -130,7 +149,7 @@ def _unit_phasor(angle: Tensor) -> Tensor:
     return torch.polar(torch.ones_like(angle), angle)
 
 
-@lru_cache(maxsize=512)
+@_cached(maxsize=512)
 def _dft_rows(n: int, bins: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
     """Forward DFT rows ``exp(-2 pi i k m / n)`` for the given bins: (len(bins), n) complex."""
     k = torch.tensor(bins, dtype=torch.float64)[:, None]
@@ -138,14 +157,14 @@ def _dft_rows(n: int, bins: tuple[int, ...], device: torch.device, dtype: torch.
     return _unit_phasor(-2 * math.pi * k * m / n).to(device, _complex_dtype(dtype))
 
 
-@lru_cache(maxsize=512)
+@_cached(maxsize=512)
 def _inverse_dft(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Inverse DFT ``exp(2 pi i j k / n) / n``: (n, n) complex, maps bin k to sample j."""
     j = torch.arange(n, dtype=torch.float64)
     return (_unit_phasor(2 * math.pi * j[:, None] * j[None, :] / n) / n).to(device, _complex_dtype(dtype))
 
 
-@lru_cache(maxsize=512)
+@_cached(maxsize=512)
 def _inverse_rdft(n_out: int, n_bins: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """The c2r inverse (``irfft`` of length ``n_out`` from ``n_bins`` bins) as ``Re(E^T X)``.
 
@@ -252,7 +271,7 @@ def hartley_pool_fft(x: Tensor, stride: tuple[float, float]) -> Tensor:
     return _dht(torch.fft.ifftshift(centred, dim=(-2, -1))) / (h_out * w_out)
 
 
-@lru_cache(maxsize=256)
+@_cached(maxsize=256)
 def _cas_pair(n_in: int, freqs: tuple[int, ...], n_grid: int, device: torch.device, dtype: torch.dtype):
     """cos / sin / cas(+) / cas(-) of ``2 pi f m / n_grid`` for m < n_in: each (len(freqs), n_in)."""
     f = torch.tensor(freqs, dtype=torch.float64)[:, None]
@@ -261,7 +280,7 @@ def _cas_pair(n_in: int, freqs: tuple[int, ...], n_grid: int, device: torch.devi
     return tuple(t.to(device, dtype) for t in (cos, sin, cos + sin, cos - sin))
 
 
-@lru_cache(maxsize=128)
+@_cached(maxsize=128)
 def hartley_pool_operators(
     size: tuple[int, int], stride: tuple[float, float], device: torch.device, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:

@@ -222,3 +222,14 @@ def test_bad_inputs_raise_value_error(layer):
 def test_diffstride_refuses_maps_not_larger_than_the_smoothness():
     with pytest.raises(ValueError, match=r"> smoothness R=4.0.*4x9"):
         DiffStride2d(2.0)(torch.randn(1, 1, 4, 9))
+
+
+def test_bases_first_built_under_inference_mode_still_train():
+    layer = SpectralPool2d((2, 3), "hartley")
+    x = torch.randn(1, 2, 13, 21)  # a size no other test uses: the cache starts cold
+    with torch.inference_mode():
+        layer(x)
+        DiffStride2d((2.7, 1.3))(x)
+    layer(x.requires_grad_(True)).sum().backward()
+    DiffStride2d((2.7, 1.3))(x).sum().backward()
+    assert x.grad is not None
