@@ -4,18 +4,17 @@
 #
 #   mkdir -p data && cp ../shared/data/cifar10_*jpeg*.npz data/        # 56 MB, git-ignored
 #   device run:  bash benchmarks/gpu_suite.sh bench     (carry: ["data"])   ~5 min
-#                bash benchmarks/gpu_suite.sh train     (carry: ["data"])   ~5 x TRAIN_BUDGET_S
+#                bash benchmarks/gpu_suite.sh train     (carry: ["data"])   5 trainings of EPOCHS epochs
 #   locally:     bash benchmarks/gpu_suite.sh all
 #
 # Everything lands under $OUT (JSON + Markdown + checkpoints/cards); a short table is printed
-# last. Environment: PYTHON (default python3), DATA_DIR (default data), TRAIN_BUDGET_S
-# (wall-clock seconds per model, default 100), EPOCHS (short schedule length, default 12).
+# last. Environment: PYTHON (default python3), DATA_DIR (default data),
+# EPOCHS (short schedule length, default 12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-artifacts/gpu_suite}
 DATA=${DATA_DIR:-data}
-BUDGET=${TRAIN_BUDGET_S:-100}
 EPOCHS=${EPOCHS:-12}
 PART=${1:-all}
 VARIANTS="resnet18 spectral diffstride hybrid diffstride2"
@@ -31,22 +30,20 @@ if [ "$PART" != train ]; then
   #    max |fast - ref| column is the numerical check on the GPU.
   "$PY" -m benchmarks.layers --devices cuda --bf16 --repeats 20 --models --model-batch 128 \
     --json "$OUT/layers.json" | tee "$OUT/layers.md"
-  # 2. training throughput at (1,1,2,2,2), batch 256, eager and torch.compile.
-  for compile in off on; do
-    "$PY" -m benchmarks.train_throughput --device cuda --batch 256 --steps 30 --warmup 5 \
-      --variants "${VARIANTS// /,}" --compile "$compile" --json "$OUT/throughput_compile_$compile.json" \
-      | tee "$OUT/throughput_compile_$compile.md"
-  done
+  # 2. training throughput at (1,1,2,2,2), batch 256 (eager; torch.compile rows: TODO, the
+  #    throughput benchmark has no --compile switch yet).
+  "$PY" -m benchmarks.train_throughput --device cuda --batch 256 --steps 30 --warmup 5 \
+    --variants "${VARIANTS// /,}" --json "$OUT/throughput.json" | tee "$OUT/throughput.md"
 fi
 
 if [ "$PART" != bench ]; then
-  # 3. short-schedule training on all the CIFAR-10 data present, each within a wall-clock budget.
+  # 3. short-schedule training on all the CIFAR-10 data present. The wall-clock budget is set
+  #    through EPOCHS (the trainer has no --max-seconds yet); measure one epoch first.
   for variant in $VARIANTS; do
     "$PY" -m training.train --variant "$variant" --dataset cifar10 --strides 1,1,2,2,2 \
       --data-dir "$DATA" --out "$OUT/models" --epochs "$EPOCHS" --schedule onecycle \
-      --batch-size 512 --lr 0.2 --seed 0 --max-seconds "$BUDGET" --no-progress
+      --batch-size 512 --lr 0.2 --seed 0 --no-progress
   done
-  "$PY" -m training.sweep --report-only --cards "$OUT/models" --out "$OUT/report" || true
   "$PY" - "$OUT/models" <<'PYEOF'
 import json, pathlib, sys
 cards = sorted(pathlib.Path(sys.argv[1]).glob("*.json"))
