@@ -500,7 +500,9 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        # TF32 for convolutions only: the spectral layers' float32 matmuls keep full precision
+        # (shared/design/spectral-layers.md).
+        torch.backends.cudnn.allow_tf32 = True
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
