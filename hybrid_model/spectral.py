@@ -311,11 +311,19 @@ DENSE_MAX_PIXELS = 100
 
 
 def apply_separable(x: Tensor, left: Tensor, right: Tensor) -> Tensor:
-    """``sum_t left[t] @ x @ right[t]`` with large GEMMs that fold the whole batch.
+    """``sum_t left[t] @ x @ right[t]`` without any layout copy of ``x`` or its gradient.
 
-    x: (..., H, W); left: (T, h, H); right: (T, W, w) -> (..., h, w).
-    Width first as one (N*H, W) @ (W, T*w) product, then the height as one
-    (N*w, T*H) @ (T*H, h) product. Small maps use the dense Kronecker operator.
+    x: (..., H, W); left: (T, h, H); right: (T, W, w) -> (..., h, w), contiguous.
+
+    With N = prod(...) maps the work is one batched product with the (tiny) operator of the
+    first axis broadcast over the batch (``bmm`` on an ``expand``: no copy), then one plain
+    GEMM for the second axis.  The operator rows are interleaved by term so that the
+    intermediate already has the layout the second product reads: height first gives
+    ``z`` (N, h, T, W) and ``z.view(N*h, T*W) @ right.view(T*W, w)``; width first gives
+    ``u`` (N, H, T, w) and ``left'(h, H*T) @ u_n.view(H*T, w)``.  Both forms are free of
+    transposes in the backward pass as well, which was a third of the time of a
+    permute-based version (measured, ``benchmarks/RESULTS.md``).  Small maps use one dense
+    Kronecker operator instead.
     """
     *batch, height, width = x.shape
     terms, h_out, _ = left.shape
@@ -323,8 +331,18 @@ def apply_separable(x: Tensor, left: Tensor, right: Tensor) -> Tensor:
     if height * width <= DENSE_MAX_PIXELS:
         dense = sum(torch.kron(left[t], right[t].transpose(0, 1).contiguous()) for t in range(terms))  # (h*w, H*W)
         return (x.reshape(-1, height * width) @ dense.transpose(0, 1)).view(*batch, h_out, w_out)
-    right_cat = right.permute(1, 0, 2).reshape(width, terms * w_out)  # (W, T*w)
-    u = x.reshape(-1, height, width) @ right_cat  # (N, H, T*w)
-    u = u.view(-1, height, terms, w_out).permute(0, 3, 2, 1).reshape(-1, terms * height)  # (N*w, T*H)
-    y = u @ left.permute(0, 2, 1).reshape(terms * height, h_out)  # (N*w, h)
-    return y.view(*batch, w_out, h_out).transpose(-1, -2)
+    maps = x.reshape(-1, height, width)
+    n = maps.shape[0]
+    # Multiply-adds per map of each order (first product + second product); pick the cheaper.
+    height_first = terms * h_out * width * (height + w_out)
+    width_first = terms * height * w_out * (width + h_out)
+    if height_first <= width_first:
+        left_rows = left.transpose(0, 1).reshape(h_out * terms, height)  # row i*T + t
+        z = torch.bmm(left_rows.expand(n, -1, -1), maps)  # (N, h*T, W)
+        y = z.view(n * h_out, terms * width) @ right.reshape(terms * width, w_out)  # (N*h, w)
+    else:
+        right_cols = right.permute(1, 0, 2).reshape(width, terms * w_out)  # column t*w + k
+        u = maps.reshape(n * height, width) @ right_cols  # (N*H, T*w)
+        left_cols = left.permute(1, 2, 0).reshape(h_out, height * terms)  # column j*T + t
+        y = torch.bmm(left_cols.expand(n, -1, -1), u.view(n, height * terms, w_out))  # (N, h, w)
+    return y.view(*batch, h_out, w_out)

@@ -117,6 +117,26 @@ def test_diffstride_gradcheck(impl, size, stride):
     assert torch.autograd.gradcheck(fn, (x, s), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize(
+    # (H, W, h, w): square maps take the height-first order, (32, 32, 32, 16) the width-first
+    # one, (9, 10, 3, 4) the dense operator.
+    "shape", [(32, 32, 24, 24), (32, 32, 32, 16), (16, 24, 8, 20), (9, 10, 3, 4)],
+)
+def test_apply_separable_is_the_sum_of_products(shape, layout):
+    """Every code path of ``apply_separable`` against ``sum_t L_t @ x @ R_t`` (value and grads)."""
+    height, width, h_out, w_out = shape
+    x = _rand(2, 3, height, width + 1, seed=1)[..., :width]  # a non-contiguous view
+    if layout == "contiguous":
+        x = x.contiguous()
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    left, right = _rand(2, h_out, height, seed=2), _rand(2, width, w_out, seed=3)
+    definition = lambda x, L, R: torch.einsum("thH,bcHW,tWw->bchw", L, x, R)  # noqa: E731
+    _assert_same_function(definition, F.apply_separable, x, [left, right])
+    assert F.apply_separable(x, left, right).is_contiguous()
+
+
 @pytest.mark.parametrize("transform", ["fourier", "hartley"])
 def test_spectral_pool_gradcheck(transform):
     x = _rand(1, 2, 11, 14).requires_grad_(True)
