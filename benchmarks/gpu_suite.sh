@@ -3,21 +3,25 @@
 # training of every variant, on a CUDA machine with the repository and CIFAR-10 carried in.
 #
 #   mkdir -p data && cp ../shared/data/cifar10_*jpeg*.npz data/        # 56 MB, git-ignored
-#   device run:  bash benchmarks/gpu_suite.sh bench     (carry: ["data"])   ~5 min
-#                bash benchmarks/gpu_suite.sh train     (carry: ["data"])   5 trainings of EPOCHS epochs
+#   device run:  bash benchmarks/gpu_suite.sh bench                (carry: ["data"])  ~5 min
+#                bash benchmarks/gpu_suite.sh train hybrid resnet18 (carry: ["data"])  <= MAX_SECONDS each
 #   locally:     bash benchmarks/gpu_suite.sh all
 #
 # Everything lands under $OUT (JSON + Markdown + checkpoints/cards); a short table is printed
-# last. Environment: PYTHON (default python3), DATA_DIR (default data),
-# EPOCHS (short schedule length, default 12).
+# last. Environment: PYTHON (default python3), DATA_DIR (default data), EPOCHS (short
+# schedule length, default 12), MAX_SECONDS (wall-clock budget per training, default 280:
+# two trainings fit one 10-minute device call; a run cut short stays resumable).
+# Variants after the part name restrict the training part (default: all five).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-artifacts/gpu_suite}
 DATA=${DATA_DIR:-data}
 EPOCHS=${EPOCHS:-12}
+MAX_SECONDS=${MAX_SECONDS:-280}
 PART=${1:-all}
-VARIANTS="resnet18 spectral diffstride hybrid diffstride2"
+shift || true
+VARIANTS=${*:-resnet18 spectral diffstride hybrid diffstride2}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
@@ -30,19 +34,22 @@ if [ "$PART" != train ]; then
   #    max |fast - ref| column is the numerical check on the GPU.
   "$PY" -m benchmarks.layers --devices cuda --bf16 --repeats 20 --models --model-batch 128 \
     --json "$OUT/layers.json" | tee "$OUT/layers.md"
-  # 2. training throughput at (1,1,2,2,2), batch 256 (eager; torch.compile rows: TODO, the
-  #    throughput benchmark has no --compile switch yet).
+  # 2. training throughput at (1,1,2,2,2), batch 256: eager, then torch.compile (its warm-up
+  #    column includes compilation); peak memory per variant.
   "$PY" -m benchmarks.train_throughput --device cuda --batch 256 --steps 30 --warmup 5 \
     --variants "${VARIANTS// /,}" --json "$OUT/throughput.json" | tee "$OUT/throughput.md"
+  "$PY" -m benchmarks.train_throughput --device cuda --batch 256 --steps 30 --warmup 3 --compile \
+    --variants "${VARIANTS// /,}" --json "$OUT/throughput_compiled.json" | tee "$OUT/throughput_compiled.md"
 fi
 
 if [ "$PART" != bench ]; then
-  # 3. short-schedule training on all the CIFAR-10 data present. The wall-clock budget is set
-  #    through EPOCHS (the trainer has no --max-seconds yet); measure one epoch first.
+  # 3. short-schedule training on all the CIFAR-10 data present, each within MAX_SECONDS
+  #    (--resume continues a run that an earlier call cut short).
   for variant in $VARIANTS; do
     "$PY" -m training.train --variant "$variant" --dataset cifar10 --strides 1,1,2,2,2 \
       --data-dir "$DATA" --out "$OUT/models" --epochs "$EPOCHS" --schedule onecycle \
-      --batch-size 512 --lr 0.2 --seed 0 --no-progress
+      --batch-size 512 --lr 0.2 --grad-clip 2 --seed 0 --no-progress --resume --keep-state \
+      --max-seconds "$MAX_SECONDS"
   done
   "$PY" - "$OUT/models" <<'PYEOF'
 import json, pathlib, sys

@@ -10,37 +10,24 @@ Prints Markdown tables (median seconds per fwd+bwd, speed-up, max |fast - ref| o
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import time
 from typing import Callable
 
 import torch
 
-from hybrid_model import DiffStride2d, SpectralPool2d, build_model
+from hybrid_model import DiffStride2d, SpectralPool2d
+from training.checkpoint import atomic_write_json
+
+from .timing import time_steps
+from .train_throughput import bench_variant
 
 #: (channels, height, width) that ResNet-18 feeds its downsampling layers on CIFAR.
 RESNET18_SHAPES = ((64, 32, 32), (128, 32, 32), (256, 16, 16), (512, 8, 8))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_it(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn`` in seconds (synchronised on CUDA), after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_steps(fn, device, repeats, warmup)[1])
 
 
 def _make_layers(kind: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -75,19 +62,9 @@ def bench_layer(kind: str, shape: tuple[int, int, int], batch: int, device: torc
 
 
 def bench_model_step(variant: str, batch: int, device: torch.device, repeats: int) -> dict:
-    """One SGD training step (fwd+bwd+update) of a CIFAR ResNet-18 variant at (1,1,2,2,2)."""
-    torch.manual_seed(0)
-    model = build_model(variant, (1, 1, 2, 2, 2)).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
-    return {"variant": variant, "batch": batch, "device": str(device), "step_s": time_it(step, device, repeats)}
+    """One SGD training step (fwd+bwd+update) of a CIFAR ResNet-18 variant at (1,1,2,2,2), fp32."""
+    result = bench_variant(variant, (1, 1, 2, 2, 2), batch, repeats, 1, device, bf16=False, channels_last=False, options={})
+    return {"variant": variant, "batch": batch, "device": str(device), "step_s": result["step_s"]}
 
 
 def layer_table(rows: list[dict]) -> str:
@@ -153,9 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(model_table(model_rows))
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"layers": layer_rows, "models": model_rows, "torch": torch.__version__}, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        atomic_write_json(args.json, {"layers": layer_rows, "models": model_rows, "torch": torch.__version__})
 
 
 if __name__ == "__main__":

@@ -2,36 +2,35 @@
 
     python -m benchmarks.train_throughput                              # batch 256, all variants
     python -m benchmarks.train_throughput --steps 3 --variants resnet18,hybrid --json out.json
+    python -m benchmarks.train_throughput --compile            # torch.compile'd steps
 
 Runs on CUDA when present (bf16 autocast + channels-last, as ``training.train`` does),
-else on the CPU (fp32). Prints a Markdown table: median step time, images/s and the
-step-time ratio against ``resnet18`` (the plain strided-conv ResNet-18).
+else on the CPU (fp32). Prints a Markdown table: median step time, images/s, the
+step-time ratio against ``resnet18`` (the plain strided-conv ResNet-18), the time of the
+first (warm-up / compilation) step and, on CUDA, the peak memory allocated by the step.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from hybrid_model import VARIANTS, build_model, stride_parameters
+from training.checkpoint import atomic_write_json
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .timing import time_steps
 
 
 def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: int, warmup: int,
-                  device: torch.device, bf16: bool, channels_last: bool, options: dict) -> dict:
+                  device: torch.device, bf16: bool, channels_last: bool, options: dict, compile: bool = False) -> dict:
     """Median seconds per training step of one variant on random CIFAR-sized input."""
     torch.manual_seed(0)
+    if compile:
+        torch._dynamo.reset()  # every variant compiles from scratch (fair first-step times)
     model = build_model(variant, strides, 10, **options).to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -44,33 +43,33 @@ def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: i
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
+    forward = torch.compile(model) if compile else model
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(forward(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    first, times = time_steps(step, device, steps, warmup)
     median = statistics.median(times)
-    return {"variant": variant, "step_s": median, "images_per_s": batch / median, "times_s": times}
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"variant": variant, "step_s": median, "images_per_s": batch / median, "times_s": times,
+            "warmup_s": first, "compiled": compile, "peak_memory_bytes": peak}
 
 
 def markdown_table(results: list[dict]) -> str:
     base = next((r["step_s"] for r in results if r["variant"] == "resnet18"), None)
-    lines = ["| variant | step time (s) | images/s | step time / resnet18 |", "|---|---:|---:|---:|"]
+    lines = ["| variant | step time (s) | images/s | step time / resnet18 | warm-up (s) | peak memory (GiB) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         ratio = f"{r['step_s'] / base:.2f}" if base else "–"
-        lines.append(f"| {r['variant']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {ratio} |")
+        peak = f"{r['peak_memory_bytes'] / 2**30:.2f}" if r.get("peak_memory_bytes") is not None else "–"
+        lines.append(f"| {r['variant']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {ratio} | "
+                     f"{r['warmup_s']:.1f} | {peak} |")
     return "\n".join(lines)
 
 
@@ -80,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strides", default="1,1,2,2,2")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (>= 1 with --compile)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model (the warm-up column then "
+                   "includes compilation)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     p.add_argument("--smoothness", type=float, default=None, help="DiffStride R (model default 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown variants {bad}; expected some of {list(VARIANTS)}")
     if args.steps < 1 or args.batch < 1 or args.warmup < 0:
         p.error("--steps and --batch must be >= 1, --warmup >= 0")
+    if args.compile and args.warmup < 1:
+        p.error("--compile needs --warmup >= 1 (the first step compiles)")
     try:
         strides = tuple(float(s) for s in args.strides.split(","))
         assert len(strides) == 5
@@ -107,20 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     options = {} if args.smoothness is None else {"smoothness": args.smoothness}
     name = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; batch {args.batch}; strides {args.strides}; "
-          f"{'bf16 autocast + channels-last' if cuda else 'fp32'}; median of {args.steps} steps after {args.warmup} warm-up",
+          f"{'bf16 autocast + channels-last' if cuda else 'fp32'}{', torch.compile' if args.compile else ''}; median of {args.steps} steps after {args.warmup} warm-up",
           flush=True)
     results = []
     for variant in variants:
-        result = bench_variant(variant, strides, args.batch, args.steps, args.warmup, device, cuda, cuda, options)
+        result = bench_variant(variant, strides, args.batch, args.steps, args.warmup, device, cuda, cuda, options,
+                               compile=args.compile)
         results.append(result)
         print(f"  {variant}: {result['step_s']:.3f} s/step, {result['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
     print(markdown_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        atomic_write_json(args.json, {
             "device": name, "torch": torch.__version__, "batch": args.batch, "strides": strides,
-            "steps": args.steps, "warmup": args.warmup, "options": options, "results": results,
+            "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "options": options, "results": results,
             "command": ["python", "-m", "benchmarks.train_throughput", *(argv if argv is not None else sys.argv[1:])],
-        }, indent=2) + "\n")
+        })
     return 0
 
 

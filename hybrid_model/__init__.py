@@ -3,11 +3,35 @@
 DiffStride (Riad et al., ICLR 2022), fixed Fourier/Hartley spectral pooling, and the CIFAR
 ResNet-18 variants built from them, including the "hybrid" (DiffStride + spectral pooling
 head). Exact semantics: ``shared/design/spectral-layers.md``.
+
+The names below that need torch are imported on first use, so that the numpy-only
+``hybrid_model.spectra`` can serve a process without torch (the dashboard's server).
 """
-from .introspect import LayerInfo, describe_downsampling, forward_features, freeze, log_spectrum, model_cost
-from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
-from .resnet import PAPER_STRIDES, VARIANTS, SpectralResNet, build_model, learned_strides, stride_parameters
-from .spectral import AxisCrop
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .spectra import log_spectrum
+
+#: Public name -> the submodule that defines it.
+_LAZY = {
+    "AxisCrop": "spectral",
+    "DiffStride2d": "layers",
+    "FixedSeparable2d": "layers",
+    "SpectralPool2d": "layers",
+    "LayerInfo": "introspect",
+    "describe_downsampling": "introspect",
+    "forward_features": "introspect",
+    "freeze": "introspect",
+    "model_cost": "introspect",
+    "PAPER_STRIDES": "resnet",
+    "VARIANTS": "resnet",
+    "SpectralResNet": "resnet",
+    "build_model": "resnet",
+    "learned_strides": "resnet",
+    "stride_parameters": "resnet",
+}
 
 __all__ = [
     "AxisCrop",
@@ -27,3 +51,22 @@ __all__ = [
     "model_cost",
     "stride_parameters",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from .introspect import LayerInfo, describe_downsampling, forward_features, freeze, model_cost
+    from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
+    from .resnet import PAPER_STRIDES, VARIANTS, SpectralResNet, build_model, learned_strides, stride_parameters
+    from .spectral import AxisCrop

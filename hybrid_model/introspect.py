@@ -9,12 +9,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
+from .spectra import log_spectrum
 from .spectral import AxisCrop
 
 __all__ = ["LayerInfo", "describe_downsampling", "log_spectrum", "model_cost", "freeze", "forward_features"]
@@ -119,19 +119,6 @@ def forward_features(model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Ten
     """Logits and per-stage feature maps (``model.forward_features``), in eval mode."""
     with _eval_mode(model):
         return model.forward_features(x)
-
-
-def log_spectrum(feature: Tensor | np.ndarray) -> np.ndarray:
-    """Channel-averaged, centred log-magnitude spectrum ``mean_c log1p(|fftshift(fft2(f_c))|)``.
-
-    feature: ``(C, H, W)`` or ``(B, C, H, W)`` -> ``(H, W)`` or ``(B, H, W)`` float32; the
-    zero frequency sits at ``(H // 2, W // 2)``.
-    """
-    array = feature.detach().float().cpu().numpy() if isinstance(feature, Tensor) else np.asarray(feature, np.float32)
-    if array.ndim not in (3, 4):
-        raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {array.shape}")
-    spectrum = np.fft.fftshift(np.fft.fft2(array), axes=(-2, -1))
-    return np.log1p(np.abs(spectrum)).mean(axis=-3).astype(np.float32)
 
 
 def model_cost(model: nn.Module, input_size: tuple[int, int] = (32, 32)) -> dict[str, int]:

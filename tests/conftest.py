@@ -8,6 +8,9 @@
   exporter and this file; ``DASHBOARD_TEST_MODELS=DIR`` uses a ready folder instead.
 * ``app_server`` (session): ``python app.py --port P --models-dir <models_dir>`` as a
   subprocess on a free port, up once the page is served; ``start_app`` starts more.
+* ``export_bundle(variants)`` / ``onnx_bundle`` (session): fresh checkpoints exported once per
+  session with ``exports.export.export_fresh`` (parity checked on real CIFAR-10 test images),
+  shared by the export, runtime and registry tests.
 * ``cifar_images``: the PNGs in ``tests/assets`` (bit-exact CIFAR-10 test images, label in
   the file name).
 """
@@ -42,6 +45,44 @@ FIXTURE_VERSION = "2"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------------------
+# Exported models (export, runtime and registry tests)
+# --------------------------------------------------------------------------------------
+PARITY_IMAGES = 8  # the CLI default is 64; 8 keeps the suite within budget on 2 cores
+
+
+def calibration_images() -> np.ndarray:
+    """32 real CIFAR-10 training images (uint8 NHWC) to calibrate fresh models' BatchNorm."""
+    from exports.parity import DEFAULT_DATA_DIR
+
+    with np.load(DEFAULT_DATA_DIR / "cifar10_partial_train.npz") as data:
+        return data["x"][:32]
+
+
+def export_bundle(tmp_path_factory, variants=VARIANTS) -> Path:
+    """Export fresh checkpoints of ``variants`` once per test session into one folder."""
+    from exports import export as E
+
+    root = tmp_path_factory.getbasetemp() / "export_bundle"
+    missing = [v for v in variants if not (root / "models" / f"{v}.onnx").is_file()]
+    if missing:
+        E.export_fresh(
+            root,
+            missing,
+            calibration_images=calibration_images(),
+            card_fields={v: {"test_acc": 0.5 + 0.05 * i} for i, v in enumerate(VARIANTS)},  # placeholders
+            parity_images=PARITY_IMAGES,
+            log=lambda _: None,
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def onnx_bundle(tmp_path_factory) -> Path:
+    """``resnet18`` and ``hybrid`` exported (``onnx_bundle / "models" / "hybrid.onnx"``)."""
+    return export_bundle(tmp_path_factory, ("resnet18", "hybrid"))
 
 
 # --------------------------------------------------------------------------------------

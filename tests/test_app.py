@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import CIFAR10_CLASSES, DEFAULT_MODEL, VARIANTS
+from conftest import CIFAR10_CLASSES, DEFAULT_MODEL, ROOT, VARIANTS
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -62,16 +64,12 @@ def cifar_array(index: int = 1) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------
-# The torch-free spectrum equals the project's reference
+# The server process stays free of torch
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", [(3, 32, 32), (64, 32, 32), (128, 24, 24), (512, 8, 9), (5, 15, 7), (4, 7, 2),
-                                   (2, 1, 1)])
-def test_dashboard_log_spectrum_matches_hybrid_model(shape):
-    from dashboard.service import log_spectrum
-    from hybrid_model.introspect import log_spectrum as reference
-
-    feature = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 3
-    np.testing.assert_allclose(log_spectrum(feature), reference(feature), rtol=1e-5, atol=1e-5)
+def test_dashboard_modules_do_not_import_torch():
+    code = "import sys, app, dashboard.service; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------------------

@@ -22,39 +22,19 @@ from exports.parity import main as parity_main
 from exports.runtime import normalization_for, normalize_uint8
 from hybrid_model import build_model, describe_downsampling
 
+from conftest import PARITY_IMAGES, calibration_images, export_bundle
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
-PARITY_IMAGES = 8  # the CLI default is 64; 8 keeps the suite within budget on 2 cores
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_DATA_DIR / "cifar10_partial_test.npz").is_file(), reason=f"CIFAR-10 test images not in {DEFAULT_DATA_DIR}"
 )
 
 
-def calibration_images() -> np.ndarray:
-    with np.load(DEFAULT_DATA_DIR / "cifar10_partial_train.npz") as data:
-        return data["x"][:32]
-
-
-def ensure_bundle(tmp_path_factory, variants=VARIANTS) -> Path:
-    """Export fresh checkpoints once per test session (shared with the runtime/registry tests)."""
-    root = tmp_path_factory.getbasetemp() / "export_bundle"
-    missing = [v for v in variants if not (root / "models" / f"{v}.onnx").is_file()]
-    if missing:
-        E.export_fresh(
-            root,
-            missing,
-            calibration_images=calibration_images(),
-            card_fields={v: {"test_acc": 0.5 + 0.05 * i} for i, v in enumerate(VARIANTS)},  # placeholders
-            parity_images=PARITY_IMAGES,
-            log=lambda _: None,
-        )
-    return root
-
-
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory) -> Path:
-    return ensure_bundle(tmp_path_factory)
+    return export_bundle(tmp_path_factory)
 
 
 def onnx_card(path: Path) -> dict:
@@ -252,20 +232,16 @@ def test_cli_truncated_checkpoint(small_checkpoint, tmp_path, capsys):
     _one_line_error(capsys, code, 2, "not a readable safetensors checkpoint")
 
 
-def test_cli_unknown_variant(small_checkpoint, tmp_path, capsys):
-    card = json.loads(small_checkpoint.read_text()) | {"variant": "resnet50"}
-    (tmp_path / "u.json").write_text(json.dumps(card))
-    (tmp_path / "u.safetensors").write_bytes(small_checkpoint.with_suffix(".safetensors").read_bytes())
-    code = E.main([str(tmp_path / "u.json"), "--out", str(tmp_path / "u.onnx")])
-    _one_line_error(capsys, code, 2, "unknown variant 'resnet50'")
-
-
-def test_cli_card_weights_mismatch(small_checkpoint, tmp_path, capsys):
-    card = json.loads(small_checkpoint.read_text()) | {"variant": "hybrid"}
+@pytest.mark.parametrize("variant, messages", [
+    ("resnet50", ("unknown variant 'resnet50'",)),  # not a variant at all
+    ("hybrid", ("weights do not match the card", "missing")),  # resnet18 weights, hybrid card
+])
+def test_cli_card_names_the_wrong_variant(small_checkpoint, tmp_path, capsys, variant, messages):
+    card = json.loads(small_checkpoint.read_text()) | {"variant": variant}
     (tmp_path / "m.json").write_text(json.dumps(card))
     (tmp_path / "m.safetensors").write_bytes(small_checkpoint.with_suffix(".safetensors").read_bytes())
     code = E.main([str(tmp_path / "m.json"), "--out", str(tmp_path / "m.onnx")])
-    _one_line_error(capsys, code, 2, "weights do not match the card", "missing")
+    _one_line_error(capsys, code, 2, *messages)
 
 
 def test_cli_bad_card_json_and_suffix(small_checkpoint, tmp_path, capsys):

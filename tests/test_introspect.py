@@ -56,6 +56,16 @@ def test_log_spectrum_is_centred_and_channel_averaged():
         log_spectrum(np.ones((8, 6)))
 
 
+@pytest.mark.parametrize("shape", [(3, 32, 32), (128, 24, 24), (512, 8, 9), (5, 15, 7), (4, 7, 2), (2, 1, 1),
+                                   (2, 3, 9, 10)])
+def test_log_spectrum_equals_its_definition(shape):
+    """The half-spectrum mirror trick against the full ``fftshift(fft2)``, odd and even sizes."""
+    feature = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 3
+    full = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(feature.astype(np.float64)), axes=(-2, -1)))).mean(axis=-3)
+    np.testing.assert_allclose(log_spectrum(feature), full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_spectrum(torch.from_numpy(feature)), full, rtol=1e-5, atol=1e-5)
+
+
 def test_model_cost_counts_convolutions_exactly_for_resnet18():
     model = build_model("resnet18", (1, 1, 2, 2, 2))
     expected = 0

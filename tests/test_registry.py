@@ -19,24 +19,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    try:  # the same session-wide exports as test_export.py (tests/ is on sys.path under pytest)
-        from test_export import ensure_bundle
-    except ImportError:
-        from tests.test_export import ensure_bundle
-    return ensure_bundle(tmp_path_factory, ("resnet18", "hybrid"))
-
-
 @pytest.fixture
-def models_dir(bundle, tmp_path) -> Path:
+def models_dir(onnx_bundle, tmp_path) -> Path:
     """A models folder with two good models and their manifest entries."""
     folder = tmp_path / "models"
     folder.mkdir()
-    manifest = json.loads((bundle / "models" / "manifest.json").read_text())
+    manifest = json.loads((onnx_bundle / "models" / "manifest.json").read_text())
     manifest["models"] = [m for m in manifest["models"] if m["name"] in ("resnet18", "hybrid")]
     for entry in manifest["models"]:
-        shutil.copy(bundle / "models" / entry["file"], folder / entry["file"])
+        shutil.copy(onnx_bundle / "models" / entry["file"], folder / entry["file"])
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

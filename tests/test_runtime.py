@@ -29,18 +29,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    try:  # the same session-wide exports as test_export.py (tests/ is on sys.path under pytest)
-        from test_export import ensure_bundle
-    except ImportError:
-        from tests.test_export import ensure_bundle
-
-    return ensure_bundle(tmp_path_factory, ("resnet18", "hybrid"))
-
-
-@pytest.fixture(scope="module")
-def hybrid(bundle) -> OnnxModel:
-    return OnnxModel(bundle / "models" / "hybrid.onnx")
+def hybrid(onnx_bundle) -> OnnxModel:
+    return OnnxModel(onnx_bundle / "models" / "hybrid.onnx")
 
 
 def cuda_really_available() -> bool:
@@ -51,13 +41,13 @@ def cuda_really_available() -> bool:
 # Providers
 # --------------------------------------------------------------------------------------
 @pytest.mark.skipif(cuda_really_available(), reason="this check is about CPU-only machines")
-def test_provider_probe_on_a_cpu_machine_is_cpu_only_and_silent(bundle):
+def test_provider_probe_on_a_cpu_machine_is_cpu_only_and_silent(onnx_bundle):
     """onnxruntime-gpu lists CUDA here but cannot create it; the probe must not log that."""
     code = (
         "import onnxruntime as ort; from exports.runtime import select_providers, OnnxModel; "
         "assert 'CUDAExecutionProvider' in ort.get_available_providers(); "
         "print(select_providers()); "
-        f"m = OnnxModel({str(bundle / 'models' / 'resnet18.onnx')!r}); print(m.providers); "
+        f"m = OnnxModel({str(onnx_bundle / 'models' / 'resnet18.onnx')!r}); print(m.providers); "
         "m.run(__import__('numpy').zeros((1, 3, 32, 32), 'float32'))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -104,10 +94,10 @@ def test_run_any_batch_size(hybrid):
         hybrid.run(np.zeros((1, 3, 64, 64), np.float32))
 
 
-def test_predict_matches_pytorch_through_the_image_path(bundle, hybrid):
+def test_predict_matches_pytorch_through_the_image_path(onnx_bundle, hybrid):
     """An encoded CIFAR test image -> predict() agrees with the PyTorch checkpoint."""
     images, _, _ = load_parity_images(4)
-    model, card = load_checkpoint(bundle / "checkpoints" / "hybrid.json")
+    model, card = load_checkpoint(onnx_bundle / "checkpoints" / "hybrid.json")
     with torch.no_grad():
         ref = model(torch.from_numpy(normalize_uint8(images, *normalization_for(card)))).numpy()
     for k, image in enumerate(images):
@@ -136,8 +126,8 @@ def test_predict_rejects_bad_images(hybrid):
         hybrid.predict(b"<html>not an image</html>")
 
 
-def test_concurrent_predictions_match_sequential_ones(bundle):
-    model = OnnxModel(bundle / "models" / "resnet18.onnx")
+def test_concurrent_predictions_match_sequential_ones(onnx_bundle):
+    model = OnnxModel(onnx_bundle / "models" / "resnet18.onnx")
     images, _, _ = load_parity_images(16)
     sequential = [model.predict(image).logits for image in images]
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -180,6 +180,26 @@ def test_resume_and_overwrite_rules(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err and card.stat().st_mtime_ns == before
 
 
+def test_max_seconds_stops_at_an_epoch_boundary_and_resumes(tmp_path, capsys):
+    name = run_name("diffstride", "cifar10", STRIDES, 3)
+    budgeted, straight = tmp_path / "budgeted", tmp_path / "straight"
+    # Any real epoch outlasts a 1 ms budget: the run stops after its first epoch.
+    assert main(_tiny_args(budgeted, epochs=3) + ["--max-seconds", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "stopping after epoch 1/3" in out and "done, test_acc" not in out
+    card = ckpt.load_card(budgeted / f"{name}.json")
+    assert card["epoch"] == 1 and not ckpt.is_finished(card)
+    assert (budgeted / f"{name}.state.pt").exists()  # resumable
+
+    # A budget that is never reached changes nothing; the resumed run equals a straight one.
+    assert main(_tiny_args(budgeted, epochs=3) + ["--resume", "--max-seconds", "3600"]) == 0
+    assert main(_tiny_args(straight, epochs=3)) == 0
+    a, b = load_file(str(straight / f"{name}.safetensors")), load_file(str(budgeted / f"{name}.safetensors"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert ckpt.load_card(budgeted / f"{name}.json")["epoch"] == 3
+    assert not (budgeted / f"{name}.state.pt").exists()
+
+
 # --------------------------------------------------------------------------------------
 # DDP
 # --------------------------------------------------------------------------------------
@@ -240,6 +260,8 @@ def test_resolution_penalty_pushes_strides_up():
     (["--variant", "hybrid", "--epochs", "10", "--milestones", "5,20"], "--milestones must lie in"),
     (["--variant", "hybrid", "--schedule", "onecycle", "--milestones", "5"], "only applies"),
     (["--variant", "hybrid", "--resume", "--overwrite"], "mutually exclusive"),
+    (["--variant", "hybrid", "--max-seconds", "0"], "positive number"),
+    (["--variant", "hybrid", "--max-seconds", "soon"], "positive number"),
     (["--variant", "hybrid", "--dataset", "cifar100"], "no CIFAR-100 data found"),
     (["--variant", "hybrid", "--data-dir", "{tmp}"], "no CIFAR-10 data found"),
     (["--variant", "hybrid", "--limit-train", "10", "--batch-size", "32"], "exceeds the 10 training images"),

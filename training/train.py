@@ -22,7 +22,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -82,24 +82,25 @@ def _number_list(text: str) -> tuple[float, ...]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _number_arg(cast: type, description: str, accept: Callable[[float], bool]) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses one finite number and checks it with ``accept``."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+        return value
+
+    parse.__name__ = description  # argparse names the type in its messages
+    return parse
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+_positive_int = _number_arg(int, "a positive integer", lambda v: v > 0)
+_positive_float = _number_arg(float, "a positive number", lambda v: v > 0)
+_nonneg_float = _number_arg(float, "a finite number >= 0", lambda v: v >= 0)
 
 
 def _stride_token(value: float) -> str:
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue NAME from its last epoch (or start it)")
     g.add_argument("--overwrite", action="store_true", help="start again even if NAME exists")
     g.add_argument("--keep-state", action="store_true", help="keep NAME.state.pt after the last epoch")
+    g.add_argument("--max-seconds", type=_positive_float, default=None,
+                   help="wall-clock budget of this invocation: stop at the epoch boundary where one more epoch "
+                        "would end past it (the run stays resumable with --resume)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (under torchrun: the local rank's GPU)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on for CUDA")
@@ -335,6 +339,29 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------
 # Model pieces
 # --------------------------------------------------------------------------------------
+class TimeBudget:
+    """``--max-seconds``: whether one more epoch, as long as the last one, still fits.
+
+    Decided at epoch boundaries only, so a stopped run is an ordinary resumable checkpoint.
+    Under DDP the slowest rank decides for all (ranks must stop at the same epoch).
+    """
+
+    def __init__(self, max_seconds: float | None) -> None:
+        self.max_seconds = max_seconds
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def next_epoch_overruns(self, epoch_seconds: float, device: torch.device) -> bool:
+        if self.max_seconds is None:
+            return False
+        projected = torch.tensor([self.elapsed() + epoch_seconds], dtype=torch.float64, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(projected, op=dist.ReduceOp.MAX)
+        return float(projected) > self.max_seconds
+
+
 def _diffstride_layers(model: nn.Module) -> list[nn.Module]:
     from hybrid_model import DiffStride2d
 
@@ -572,6 +599,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
               f"{steps_per_epoch} steps/epoch x {args.epochs} epochs on {device} ({precision}, world size {world_size})")
 
     step = start_epoch * steps_per_epoch
+    budget = TimeBudget(args.max_seconds)
+    stopped_early = False
     for epoch in range(start_epoch, args.epochs):
         train_model.train()
         t0 = time.perf_counter()
@@ -639,14 +668,21 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             _save(paths, args, config, data, model, optimizer, scheduler, history, epoch + 1, created, argv)
         if world_size > 1:
             dist.barrier()  # nobody runs ahead of rank 0's checkpoint
+        if epoch + 1 < args.epochs and budget.next_epoch_overruns(record["seconds"], device):
+            stopped_early = True
+            if rank == 0:
+                print(f"{args.name}: stopping after epoch {epoch + 1}/{args.epochs}: another epoch "
+                      f"(~{record['seconds']:.0f} s) would pass --max-seconds {args.max_seconds:g} "
+                      f"({budget.elapsed():.0f} s used); continue with --resume", flush=True)
+            break
 
-    if rank == 0 and not args.keep_state:
+    if rank == 0 and not args.keep_state and not stopped_early:
         paths.state.unlink(missing_ok=True)
     if args.checksum_dir:
         out = Path(args.checksum_dir)
         out.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_json(out / f"rank{rank}.json", param_checksum(model) | {"rank": rank, "world_size": world_size})
-    if rank == 0 and history:
+    if rank == 0 and history and not stopped_early:
         print(f"{args.name}: done, test_acc={history[-1]['test_acc']:.4f} -> {paths.weights}")
     return 0
 
