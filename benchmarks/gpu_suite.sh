@@ -7,6 +7,10 @@
 #                bash benchmarks/gpu_suite.sh train hybrid resnet18 (carry: ["data"])  <= MAX_SECONDS each
 #   locally:     bash benchmarks/gpu_suite.sh all
 #
+# A device call carries at most 64 MiB of working tree and exports/models holds ~108 MB:
+# move the bundled models aside for the device calls (mv exports/models /tmp/bundled-models)
+# and put them back (or replace them with the GPU-trained exports) before committing.
+#
 # Everything lands under $OUT (JSON + Markdown + checkpoints/cards); a short table is printed
 # last. Environment: PYTHON (default python3), DATA_DIR (default data), EPOCHS (short
 # schedule length, default 12), MAX_SECONDS (wall-clock budget per training, default 280:
