@@ -31,8 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "tests" / "assets"
 
 
-def distinct_images(folder: Path, count: int) -> list[Path]:
-    sources = sorted(ASSETS.glob("*.png"))
+def distinct_images(folder: Path, count: int, sources: list[Path] | None = None) -> list[Path]:
+    """``count`` distinct PNGs in ``folder`` made from real CIFAR-10 images (``tests/assets``):
+    flipped and shifted copies after the first round, so no two share the dashboard's
+    (image content, model) cache key."""
+    sources = sorted(ASSETS.glob("*.png")) if sources is None else sources
     if not sources:
         raise SystemExit(f"no images in {ASSETS}")
     paths = []
@@ -41,8 +44,8 @@ def distinct_images(folder: Path, count: int) -> list[Path]:
         variant = k // len(sources)
         if variant % 2:
             image = image[:, ::-1]
-        image = np.roll(image, 1 + variant // 2, axis=0)
-        path = folder / f"bench_{k:04d}.png"
+        image = np.roll(image, 1 + variant // 2, axis=0)  # never the original: examples may be cached
+        path = folder / f"image_{k:04d}.png"
         Image.fromarray(np.ascontiguousarray(image)).save(path)
         paths.append(path)
     return paths

@@ -39,6 +39,7 @@ from exports.runtime import CPU, OnnxModel  # noqa: E402
 from hybrid_model import VARIANTS, freeze, model_cost  # noqa: E402
 
 STRIDES = (1, 1, 2, 2, 2)
+ENGINE_PAUSE_S = 0.1
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
@@ -52,6 +53,10 @@ def _interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1000.0)
+            # onnxruntime's intra-op threads busy-wait for tens of ms after a run and would
+            # slow down whichever engine runs next (measured: a 50 ms PyTorch forward took
+            # 89 ms right after a 2-thread run, 52 ms after a 0.1 s pause). Untimed.
+            time.sleep(ENGINE_PAUSE_S)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

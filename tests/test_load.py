@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
-from PIL import Image
 
+from benchmarks.app_latency import distinct_images
 from conftest import CIFAR10_CLASSES
 
 CALLS = 200
@@ -22,23 +22,9 @@ CLIENTS = 8
 LOAD_MODEL = "resnet18"  # the cheapest variant keeps the suite short; the benchmark covers all
 
 
-def distinct_images(assets: list[Path], folder: Path, count: int) -> list[Path]:
-    paths = []
-    for k in range(count):
-        image = np.asarray(Image.open(assets[k % len(assets)]).convert("RGB"))
-        variant = k // len(assets)
-        if variant % 2:
-            image = image[:, ::-1]
-        image = np.roll(image, variant // 2, axis=1)
-        path = folder / f"load_{k:03d}.png"
-        Image.fromarray(np.ascontiguousarray(image)).save(path)
-        paths.append(path)
-    return paths
-
-
 @pytest.mark.timeout(600)
 def test_200_classify_calls_from_8_clients(app_server, cifar_images, tmp_path: Path):
-    images = distinct_images([c.path for c in cifar_images], tmp_path, CALLS)
+    images = distinct_images(tmp_path, CALLS, [c.path for c in cifar_images])
     clients = [Client(app_server.url, verbose=False) for _ in range(CLIENTS)]
     latencies: list[float] = []
     errors: list[str] = []
