@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "tests" / "assets"
 
 
-def distinct_images(folder: Path, count: int, sources: list[Path] | None = None) -> list[Path]:
-    """``count`` distinct PNGs in ``folder`` made from real CIFAR-10 images (``tests/assets``):
-    flipped and shifted copies after the first round, so no two share the dashboard's
-    (image content, model) cache key."""
-    sources = sorted(ASSETS.glob("*.png")) if sources is None else sources
+def distinct_images(folder: Path, count: int) -> list[Path]:
+    """``count`` distinct PNGs in ``folder`` made from the real CIFAR-10 images in
+    ``tests/assets``: each shifted (by one more row every second round) and every other round
+    flipped, so none shares the dashboard's (image content, model) cache key with another or
+    with an original example."""
+    sources = sorted(ASSETS.glob("*.png"))
     if not sources:
         raise SystemExit(f"no images in {ASSETS}")
     paths = []

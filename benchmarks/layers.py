@@ -44,8 +44,9 @@ def bench_layer(kind: str, shape: tuple[int, int, int], batch: int, device: torc
     fast, ref = (layer.to(device) for layer in _make_layers(kind))
 
     with torch.no_grad():
-        diff = (fast(x) - ref(x)).abs().max().item()
-        upstream = torch.randn_like(fast(x))  # the gradient a next layer would send back
+        out = fast(x)
+        diff = (out - ref(x)).abs().max().item()
+        upstream = torch.randn_like(out)  # the gradient a next layer would send back
 
     def step(layer: torch.nn.Module) -> Callable[[], None]:
         def run() -> None:

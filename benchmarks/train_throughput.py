@@ -19,8 +19,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from hybrid_model import VARIANTS, build_model, stride_parameters
+from hybrid_model import VARIANTS, build_model
 from training.checkpoint import atomic_write_json
+from training.train import parameter_groups
 
 from .timing import time_steps
 
@@ -34,11 +35,7 @@ def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: i
     model = build_model(variant, strides, 10, **options).to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    ids = {id(p) for p in stride_parameters(model)}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": 5e-4}]
-    if ids:
-        groups.append({"params": stride_parameters(model), "weight_decay": 0.0})
-    optimizer = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(parameter_groups(model, lr=0.01, stride_lr=0.01, weight_decay=5e-4), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

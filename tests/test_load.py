@@ -23,8 +23,8 @@ LOAD_MODEL = "resnet18"  # the cheapest variant keeps the suite short; the bench
 
 
 @pytest.mark.timeout(600)
-def test_200_classify_calls_from_8_clients(app_server, cifar_images, tmp_path: Path):
-    images = distinct_images(tmp_path, CALLS, [c.path for c in cifar_images])
+def test_200_classify_calls_from_8_clients(app_server, tmp_path: Path):
+    images = distinct_images(tmp_path, CALLS)
     clients = [Client(app_server.url, verbose=False) for _ in range(CLIENTS)]
     latencies: list[float] = []
     errors: list[str] = []

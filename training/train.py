@@ -35,7 +35,7 @@ import hybrid_model
 from . import checkpoint as ckpt
 from .data import CIFAR_MEAN_STD, DATASETS, NUM_CLASSES, SOURCES, CifarData, GpuLoader, load_cifar
 
-__all__ = ["build_parser", "main", "parse_args", "parse_strides", "run_name", "lr_lambda"]
+__all__ = ["build_parser", "main", "parse_args", "parameter_groups", "parse_strides", "run_name", "lr_lambda"]
 
 VARIANTS: tuple[str, ...] = tuple(hybrid_model.VARIANTS)  # resnet18, spectral, diffstride, hybrid, diffstride2
 SCHEDULES = ("piecewise", "onecycle")
@@ -362,6 +362,20 @@ class TimeBudget:
         return float(projected) > self.max_seconds
 
 
+def parameter_groups(model: nn.Module, lr: float, stride_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """SGD groups: the weights (``weight_decay``), then the DiffStride strides, if any, with
+    their own learning rate and no weight decay."""
+    from hybrid_model import stride_parameters
+
+    strides = stride_parameters(model)
+    stride_ids = {id(p) for p in strides}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in stride_ids], "lr": lr,
+               "weight_decay": weight_decay, "name": "weights"}]
+    if strides:
+        groups.append({"params": strides, "lr": stride_lr, "weight_decay": 0.0, "name": "strides"})
+    return groups
+
+
 def _diffstride_layers(model: nn.Module) -> list[nn.Module]:
     from hybrid_model import DiffStride2d
 
@@ -488,8 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
-    from hybrid_model import build_model, learned_strides, stride_parameters
+    from hybrid_model import build_model, learned_strides
 
+    budget = TimeBudget(args.max_seconds)  # --max-seconds counts the whole invocation
     rank, world_size, local_rank = _dist_env()
     paths = ckpt.RunPaths(args.out, args.name)
     config = run_config(args)
@@ -563,11 +578,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         raise CliError(str(error)) from None
 
     # ---- optimiser: weights (weight decay) and strides (own lr, no decay) ----
-    stride_ids = {id(p) for p in stride_parameters(model)}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in stride_ids], "lr": args.lr,
-               "weight_decay": args.weight_decay, "name": "weights"}]
-    if stride_ids:
-        groups.append({"params": stride_parameters(model), "lr": args.stride_lr, "weight_decay": 0.0, "name": "strides"})
+    groups = parameter_groups(model, args.lr, args.stride_lr, args.weight_decay)
     optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * args.epochs
@@ -593,13 +604,12 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.compile:
         train_model = torch.compile(train_model)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    has_strides = bool(stride_ids)
+    has_strides = len(groups) > 1
     if rank == 0 and start_epoch == 0:
         print(f"{args.name}: {data.source}, {data.n_train} train / {data.n_test} test images; "
               f"{steps_per_epoch} steps/epoch x {args.epochs} epochs on {device} ({precision}, world size {world_size})")
 
     step = start_epoch * steps_per_epoch
-    budget = TimeBudget(args.max_seconds)
     stopped_early = False
     for epoch in range(start_epoch, args.epochs):
         train_model.train()
