@@ -457,8 +457,19 @@ def _check_model(model: nn.Module, device: torch.device) -> None:
     model.train()
 
 
+def _hardware(device: torch.device) -> str:
+    """What trained the model, for the card: the GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
 def _card(args, config, data: CifarData, model: nn.Module, history: list, epoch: int, created: str, argv) -> dict:
     from hybrid_model import learned_strides
+
+    seconds = [h["seconds"] for h in history]
 
     mean, std = CIFAR_MEAN_STD[args.dataset]
     return {
@@ -483,6 +494,11 @@ def _card(args, config, data: CifarData, model: nn.Module, history: list, epoch:
         "code_version": ckpt.code_version(),
         "seed": args.seed,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        # Hardware and wall-clock (per epoch = training + evaluation; total = sum over epochs run).
+        "hardware": _hardware(next(model.parameters()).device),
+        "torch": torch.__version__,
+        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+        "train_wall_seconds": sum(seconds),
         "created": created,
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
