@@ -1,15 +1,17 @@
-"""Dashboard for the exported models: ``python app.py [--host H] [--port P] [--models-dir D] [--share]``.
+"""Dashboard for the exported models: ``python app.py [--host H] [--port P] [--models-dir D] [--share]
+[--cache-mb MB] [--upload-dir DIR] [--upload-ttl-min MIN]``.
 
-Tabs: Classify, Spectra, Compare, Training. API endpoints (``gradio_client``):
-``/classify``, ``/spectra``, ``/compare``, ``/training``, ``/models``; see
-``dashboard/README_section.md``.
+Tabs: Classify, Spectra, Compare, Training. API endpoints (``gradio_client`` or raw HTTP):
+``/classify``, ``/spectra``, ``/compare``, ``/training``, ``/models``; see ``docs/api.md``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # closed network: no telemetry calls
@@ -23,11 +25,18 @@ os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 import gradio as gr  # noqa: E402
 
 from dashboard import CSS, DashboardService, build_demo  # noqa: E402
+from dashboard import errors  # noqa: E402
 from dashboard.layout import ASSETS_DIR  # noqa: E402
+from dashboard.service import DEFAULT_CACHE_MB  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CONCURRENCY_LIMIT = 4  # per event; onnxruntime sessions are shared and thread-safe
 MAX_FILE_SIZE = "10mb"
+#: Uploads older than this are deleted (minutes); sweeps run every quarter of it.
+DEFAULT_UPLOAD_TTL_MIN = 30.0
+#: Where the upload component stores pasted/webcam images (base64 data URLs), inside the upload folder.
+DATA_URL_FOLDER = "dashboard_uploads"
+log = logging.getLogger("dashboard")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,20 +48,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--no-preload", dest="preload", action="store_false",
                         help="create onnxruntime sessions on first use instead of in the background at start-up")
-    return parser.parse_args(argv)
+    parser.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_MB,
+                        help=f"memory budget of the result caches in MB (default {DEFAULT_CACHE_MB})")
+    parser.add_argument("--upload-dir", type=Path, default=None,
+                        help="folder for uploads (default: Gradio's, $GRADIO_TEMP_DIR or <tmp>/gradio)")
+    parser.add_argument("--upload-ttl-min", type=float, default=DEFAULT_UPLOAD_TTL_MIN,
+                        help=f"delete uploads older than this many minutes (default {DEFAULT_UPLOAD_TTL_MIN:g})")
+    args = parser.parse_args(argv)
+    if args.cache_mb <= 0 or args.upload_ttl_min <= 0:
+        parser.error("--cache-mb and --upload-ttl-min must be positive")
+    return args
 
 
-def create_app(models_dir: str | Path) -> tuple[gr.Blocks, DashboardService]:
-    service = DashboardService(models_dir)
+def upload_folder() -> Path:
+    """The folder Gradio stores uploads in (``GRADIO_TEMP_DIR`` or ``<tmp>/gradio``)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
+
+
+def create_app(
+    models_dir: str | Path, cache_mb: float = DEFAULT_CACHE_MB, upload_ttl_min: float = DEFAULT_UPLOAD_TTL_MIN
+) -> tuple[gr.Blocks, DashboardService]:
+    service = DashboardService(models_dir, cache_mb=cache_mb, upload_dir=upload_folder())
     demo = build_demo(service)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=256)
+    # Gradio's own sweep of the files it received (uploads, cached examples excluded):
+    # every quarter TTL, the ones older than the TTL; all of them at shutdown.
+    ttl = max(1, int(upload_ttl_min * 60))
+    demo.delete_cache = (max(1, ttl // 4), ttl)
+    errors.install(demo)
     return demo, service
+
+
+def sweep_data_urls(folder: Path, max_age_s: float | None) -> int:
+    """Delete pasted/webcam images older than ``max_age_s`` (all for ``None``); Gradio does
+    not track them, so its own sweep misses them. Returns how many were deleted."""
+    deleted = 0
+    now = time.time()
+    for file in folder.glob("*") if folder.is_dir() else []:
+        try:
+            if max_age_s is None or now - file.stat().st_mtime > max_age_s:
+                file.unlink()
+                deleted += 1
+        except OSError:
+            continue
+    return deleted
+
+
+def _sweep_forever(folder: Path, ttl_s: float, stop: threading.Event) -> None:
+    while not stop.wait(max(1.0, ttl_s / 4)):
+        sweep_data_urls(folder, ttl_s)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (service managers, ``kill``) shuts down like Ctrl-C: Gradio closes the server
+    and runs its shutdown clean-up instead of the process dying with uploads on disk."""
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    demo, service = create_app(args.models_dir)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Gradio self-check request otherwise
+    if args.upload_dir is not None:
+        args.upload_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["GRADIO_TEMP_DIR"] = str(args.upload_dir.resolve())  # read when the Blocks are built
+    demo, service = create_app(args.models_dir, args.cache_mb, args.upload_ttl_min)
+    data_urls = upload_folder() / DATA_URL_FOLDER
+    stop = threading.Event()
+    threading.Thread(target=_sweep_forever, args=(data_urls, args.upload_ttl_min * 60, stop),
+                     name="sweep-uploads", daemon=True).start()
+    _stop_on_sigterm()
     if args.preload:
         threading.Thread(target=service.preload, name="preload-models", daemon=True).start()
     logging.getLogger("dashboard").info(
@@ -69,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         footer_links=["api"],
         run_history=False,  # no per-run recording of uploads (privacy, and less work per call)
     )
+    # launch() returns once the server has stopped (Ctrl-C or SIGTERM) and Gradio has
+    # deleted the uploads it tracks; the pasted images are ours to delete.
+    stop.set()
+    log.info("shut down; deleted %d pasted image(s) from %s", sweep_data_urls(data_urls, None), data_urls)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ class Handlers:
     # ------------------------------------------------------------------ classify
     @user_errors
     def classify(self, image: str | None, model: str | None = None) -> dict[str, float]:
-        """Top-5 classes of one image: ``{class: probability}`` (a ``gr.Label`` value)."""
+        """Top-5 classes of one image, as {class: probability}."""
         analysis = self.service.analyse(image, model)
         return {c: p for c, p in analysis.topk[:TOP_K]}
 
@@ -119,8 +119,7 @@ class Handlers:
                 ("features", analysis.digest, name, channels),
                 lambda: figures.plot_data(
                     figures.feature_maps_figure(
-                        {s: analysis.prediction.features[s] for s in STAGES if s in analysis.prediction.features},
-                        channels,
+                        {s: f for s, f in self.service.feature_maps(analysis).items() if s in STAGES}, channels,
                     )
                 ),
             )
@@ -225,7 +224,8 @@ class Handlers:
 
     # ------------------------------------------------------------------ models
     def models(self) -> dict:
-        """The bundled models (name, variant, dataset, test accuracy, size), the default, and skipped files."""
+        """The bundled models (name, variant, dataset, test accuracy, size, training budget), the default
+        model, and the skipped files with their reasons."""
         entries = []
         for e in self.service.entries():
             entries.append({

@@ -1,15 +1,28 @@
 """The dashboard's model-side logic, free of Gradio: loading, validation, caching, analysis.
 
-Everything the UI shows for one (image, model) pair comes from one :class:`Analysis`,
-computed once and kept in a small LRU cache keyed by the image's content hash and the model
-name, so the Classify, Spectra and Compare views of the same upload share one forward pass.
+Everything the UI shows for one (image, model) pair comes from one compact :class:`Analysis`
+(top-5, the 32x32 input as the model saw it, map shapes, latency), computed once and kept in
+a byte-bounded LRU cache keyed by the image's content hash and the model name, so the
+Classify, Spectra and Compare views of the same upload share one forward pass.
+
+Memory is bounded in bytes, not entries (``cache_mb``, default :data:`DEFAULT_CACHE_MB`):
+3/4 of the budget holds the compact results (analyses, prepared 32x32 pixels, spectra,
+figure JSON), 1/4 the full feature maps of recent forward passes (0.7-2.4 MB each), which
+only the Spectra tab needs; an evicted one is recomputed by running the model again on the
+cached 32x32 pixels. Decoded uploads are never cached (a 40-megapixel image is 120 MB).
+
+Uploads refused for their content (empty, too large, not an image) are deleted at once
+when they live in the server's upload folder (``upload_dir``), so a refused request
+leaves nothing behind.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
+import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
@@ -19,7 +32,10 @@ from hybrid_model.spectra import log_spectrum  # numpy only: this process never 
 
 from .figures import CropBox, SpectrumPanel
 
-__all__ = ["UserError", "Analysis", "DashboardService", "STAGES", "LruCache"]
+__all__ = ["UserError", "Analysis", "DashboardService", "STAGES", "ByteLruCache", "approx_bytes",
+           "DEFAULT_CACHE_MB"]
+
+log = logging.getLogger("dashboard")
 
 #: Feature maps in forward order (``SpectralResNet.FEATURE_NAMES``); "input" is the image.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
@@ -27,46 +43,109 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 PREVIOUS_MAP = {"stem": "input", "layer1": "stem", "layer2": "layer1", "layer3": "layer2", "layer4": "layer3",
                 "head": "layer4"}
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+#: Default memory budget of all the dashboard's caches together (MB).
+DEFAULT_CACHE_MB = 128
+_FEATURES_SHARE = 0.25  # of the budget, for full feature maps (see the module docstring)
 
 
 class UserError(Exception):
     """A problem the user can act on; its message is shown as is."""
 
 
-class LruCache:
-    """A small thread-safe LRU mapping."""
+def approx_bytes(value: Any) -> int:
+    """Approximate memory held by a cached value: array buffers, strings and containers
+    counted recursively (a figure's JSON string dominates its size). Exact enough for a
+    budget; objects can report their own size with a ``cache_bytes()`` method."""
+    if hasattr(value, "cache_bytes"):
+        return int(value.cache_bytes())
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes) + 112
+    if isinstance(value, (str, bytes, bytearray)):
+        return len(value) + 49
+    if isinstance(value, dict):
+        return 64 + sum(approx_bytes(k) + approx_bytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return 56 + sum(approx_bytes(v) for v in value)
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return 64 + approx_bytes(vars(value))
+    return sys.getsizeof(value)
 
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+
+class ByteLruCache:
+    """A thread-safe LRU mapping bounded by the total size of its values in bytes.
+
+    A value larger than the whole budget is returned but not kept.
+    """
+
+    def __init__(self, max_bytes: int, sizeof: Callable[[Any], int] = approx_bytes) -> None:
+        self.max_bytes = int(max_bytes)
+        self._sizeof = sizeof
+        self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._data:
                 self._data.move_to_end(key)
-                return self._data[key]
+                return self._data[key][0]
         value = compute()  # outside the lock: concurrent misses may compute twice, harmlessly
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+        self.put(key, value)
         return value
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key][0]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        size = self._sizeof(value)
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if size > self.max_bytes:
+                return
+            self._data[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, evicted) = self._data.popitem(last=False)
+                self._bytes -= evicted
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held now (as counted by ``sizeof``)."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._data)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Summary:
+    """What is kept of one forward pass: the top-k, the probabilities, the ``(32, 32, 3)``
+    uint8 image as the model saw it, and timings (ms). The feature maps are not kept here."""
+
+    top_k: list[tuple[str, float]]
+    probs: np.ndarray
+    model_input: np.ndarray
+    latency_ms: float
+    preprocess_ms: float = 0.0
+
+    def cache_bytes(self) -> int:
+        return 400 + 80 * len(self.top_k) + self.probs.nbytes + self.model_input.nbytes
+
+
+@dataclass(frozen=True)
 class Analysis:
-    """One image through one model, with lazily derived views."""
+    """One image through one model (compact: about 4 KB)."""
 
     model_name: str
     digest: str
-    prediction: Any
-    _spectra: dict[str, np.ndarray] | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    prediction: Summary
+    shapes: dict[str, tuple[int, ...]]
 
     @property
     def topk(self) -> list[tuple[str, float]]:
@@ -76,21 +155,12 @@ class Analysis:
     def top_class(self) -> str:
         return self.topk[0][0]
 
-    def spectra(self) -> dict[str, np.ndarray]:
-        """Centred log-magnitude spectrum of the input image and of every stage's output."""
-        with self._lock:
-            if self._spectra is None:
-                image = np.asarray(self.prediction.model_input, dtype=np.float32).transpose(2, 0, 1) / 255.0
-                spectra = {"input": log_spectrum(image)}
-                for stage, fmap in self.prediction.features.items():
-                    spectra[stage] = log_spectrum(np.asarray(fmap, dtype=np.float32))
-                self._spectra = spectra
-            return self._spectra
-
     def map_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes = {"input": (3, *np.asarray(self.prediction.model_input).shape[:2])}
-        shapes.update({s: tuple(np.asarray(f).shape) for s, f in self.prediction.features.items()})
-        return shapes
+        """``{"input": (3, H, W), stage: (C, h, w), ...}``."""
+        return dict(self.shapes)
+
+    def cache_bytes(self) -> int:
+        return 300 + len(self.model_name) + len(self.digest) + self.prediction.cache_bytes() + 120 * len(self.shapes)
 
 
 def _read_upload(path: str | Path | None) -> bytes:
@@ -115,11 +185,17 @@ class DashboardService:
 
     Args:
         models_dir: folder of exported models (``exports.registry.ModelRegistry``).
-        cache_size: how many (image, model) analyses to keep.
+        cache_mb: memory budget of all caches together, in MB (see the module docstring).
+        upload_dir: the web server's upload folder; uploads inside it that are refused for
+            their content are deleted. ``None``: never delete anything.
     """
 
-    def __init__(self, models_dir: str | Path, cache_size: int = 128) -> None:
+    def __init__(self, models_dir: str | Path, cache_mb: float = DEFAULT_CACHE_MB,
+                 upload_dir: str | Path | None = None) -> None:
+        if cache_mb <= 0:
+            raise ValueError(f"cache_mb must be positive, got {cache_mb}")
         self.models_dir = Path(models_dir)
+        self.upload_dir = Path(upload_dir).resolve() if upload_dir is not None else None
         self.registry = None
         self.load_error: str | None = None
         try:
@@ -128,9 +204,18 @@ class DashboardService:
             self.registry = ModelRegistry(self.models_dir)
         except Exception as exc:  # the app must still start and say why
             self.load_error = f"{type(exc).__name__}: {exc}"
-        self._analyses = LruCache(cache_size)
-        self._images = LruCache(cache_size)
-        self._figures = LruCache(cache_size * 2)
+        budget = int(cache_mb * 2**20)
+        self._features = ByteLruCache(int(budget * _FEATURES_SHARE))
+        self._results = ByteLruCache(budget - self._features.max_bytes)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes held by the caches now; never more than ``cache_mb`` MB."""
+        return self._results.nbytes + self._features.nbytes
+
+    @property
+    def cache_budget(self) -> int:
+        return self._results.max_bytes + self._features.max_bytes
 
     # ---------------------------------------------------------------- models and cards
     def names(self) -> list[str]:
@@ -193,51 +278,99 @@ class DashboardService:
                 return entry
         raise UserError(f"Unknown model '{name}'. Available models: {', '.join(self.names())}.")
 
-    # ---------------------------------------------------------------- images
-    def load(self, path: str | Path | None) -> tuple[str, Any]:
-        """``(content digest, RGB-convertible PIL image)`` of an upload, validated."""
-        data = _read_upload(path)
+    # ---------------------------------------------------------------- uploads
+    def discard_upload(self, path: str | Path | None) -> bool:
+        """Delete ``path`` if it lies inside ``upload_dir`` (and its folder, once empty)."""
+        if self.upload_dir is None or path is None or not str(path).strip():
+            return False
+        try:
+            file = Path(path).resolve()
+            if self.upload_dir not in file.parents or not file.is_file():
+                return False
+            file.unlink(missing_ok=True)
+        except OSError:
+            return False
+        if file.parent != self.upload_dir:
+            try:
+                file.parent.rmdir()  # Gradio stores each upload in a folder of its own
+            except OSError:
+                pass  # not empty: another file shares it
+        log.info("deleted refused upload %s", file.name)
+        return True
+
+    def pixels(self, path: str | Path | None, model: Any) -> tuple[str, np.ndarray]:
+        """``(content digest, (H, W, 3) uint8 image as ``model`` sees it)`` of an upload,
+        validated; a refused upload is discarded (see :meth:`discard_upload`)."""
+        try:
+            data = _read_upload(path)
+        except UserError:
+            self.discard_upload(path)
+            raise
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
 
-        def decode():
-            from exports.images import ImageError, load_image
+        def prepare() -> np.ndarray:
+            from exports.images import ImageError
 
             try:
-                return load_image(data)
+                return model.prepare(data)
             except ImageError as exc:
                 raise UserError(_image_message(Path(path).name, exc)) from None
 
-        return digest, self._images.get_or_compute(digest, decode)
+        try:
+            seen = self._results.get_or_compute(("pixels", digest, tuple(model.input_size)), prepare)
+        except UserError:
+            self.discard_upload(path)
+            raise
+        return digest, seen
 
     # ---------------------------------------------------------------- analyses
     def analyse(self, path: str | Path | None, model_name: str | None) -> Analysis:
         model = self.model(model_name)
-        digest, image = self.load(path)
+        digest, seen = self.pixels(path, model)
 
         def run() -> Analysis:
             try:
-                prediction = model.predict(image)
-            except UserError:
-                raise
+                prediction = model.predict_pixels(seen)
             except Exception as exc:
-                from exports.images import ImageError
-
-                if isinstance(exc, ImageError):
-                    raise UserError(_image_message(Path(path).name, exc)) from None
                 raise UserError(f"Model '{model.name}' failed on this image: {exc}") from None
-            return Analysis(model.name, digest, prediction)
+            self._features.put((digest, model.name), prediction.features)
+            shapes = {"input": (3, *seen.shape[:2])}
+            shapes.update({s: tuple(int(d) for d in f.shape) for s, f in prediction.features.items()})
+            summary = Summary(prediction.top_k, prediction.probs, seen, prediction.latency_ms)
+            return Analysis(model.name, digest, summary, shapes)
 
-        return self._analyses.get_or_compute((digest, model.name), run)
+        return self._results.get_or_compute(("analysis", digest, model.name), run)
+
+    def feature_maps(self, analysis: Analysis) -> dict[str, np.ndarray]:
+        """``{stage: (C, h, w) float32}`` of an analysis: from the cache of recent forward
+        passes, else by running the model again on the cached 32x32 input."""
+
+        def rerun() -> dict[str, np.ndarray]:
+            return self.model(analysis.model_name).predict_pixels(analysis.prediction.model_input).features
+
+        return self._features.get_or_compute((analysis.digest, analysis.model_name), rerun)
+
+    def spectra(self, analysis: Analysis) -> dict[str, np.ndarray]:
+        """Centred log-magnitude spectrum of the input image and of every stage's output."""
+
+        def compute() -> dict[str, np.ndarray]:
+            image = analysis.prediction.model_input.astype(np.float32).transpose(2, 0, 1) / 255.0
+            spectra = {"input": log_spectrum(image)}
+            for stage, fmap in self.feature_maps(analysis).items():
+                spectra[stage] = log_spectrum(fmap)
+            return spectra
+
+        return self._results.get_or_compute(("spectra", analysis.digest, analysis.model_name), compute)
 
     def cached_figure(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        return self._figures.get_or_compute(key, build)
+        return self._results.get_or_compute(("figure", key), build)
 
     # ---------------------------------------------------------------- spectra
     def spectrum_panels(self, analysis: Analysis) -> list[SpectrumPanel]:
         """One panel per map (input image, then each stage's output), each with the crop box
         of the layer that downsamples that map (the next stage's layer), if spectral."""
         card = self.card(analysis.model_name)
-        spectra = analysis.spectra()
+        spectra = self.spectra(analysis)
         shapes = analysis.map_shapes()
         boxes: dict[str, tuple[dict, CropBox | None]] = {}
         for layer in card.get("layers") or []:
