@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import spectral as F
+from . import spectral
 
 __all__ = ["DiffStride2d", "SpectralPool2d", "FixedSeparable2d"]
 
@@ -55,9 +55,11 @@ class DiffStride2d(nn.Module):
     ``H`` and ``W`` must exceed ``R`` (a ``ValueError`` otherwise: the reference divides by
     zero there, we refuse instead of clamping).
 
-    The stride is projected in place at each forward, as the reference does with
-    ``assign``: ``s <- clip(max(s, H/(H-R)), lower, upper)``. The forward then reads the
-    parameter itself, so its gradient is never cut by the projection.
+    As in the official code, each forward first raises the parameter in place to the
+    size floor, ``s <- max(s, H/(H-R))`` (its ``assign``: no gradient), then uses
+    ``clip(s, lower, upper)`` with the clip's gradient inclusive at the bounds (its stride
+    constraint called in the graph). The official Keras constraint also clips the variable
+    after every optimiser step: call :meth:`constrain_` there (``training.train`` does).
     """
 
     def __init__(
@@ -102,23 +104,28 @@ class DiffStride2d(nn.Module):
 
     @torch.no_grad()
     def project_(self, size: tuple[int, int]) -> None:
-        """Project the stride for an ``H x W`` input (in place, no gradient)."""
+        """Raise the stride to the floor ``H/(H-R)`` of an ``H x W`` input (in place, no gradient)."""
         self._check_size(size)
         r = self.smoothness
         floor = torch.tensor([size[0] / (size[0] - r), size[1] / (size[1] - r)], device=self.stride.device)
         if self.shared_stride:
             floor = floor.max().reshape(1)
-        self.stride.copy_(torch.maximum(self.stride, floor).clamp(self.lower_limit, self.upper_limit))
+        self.stride.copy_(torch.maximum(self.stride, floor))
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Clip the parameter to ``[lower_limit, upper_limit]`` in place (after an optimiser step)."""
+        self.stride.clamp_(self.lower_limit, self.upper_limit)
 
     def stride_pair(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The stride as ``(s_h, s_w)`` (differentiable)."""
-        stride = self.stride.to(dtype)
+        """The stride as used, ``clip(s, lower, upper)`` as ``(s_h, s_w)`` (differentiable)."""
+        stride = spectral.inclusive_clip(self.stride.to(dtype), self.lower_limit, self.upper_limit)
         return stride.expand(2) if self.shared_stride else stride
 
-    def crop(self, size: tuple[int, int]) -> tuple[F.AxisCrop, F.AxisCrop]:
+    def crop(self, size: tuple[int, int]) -> tuple[spectral.AxisCrop, spectral.AxisCrop]:
         """The crop boxes (height, width) this layer applies to an ``H x W`` map now."""
         self._check_size(size)
-        return F.diffstride_crop(self.stride_pair(torch.float64), size, self.smoothness)
+        return spectral.diffstride_crop(self.stride_pair(torch.float64), size, self.smoothness)
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         crop_h, crop_w = self.crop(size)
@@ -126,7 +133,7 @@ class DiffStride2d(nn.Module):
 
     def operators(self, size: tuple[int, int], dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """Separable operators ``(left (2,h,H), right (2,W,w))`` at the current stride."""
-        return F.diffstride_operators(self.stride_pair(dtype), size, self.smoothness)
+        return spectral.diffstride_operators(self.stride_pair(dtype), size, self.smoothness)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, "DiffStride2d")
@@ -136,8 +143,8 @@ class DiffStride2d(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(dtype)
             if self.impl == "fft":
-                return F.diffstride_fft(x, self.stride_pair(dtype), self.smoothness)
-            return F.apply_separable(x, *self.operators(size, dtype))
+                return spectral.diffstride_fft(x, self.stride_pair(dtype), self.smoothness)
+            return spectral.apply_separable(x, *self.operators(size, dtype))
 
 
 class SpectralPool2d(nn.Module):
@@ -170,12 +177,12 @@ class SpectralPool2d(nn.Module):
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         if self.transform == "fourier":
-            return F.spectral_pool_size(size, self.stride)
-        return F.hartley_pool_size(size, self.stride)
+            return spectral.spectral_pool_size(size, self.stride)
+        return spectral.hartley_pool_size(size, self.stride)
 
     def operators(self, size: tuple[int, int], dtype: torch.dtype = torch.float32, device=None) -> tuple[Tensor, Tensor]:
         device = torch.device("cpu") if device is None else torch.device(device)
-        build = F.fourier_pool_operators if self.transform == "fourier" else F.hartley_pool_operators
+        build = spectral.fourier_pool_operators if self.transform == "fourier" else spectral.hartley_pool_operators
         return build(tuple(size), self.stride, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -186,9 +193,9 @@ class SpectralPool2d(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(dtype)
             if self.impl == "fft":
-                pool = F.fourier_pool_fft if self.transform == "fourier" else F.hartley_pool_fft
+                pool = spectral.fourier_pool_fft if self.transform == "fourier" else spectral.hartley_pool_fft
                 return pool(x, self.stride)
-            return F.apply_separable(x, *self.operators((x.shape[-2], x.shape[-1]), dtype, x.device))
+            return spectral.apply_separable(x, *self.operators((x.shape[-2], x.shape[-1]), dtype, x.device))
 
 
 class FixedSeparable2d(nn.Module):

@@ -22,6 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "AxisCrop",
+    "inclusive_clip",
     "diffstride_crop",
     "diffstride_fft",
     "diffstride_operators",
@@ -57,10 +58,25 @@ def _positions(n: int, axis: str, like: Tensor) -> Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
+def inclusive_clip(value: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
+    """``clip(value, low, high)`` whose gradient is 1 *at* the bounds too (0 only strictly outside).
+
+    This is the gradient of TensorFlow's ``clip_by_value`` and of ``tf.maximum(x, c)`` at a
+    tie (the first argument gets it), which the official DiffStride relies on: with integer
+    strides on even maps the last pass-band bin sits exactly on 1. ``torch.clamp`` gives 0
+    there and silently drops part of the stride gradient (design note, step 4).
+    """
+    if low is not None:
+        value = torch.where(value < low, torch.full_like(value, low), value)
+    if high is not None:
+        value = torch.where(value > high, torch.full_like(value, high), value)
+    return value
+
+
 def _ramp_mask(positions: Tensor, threshold: Tensor, smoothness: float) -> Tensor:
     """``clip((R + t - p) / R, 0, 1)``; for ``R == 0`` a hard box ``p < t`` (no stride gradient)."""
     if smoothness > 0:
-        return ((smoothness + threshold - positions) / smoothness).clamp(0.0, 1.0)
+        return inclusive_clip((smoothness + threshold - positions) / smoothness, 0.0, 1.0)
     return (positions < threshold).to(positions.dtype)
 
 
@@ -84,8 +100,9 @@ class AxisCrop:
 def _diffstride_masks(stride: Tensor, size: tuple[int, int], smoothness: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Masks ``m_h`` (H,), ``m_w`` (W//2+1,) and thresholds ``t_h``, ``t_w`` for a stride (2,)."""
     height, width = size
-    box_h = torch.clamp(height / stride[0], min=2.0)
-    box_w = torch.clamp(width / stride[1], min=2.0)
+    # max(H/S, 2) as ``tf.maximum``: at a tie the gradient still reaches the stride.
+    box_h = inclusive_clip(height / stride[0], low=2.0)
+    box_w = inclusive_clip(width / stride[1], low=2.0)
     t_h, t_w = box_h / 2, box_w / 2 + 1
     m_h = _ramp_mask(_positions(height, "h", stride), t_h, smoothness)
     m_w = _ramp_mask(_positions(width, "w", stride), t_w, smoothness)
@@ -258,17 +275,24 @@ def _centred_frequencies(n_out: int) -> list[int]:
 
 
 def _dht(x: Tensor) -> Tensor:
+    """Unnormalised 2-D DHT: ``Re(F(x)) - Im(F(x))``."""
     spectrum = torch.fft.fft2(x)
     return spectrum.real - spectrum.imag
 
 
+def _hartley_scale(size: tuple[int, int], out_size: tuple[int, int]) -> float:
+    """``1 / sqrt(H W h w)``: the orthonormal DHT in both directions, as the Hartley pooling
+    authors' code applies it (the self-inverse transform of the hybrid paper's Algorithm 1)."""
+    return 1.0 / math.sqrt(size[0] * size[1] * out_size[0] * out_size[1])
+
+
 def hartley_pool_fft(x: Tensor, stride: tuple[float, float]) -> Tensor:
-    """Reference Hartley pooling: DHT, centred crop, inverse DHT on the small grid."""
+    """Reference Hartley pooling: orthonormal DHT, centred crop, orthonormal DHT on the small grid."""
     height, width = x.shape[-2:]
     h_out, w_out = hartley_pool_size((height, width), stride)
     top, left = height // 2 - h_out // 2, width // 2 - w_out // 2
     centred = torch.fft.fftshift(_dht(x), dim=(-2, -1))[..., top : top + h_out, left : left + w_out]
-    return _dht(torch.fft.ifftshift(centred, dim=(-2, -1))) / (h_out * w_out)
+    return _dht(torch.fft.ifftshift(centred, dim=(-2, -1))) * _hartley_scale((height, width), (h_out, w_out))
 
 
 @_cached(maxsize=256)
@@ -295,7 +319,7 @@ def hartley_pool_operators(
     _, _, casp1, casm1 = _cas_pair(width, f_w, width, device, dtype)  # (w, W)
     cos2, sin2, _, _ = (t.transpose(0, 1) for t in _cas_pair(h_out, f_h, h_out, device, dtype))  # (h, h)
     _, _, casp2, casm2 = (t.transpose(0, 1) for t in _cas_pair(w_out, f_w, w_out, device, dtype))  # (w, w)
-    scale = 1.0 / (h_out * w_out)
+    scale = _hartley_scale(size, (h_out, w_out))
     left = torch.stack([cos2 @ cos1, cos2 @ sin1, sin2 @ cos1, sin2 @ sin1]) * scale
     right = torch.stack([casp2 @ casp1, casp2 @ casm1, casm2 @ casp1, casm2 @ casm1]).transpose(1, 2)
     return left.contiguous(), right.contiguous()

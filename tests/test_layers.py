@@ -1,6 +1,7 @@
 """DiffStride2d and SpectralPool2d: the design note's semantics, fast path == torch.fft reference."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -162,7 +163,8 @@ def test_hartley_reference_matches_the_definition():
     angle = 2 * math.pi * (n * k / 5 + m * l / 6)
     explicit = (x[:, :, None, None] * (torch.cos(angle) + torch.sin(angle))).sum((0, 1))
     torch.testing.assert_close(F._dht(x), explicit)
-    # Pool 5x6 -> 2x3: frequencies {-1, 0} x {-1, 0, 1}, inverse DHT on the small grid.
+    # Pool 5x6 -> 2x3: frequencies {-1, 0} x {-1, 0, 1}, then the DHT on the small grid;
+    # both transforms orthonormal (1/sqrt(N)), as the Hartley pooling authors' code does.
     y = F.hartley_pool_fft(x[None, None], (2.5, 2.0))[0, 0]
     expected = torch.zeros(2, 3, dtype=torch.float64)
     for p in range(2):
@@ -170,8 +172,20 @@ def test_hartley_reference_matches_the_definition():
             for fh in (-1, 0):
                 for fw in (-1, 0, 1):
                     a = 2 * math.pi * (fh * p / 2 + fw * q / 3)
-                    expected[p, q] += explicit[fh % 5, fw % 6] * (math.cos(a) + math.sin(a)) / 6
+                    expected[p, q] += explicit[fh % 5, fw % 6] / math.sqrt(30) * (math.cos(a) + math.sin(a)) / math.sqrt(6)
     torch.testing.assert_close(y, expected)
+
+
+def test_hartley_pool_is_an_orthonormal_projection():
+    """Orthonormal DHTs: at stride 1 the layer is the identity (DHT twice), and GAP after the
+    pooling scales GAP of the input by sqrt(HW / hw) (2 at 18x18 -> 9x9)."""
+    x = _rand(2, 3, 7, 10)
+    torch.testing.assert_close(SpectralPool2d(1, "hartley")(x), x)
+    torch.testing.assert_close(SpectralPool2d(1, "hartley", impl="fft")(x), x)
+    x = _rand(2, 3, 18, 18)
+    for impl in ("matmul", "fft"):
+        pooled = SpectralPool2d(2, "hartley", impl=impl)(x)
+        torch.testing.assert_close(pooled.mean((-2, -1)), 2.0 * x.mean((-2, -1)))
 
 
 def test_fourier_pool_at_stride_one_keeps_an_even_map():
@@ -186,10 +200,19 @@ def test_projection_lifts_a_stride_near_one_and_writes_it_back():
     torch.testing.assert_close(layer.stride.detach(), torch.tensor([32 / 28, 16 / 12]))
 
 
-def test_projection_respects_limits():
+def test_limits_clip_the_stride_used_and_the_constraint_clips_the_parameter():
+    """As the official code: the forward uses clip(s, lower, upper) (no gradient strictly
+    outside the limits, inclusive at them); ``constrain_`` is the Keras constraint."""
     layer = DiffStride2d((1.0, 5.0), lower_limit=1.5, upper_limit=3.0)
-    layer(torch.randn(1, 1, 32, 32))
+    layer(torch.randn(1, 1, 32, 32)).sum().backward()
+    torch.testing.assert_close(layer.stride.detach(), torch.tensor([32 / 28, 5.0]))
+    torch.testing.assert_close(layer.stride_pair().detach(), torch.tensor([1.5, 3.0]))
+    assert torch.all(layer.stride.grad == 0)  # both strictly outside their limits
+    layer.constrain_()
     torch.testing.assert_close(layer.stride.detach(), torch.tensor([1.5, 3.0]))
+    layer.stride.grad = None
+    layer(torch.randn(1, 1, 32, 32)).square().sum().backward()
+    assert torch.all(layer.stride.grad != 0)  # at the limits: inclusive
 
 
 def test_shared_stride_is_one_parameter_used_for_both_axes():
@@ -253,3 +276,92 @@ def test_bases_first_built_under_inference_mode_still_train():
     layer(x.requires_grad_(True)).sum().backward()
     DiffStride2d((2.7, 1.3))(x).sum().backward()
     assert x.grad is not None
+
+
+# --- the stride gradient at the clip's bounds (design note, step 4) -----------------------
+def _numpy_diffstride(x: np.ndarray, stride: tuple[float, float], smoothness: float):
+    """An independent DiffStride in numpy: output and its derivative in each stride.
+
+    Writes the inclusive clip out by hand: d clip(v)/dv = 1 for 0 <= v <= 1 (as TensorFlow's
+    ``clip_by_value``), and ``max(H/S, 2)`` passes its gradient at a tie (``tf.maximum``).
+    """
+    height, width = x.shape
+    r = np.arange((height + 1) // 2)
+    pos_h = np.fft.fftshift(np.concatenate([r[height % 2 :][::-1], r]))
+    pos_w = np.arange(width // 2 + 1)
+
+    def axis_mask(n, s, pos, offset):
+        box, d_box = n / s, -n / s**2
+        if box < 2:
+            box, d_box = 2.0, 0.0
+        v = (smoothness + box / 2 + offset - pos) / smoothness
+        inside = (v >= 0) & (v <= 1)
+        return np.clip(v, 0, 1), np.where(inside, d_box / 2 / smoothness, 0.0)
+
+    m_h, dm_h = axis_mask(height, stride[0], pos_h, 0.0)
+    m_w, dm_w = axis_mask(width, stride[1], pos_w, 1.0)
+    spectrum = np.fft.rfft2(x)
+    keep_h, keep_w = np.nonzero(m_h > 0)[0], np.nonzero(m_w > 0)[0]
+
+    def crop_inverse(z):
+        return np.fft.irfft2(z[keep_h][:, keep_w])
+
+    y = crop_inverse(spectrum * m_h[:, None] * m_w)
+    dy = (crop_inverse(spectrum * dm_h[:, None] * m_w), crop_inverse(spectrum * m_h[:, None] * dm_w))
+    return y, dy
+
+
+@pytest.mark.parametrize("impl", ["fft", "matmul"])
+@pytest.mark.parametrize(
+    "size, stride, smoothness",
+    [
+        ((32, 32), (2.0, 2.0), 4.0),  # integer stride, even map: bin 8 sits on the bound 1
+        ((16, 16), (2.0, 2.0), 0.5),  # small R, stride divides the map
+        ((20, 20), (1.25, 1.25), 4.0),  # the projection floor H/(H-R), exact in binary
+        ((6, 12), (3.0, 2.0), 4.0),  # floor 6/(6-4) = 3 gives H/S = 2: a tie in max(H/S, 2)
+        ((15, 24), (2.5, 3.0), 4.0),  # odd height; width bin 5 on the bound 1
+    ],
+)
+def test_stride_gradient_is_inclusive_at_the_clip_bounds(impl, size, stride, smoothness):
+    x = _rand(*size, seed=3)
+    upstream_seed = 11
+    y_np, dy_np = _numpy_diffstride(x.numpy(), stride, smoothness)
+    upstream = _rand(*y_np.shape, seed=upstream_seed)
+    expected = torch.tensor([float((upstream.numpy() * d).sum()) for d in dy_np], dtype=torch.float64)
+
+    s = torch.tensor(stride, dtype=torch.float64, requires_grad=True)
+    if impl == "fft":
+        y = F.diffstride_fft(x, s, smoothness)
+    else:
+        y = F.apply_separable(x, *F.diffstride_operators(s, size, smoothness))
+    torch.testing.assert_close(y.detach(), torch.from_numpy(y_np), rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad((y * upstream).sum(), s)
+    torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-9)
+    assert torch.all(grad != 0)
+
+
+def test_numpy_stride_derivative_is_the_right_sided_difference_quotient():
+    """Sanity of the independent computation: with bins on the bound 1, a slightly larger
+    stride moves them into the ramp, so the inclusive gradient is the right-sided slope."""
+    x = _rand(32, 32, seed=3).numpy()
+    y, dy = _numpy_diffstride(x, (2.0, 2.0), 4.0)
+    eps = 1e-7
+    y_h, _ = _numpy_diffstride(x, (2.0 + eps, 2.0), 4.0)
+    y_w, _ = _numpy_diffstride(x, (2.0, 2.0 + eps), 4.0)
+    np.testing.assert_allclose((y_h - y) / eps, dy[0], atol=1e-5)
+    np.testing.assert_allclose((y_w - y) / eps, dy[1], atol=1e-5)
+    assert np.abs(dy[0]).max() > 1e-2
+
+
+def test_layer_at_its_projection_floor_still_learns():
+    """A stride projected to H/(H-R) keeps a gradient (torch.clamp would zero part of it)."""
+    layer = DiffStride2d(1.0, smoothness=4.0).double()
+    layer(_rand(1, 2, 20, 20)).square().sum().backward()
+    torch.testing.assert_close(layer.stride.detach(), torch.tensor([1.25, 1.25], dtype=torch.float64))
+    x = _rand(1, 2, 20, 20)
+    y_np, dy_np = zip(*[_numpy_diffstride(x[0, c].numpy(), (1.25, 1.25), 4.0) for c in range(2)])
+    layer.stride.grad = None
+    y = layer(x)
+    y.square().sum().backward()  # d(sum y^2)/ds = sum 2 y dy/ds
+    expected = [sum(float((2 * y_np[c] * dy_np[c][axis]).sum()) for c in range(2)) for axis in range(2)]
+    torch.testing.assert_close(layer.stride.grad, torch.tensor(expected, dtype=torch.float64))

@@ -21,7 +21,7 @@ def test_every_variant_and_stride_tuple_trains_with_strides_changing(variant, st
     weights = [p for p in model.parameters() if p.dim() > 1]
     stride_params = stride_parameters(model)
     optimizer = torch.optim.SGD(
-        [{"params": weights}, {"params": stride_params, "lr": 1.0}] if stride_params else [{"params": weights}],
+        [{"params": weights}, {"params": stride_params, "lr": 0.1}] if stride_params else [{"params": weights}],
         lr=0.05,
         momentum=0.9,
     )
