@@ -76,7 +76,8 @@ def inclusive_clip(value: Tensor, low: float | None = None, high: float | None =
 def _ramp_mask(positions: Tensor, threshold: Tensor, smoothness: float) -> Tensor:
     """``clip((R + t - p) / R, 0, 1)``; for ``R == 0`` a hard box ``p < t`` (no stride gradient)."""
     if smoothness > 0:
-        return inclusive_clip((smoothness + threshold - positions) / smoothness, 0.0, 1.0)
+        # (1/R) * (...) rather than (...) / R: the official float32 arithmetic, bit for bit.
+        return inclusive_clip((1.0 / smoothness) * (smoothness + threshold - positions), 0.0, 1.0)
     return (positions < threshold).to(positions.dtype)
 
 
@@ -130,7 +131,7 @@ def diffstride_fft(x: Tensor, stride: Tensor, smoothness: float) -> Tensor:
     x: (..., H, W) real; stride: (2,) already projected. Returns (..., h_out, w_out).
     """
     m_h, m_w, _, _ = _diffstride_masks(stride, x.shape[-2:], smoothness)
-    spectrum = torch.fft.rfft2(x) * m_h[:, None] * m_w
+    spectrum = torch.fft.rfft2(x) * m_w * m_h[:, None]  # the official order: width mask first
     spectrum = spectrum[..., _kept(m_h), :][..., _kept(m_w)]
     return torch.fft.irfft2(spectrum)
 
