@@ -77,8 +77,44 @@ def create_app(
     # every quarter TTL, the ones older than the TTL; all of them at shutdown.
     ttl = max(1, int(upload_ttl_min * 60))
     demo.delete_cache = (max(1, ttl // 4), ttl)
+
+    def health_api() -> dict:
+        """Cache bytes and budget, upload-folder files and bytes, server RSS (MB)."""
+        return health(service)
+
+    with demo:
+        gr.api(health_api, api_name="health", queue=False)
     errors.install(demo)
     return demo, service
+
+
+def _rss_mb() -> float | None:
+    """Resident memory of this process (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def health(service: DashboardService) -> dict:
+    """What the soak benchmark and the tests watch: memory and disk held by the server."""
+    sizes = []
+    for file in upload_folder().rglob("*"):
+        try:
+            if file.is_file():
+                sizes.append(file.stat().st_size)
+        except OSError:  # deleted meanwhile
+            continue
+    return {
+        "cache_bytes": service.cache_bytes,
+        "cache_budget_bytes": service.cache_budget,
+        "upload_files": len(sizes),
+        "upload_bytes": sum(sizes),
+        "rss_mb": _rss_mb(),
+    }
 
 
 def sweep_data_urls(folder: Path, max_age_s: float | None) -> int:
@@ -140,9 +176,16 @@ def main(argv: list[str] | None = None) -> None:
         footer_links=["api"],
         run_history=False,  # no per-run recording of uploads (privacy, and less work per call)
     )
-    # launch() returns once the server has stopped (Ctrl-C or SIGTERM) and Gradio has
-    # deleted the uploads it tracks; the pasted images are ours to delete.
+    # launch() returns once the server has stopped (Ctrl-C or SIGTERM). Gradio's own
+    # shutdown clean-up may not have run by then (its server thread is joined with a 5 s
+    # timeout), so delete the uploads it tracks here too (idempotent), then the pasted images.
     stop.set()
+    try:
+        from gradio.route_utils import delete_files_created_by_app
+
+        delete_files_created_by_app(demo, None)
+    except Exception as exc:  # noqa: BLE001 - a Gradio internal: never fail the shutdown on it
+        log.warning("could not delete Gradio's uploads at shutdown: %s", exc)
     log.info("shut down; deleted %d pasted image(s) from %s", sweep_data_urls(data_urls, None), data_urls)
 
 

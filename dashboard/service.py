@@ -259,7 +259,7 @@ class DashboardService:
             raise UserError(self.no_models_message())
         name = name or self.default_name()
         if name not in self.names():
-            raise UserError(f"Unknown model '{name}'. Available models: {', '.join(self.names())}.")
+            raise UserError(f"Unknown model '{name}'; the available models are {', '.join(self.names())}.")
         try:
             return self.registry.get(name)
         except Exception as exc:
@@ -276,7 +276,7 @@ class DashboardService:
         for entry in self.entries():
             if entry.name == name:
                 return entry
-        raise UserError(f"Unknown model '{name}'. Available models: {', '.join(self.names())}.")
+        raise UserError(f"Unknown model '{name}'; the available models are {', '.join(self.names())}.")
 
     # ---------------------------------------------------------------- uploads
     def discard_upload(self, path: str | Path | None) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -420,3 +422,173 @@ def test_model_file_removed_while_serving(start_app, models_dir: Path, tmp_path:
     message = error_text(excinfo)
     assert "Model 'spectral' could not be loaded" in message and "not found" in message
     assert_label(classify(client, cifar_images[2].path, "resnet18"))
+
+
+# --------------------------------------------------------------------------------------
+# Reliability under abuse (issue 15): nothing refused stays on disk, caches bounded in
+# bytes, every raw-API refusal is one sentence to the caller and one line in the log.
+# One server for this section, with its own upload folder, a 2 MB cache budget and uploads
+# deleted after 12 s (swept every 3 s).
+# --------------------------------------------------------------------------------------
+CACHE_MB = 2
+UPLOAD_TTL_S = 12
+
+
+@pytest.fixture(scope="module")
+def guarded(models_dir: Path, tmp_path_factory):
+    from conftest import run_app
+
+    uploads = tmp_path_factory.mktemp("uploads")
+    with run_app(models_dir, tmp_path_factory.mktemp("app-logs"),
+                 extra_args=("--upload-dir", str(uploads), "--cache-mb", str(CACHE_MB),
+                             "--upload-ttl-min", str(UPLOAD_TTL_S / 60))) as server:
+        yield server, uploads
+
+
+def files_in(folder: Path) -> set[Path]:
+    return {f for f in folder.rglob("*") if f.is_file()}
+
+
+def raw_call(url: str, api: str, data: list, timeout: float = 120) -> tuple[str, object]:
+    """POST ``/gradio_api/call/{api}`` then read its event stream: ``(last event, its data)``."""
+    request = urllib.request.Request(url + f"gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(url + f"gradio_api/call/{api}/{event_id}", timeout=timeout) as response:
+        lines = response.read().decode().splitlines()
+    events = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+    payloads = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    return events[-1], json.loads(payloads[-1])
+
+
+def data_url(payload: bytes) -> dict:
+    import base64
+
+    return {"url": "data:image/png;base64," + base64.b64encode(payload).decode(), "meta": {"_type": "gradio.FileData"}}
+
+
+def assert_one_sentence(message: str) -> None:
+    assert isinstance(message, str) and message, message
+    assert "\n" not in message and "Traceback" not in message and "0x" not in message, message
+    assert "http" not in message.lower() and "<" not in message, message
+    assert message.endswith("."), message
+    assert len(re.findall(r"[.!?](?:\s|$)", message)) == 1, f"more than one sentence: {message}"
+
+
+def health(url: str) -> dict:
+    return Client(url, verbose=False).predict(api_name="/health")
+
+
+def test_byte_lru_cache_evicts_by_bytes():
+    from dashboard.service import ByteLruCache
+
+    cache = ByteLruCache(max_bytes=10_000)
+    for key in range(5):
+        cache.put(key, np.zeros(3000, np.uint8))  # ~3.1 KB each: three fit
+    assert len(cache) == 3 and cache.nbytes <= 10_000 and cache.get(0) is None and cache.get(4) is not None
+    cache.get_or_compute("big", lambda: np.zeros(20_000, np.uint8))  # larger than the budget: not kept
+    assert cache.get("big") is None and cache.nbytes <= 10_000
+
+
+def test_oversized_data_url_leaves_nothing_on_disk(guarded, cifar_images):
+    """The issue's repro: a 12 MB image as a base64 data URL to /call/classify is refused
+    and none of its bytes stay in the upload folder."""
+    server, uploads = guarded
+    before = files_in(uploads)
+    event, body = raw_call(server.url, "classify", [data_url(cifar_images[0].path.read_bytes() + b"\0" * (12 * 2**20)),
+                                                    None])
+    assert event == "error" and "the limit is 10 MB" in body["error"], body
+    assert_one_sentence(body["error"])
+    assert files_in(uploads) <= before  # (the schedule may have swept older files meanwhile)
+    assert not files_in(uploads / "dashboard_uploads")
+
+
+@pytest.mark.parametrize("kind", ["text file", "truncated png", "empty upload"])
+def test_refused_uploads_are_deleted(guarded, bad_inputs, kind):
+    server, uploads = guarded
+    before = files_in(uploads)
+    path, _ = bad_inputs[kind]
+    with pytest.raises(AppError) as excinfo:
+        classify(Client(server.url, verbose=False), path)
+    assert path.name in error_text(excinfo)
+    assert files_in(uploads) <= before, "the refused upload is still on disk"
+
+
+def test_caches_stay_within_their_byte_budget(guarded, tmp_path: Path):
+    from benchmarks.app_latency import distinct_images
+
+    server, _ = guarded
+    client = Client(server.url, verbose=False)
+    for path in distinct_images(tmp_path, 10):
+        assert_label(classify(client, path, "hybrid"))
+        grid, features, _ = client.predict(handle_file(str(path)), "hybrid", True, 2, api_name="/spectra")
+        # hybrid's feature maps (2.4 MB) exceed the 0.5 MB feature budget: recomputed, still drawn
+        assert len(figure(grid)["data"]) == 7 and len(figure(features)["data"]) == 6 * 3
+    state = health(server.url)
+    assert state["cache_budget_bytes"] == CACHE_MB * 2**20
+    assert 0 < state["cache_bytes"] <= state["cache_budget_bytes"], state
+
+
+RAW_ERRORS = {
+    "no inputs": ("classify", lambda img: [], "takes 2 input values"),
+    "text where a file goes": ("classify", lambda img: ["hello", None], "must be a file reference"),
+    "a server path": ("classify", lambda img: [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, None],
+                      "only reads files uploaded"),
+    "slider above its maximum": ("spectra", lambda img: [data_url(img), None, False, 100], "maximum value 8"),
+    "text for a slider": ("spectra", lambda img: [data_url(img), None, False, "abc"], "'channels' has the wrong type"),
+    "unknown model": ("classify", lambda img: [data_url(img), "nope"], "Unknown model 'nope'"),
+    "one model to compare": ("compare", lambda img: [data_url(img), "hybrid"], "Choose between 2 and 4"),
+    "not an image": ("classify", lambda img: [data_url(b"plain text, no image"), None], "not an image"),
+}
+
+
+@pytest.mark.parametrize("case", list(RAW_ERRORS))
+def test_raw_api_errors_are_one_sentence_and_one_log_line(guarded, cifar_images, case):
+    server, _ = guarded
+    api, data, expected = RAW_ERRORS[case]
+    event, body = raw_call(server.url, api, data(cifar_images[0].path.read_bytes()))
+    assert event == "error", body
+    message = body["error"]
+    assert expected in message
+    assert_one_sentence(message)
+    time.sleep(0.2)  # the log line is written before the reply, but flushed by another thread
+    log = server.log()
+    assert "Traceback" not in log
+    assert sum(message in line for line in log.splitlines()) == 1
+    assert all(len(line) < 600 for line in log.splitlines() if message in line)
+
+
+def test_uploads_are_swept_on_schedule(guarded, tmp_path: Path):
+    server, uploads = guarded
+    image = tmp_path / "swept.png"
+    Image.fromarray(cifar_array(5)[::-1]).save(image)
+    assert_label(classify(Client(server.url, verbose=False), image, "resnet18"))
+    assert any(f.name == "swept.png" for f in files_in(uploads))
+    deadline = time.monotonic() + UPLOAD_TTL_S + 30
+    while any(f.name == "swept.png" for f in files_in(uploads)):
+        assert time.monotonic() < deadline, "the upload outlived its TTL"
+        time.sleep(1)
+    assert health(server.url)["upload_files"] == len(files_in(uploads))
+
+
+def test_shutdown_deletes_the_uploads(guarded, cifar_images, tmp_path: Path):
+    """Last in this section: stops the section's server. SIGTERM shuts down cleanly and the
+    upload folder keeps nothing but Gradio's copies of the bundled examples."""
+    import hashlib
+    import signal
+
+    from benchmarks.app_latency import distinct_images
+
+    server, uploads = guarded
+    client = Client(server.url, verbose=False)
+    for path in distinct_images(tmp_path, 3):
+        assert_label(classify(client, path, "resnet18"))
+    raw_call(server.url, "classify", [data_url(cifar_images[2].path.read_bytes()), "resnet18"])  # a pasted image
+    assert files_in(uploads / "dashboard_uploads")
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) is not None
+    examples = {hashlib.sha256(p.read_bytes()).digest() for p in (ROOT / "tests" / "assets").glob("*.png")}
+    left = [f for f in files_in(uploads) if hashlib.sha256(f.read_bytes()).digest() not in examples]
+    assert not left, f"uploads left after shutdown: {left[:5]}"
+    assert "Traceback" not in server.log()
