@@ -9,7 +9,7 @@ rarely redrawn figures (compare, training) use ``plotly.graph_objects``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "message_figure",
     "topk_figure",
     "spectra_figure",
+    "spectra_columns",
     "feature_maps_figure",
     "strides_figure",
     "resolution_figure",
@@ -32,6 +33,9 @@ __all__ = [
 FONT = {"family": "Inter, Arial, sans-serif", "size": 12}
 BOX_COLOUR = "#ff2d55"
 RAMP_FILL = "rgba(255, 170, 0, 0.35)"
+MIN_PANEL_PX = 215  # narrowest spectrum panel whose title and labels fit (px)
+DASHES = ("solid", "dash", "dot", "dashdot")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
 
@@ -112,6 +116,7 @@ class CropBox:
     cut_h: float
     cut_w: float
     out_size: tuple[int, int]
+    in_size: tuple[int, int] | None = None  # the drawn map's size; set by spectra_figure
 
     @property
     def has_ramp(self) -> bool:
@@ -119,9 +124,21 @@ class CropBox:
 
     @property
     def label(self) -> str:
+        """Learned (or fixed) stride, output size and the *effective* stride (in/out size).
+
+        The DiffStride ramp keeps extra bins beyond the pass band (size/S) so that S gets a
+        gradient; the output is therefore larger than size/S and the effective stride is
+        below the learned S (32→26 with S≈2 is an effective stride of 1.23).
+        """
         sh, sw = self.stride
-        kind = {"diffstride": "learned s", "spectral-fourier": "s", "spectral-hartley": "s"}.get(self.kind, "s")
-        return f"{kind}=({sh:.2f}, {sw:.2f}) → {self.out_size[0]}×{self.out_size[1]}"
+        kind = "learned S" if self.kind == "diffstride" else "S"
+        stride = f"{sh:.2f}" if abs(sh - sw) < 5e-3 else f"{sh:.2f}×{sw:.2f}"
+        text = f"{kind}={stride} → {self.out_size[0]}×{self.out_size[1]}"
+        if self.in_size is not None:
+            eh, ew = (self.in_size[0] / self.out_size[0], self.in_size[1] / self.out_size[1])
+            eff = f"{eh:.2f}" if abs(eh - ew) < 5e-3 else f"{eh:.2f}×{ew:.2f}"
+            text += f"<br>effective {eff}"
+        return text
 
 
 @dataclass
@@ -154,32 +171,50 @@ def _rect_path(x: float, y: float, lim_x: float, lim_y: float) -> str:
     return f"M{x0},{y0}H{x1}V{y1}H{x0}Z"
 
 
-def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250) -> dict:
+def spectra_columns(viewport_px: float | None, n: int) -> int:
+    """Grid columns for ``n`` spectrum panels in a browser window ``viewport_px`` wide: as
+    many as fit at :data:`MIN_PANEL_PX` each (so titles and labels never overlap), at most
+    the desktop grid's; ``None`` (API callers): the desktop grid."""
+    desktop = _grid(n)[1]
+    if not viewport_px or viewport_px <= 0:
+        return desktop
+    # The plot gets about 72% of a wide window (input column beside it), all of a phone's.
+    usable = float(viewport_px) * (0.72 if viewport_px >= 1000 else 1.0) - 120
+    return int(max(1, min(desktop, usable // MIN_PANEL_PX)))
+
+
+def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250, cols: int | None = None) -> dict:
     """A grid of spectrum heatmaps, one per map, with each layer's crop box and ramp band.
 
-    The pass box (``|f_h| <= pass_h``, ``|f_w| <= pass_w``) is a solid outline; the ramp
-    band (mask falling to 0 at ``cut``) is shaded; the part of the spectrum outside it is
-    what the layer removes.
+    All panels share one colour scale (one colour bar), so brightness compares across
+    stages. The pass box (``|f_h| <= pass_h``, ``|f_w| <= pass_w``) is a solid outline; the
+    ramp band (mask falling to 0 at ``cut``) is shaded; the part of the spectrum outside it
+    is what the layer removes. ``cols``: grid columns (default: up to 4).
     """
     n = len(panels)
     if n == 0:
         return message_figure("No feature maps to show.")
-    rows, cols = _grid(n)
-    gap_x, gap_y = 0.055, 0.33 / rows
+    cols = max(1, min(int(cols or _grid(n)[1]), n))
+    rows = math.ceil(n / cols)
+    # Vertical layout in pixels: each row is a 2-line title, the square panel, the x-axis title.
+    title_px, axis_px, top_px, bottom_px = 34, 44, 10, 10
+    plot_px = rows * (title_px + panel_px + axis_px)
+    gap_x = 0.08 if cols > 1 else 0.0
     width = (1.0 - gap_x * (cols - 1)) / cols
-    height = (1.0 - gap_y * (rows - 1)) / rows
+    spectra = [np.asarray(p.spectrum, dtype=np.float32) for p in panels]
+    zmin = float(min(s.min() for s in spectra))
+    zmax = float(max(s.max() for s in spectra))
     data: list[dict] = []
     shapes: list[dict] = []
     annotations: list[dict] = []
     layout: dict[str, Any] = {}
-    for index, panel in enumerate(panels):
+    for index, (panel, spec) in enumerate(zip(panels, spectra)):
         r, c = divmod(index, cols)
         axis = "" if index == 0 else str(index + 1)
         xref, yref = f"x{axis}", f"y{axis}"
         x_dom = [c * (width + gap_x), c * (width + gap_x) + width]
-        y_top = 1.0 - r * (height + gap_y)
-        y_dom = [y_top - height, y_top]
-        spec = np.asarray(panel.spectrum, dtype=np.float32)
+        row_top = 1.0 - r * (title_px + panel_px + axis_px) / plot_px
+        y_dom = [row_top - (title_px + panel_px) / plot_px, row_top - title_px / plot_px]
         h, w = spec.shape
         data.append(
             {
@@ -189,8 +224,7 @@ def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250) -> dict
                 "y": _freqs(h),
                 "xaxis": xref,
                 "yaxis": yref,
-                "colorscale": "Viridis",
-                "showscale": False,
+                "coloraxis": "coloraxis",
                 "hovertemplate": "f_h=%{y}, f_w=%{x}<br>log(1+|F|)=%{z:.2f}<extra>" + panel.key + "</extra>",
             }
         )
@@ -208,12 +242,13 @@ def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250) -> dict
         }
         annotations.append(
             {"text": panel.title, "showarrow": False, "xref": "paper", "yref": "paper",
-             "x": (x_dom[0] + x_dom[1]) / 2, "y": y_dom[1] + 0.01, "xanchor": "center", "yanchor": "bottom",
-             "font": {"size": 11}, "align": "center"}
+             "x": (x_dom[0] + x_dom[1]) / 2, "y": y_dom[1] + 2 / plot_px, "xanchor": "center", "yanchor": "bottom",
+             "font": {"size": 11}, "align": "center", "name": f"title:{panel.key}"}
         )
         box = panel.box
         if box is None:
             continue
+        box = replace(box, in_size=(h, w))
         if box.has_ramp:
             outer = _rect_path(box.cut_w, box.cut_h, lim_x, lim_y)
             inner = _rect_path(box.pass_w, box.pass_h, lim_x, lim_y)
@@ -229,18 +264,25 @@ def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250) -> dict
         )
         annotations.append(
             {"text": box.label, "showarrow": False, "xref": f"{xref} domain", "yref": f"{yref} domain",
-             "x": 0.02, "y": 0.02, "xanchor": "left", "yanchor": "bottom",
-             "font": {"size": 10, "color": "white"}, "bgcolor": "rgba(0,0,0,0.55)", "borderpad": 2}
+             "x": 0.02, "y": 0.02, "xanchor": "left", "yanchor": "bottom", "align": "left",
+             "font": {"size": 10, "color": "white"}, "bgcolor": "rgba(0,0,0,0.6)", "borderpad": 2,
+             "name": f"label:{panel.key}"}
         )
     layout.update(
         {
-            "height": int(rows * panel_px + 60 * rows + 20),
+            "height": int(plot_px + top_px + bottom_px),
             "font": FONT,
-            "margin": {"l": 40, "r": 10, "t": 70, "b": 30},
+            "margin": {"l": 40, "r": 70, "t": top_px, "b": bottom_px},
             "shapes": shapes,
             "annotations": annotations,
             "showlegend": False,
             "plot_bgcolor": "white",
+            "coloraxis": {
+                "colorscale": "Viridis", "cmin": round(zmin, 2), "cmax": round(zmax, 2),
+                "colorbar": {"title": {"text": "log(1+|F|)", "side": "right", "font": {"size": 10}},
+                             "thickness": 12, "len": min(1.0, 600 / plot_px), "y": 1.0, "yanchor": "top",
+                             "tickfont": {"size": 9}},
+            },
         }
     )
     return {"data": data, "layout": layout}
@@ -320,22 +362,31 @@ def strides_figure(strides: dict[str, dict[str, tuple[float, float]]], stages: S
 
 
 def resolution_figure(sizes: dict[str, dict[str, tuple[int, int]]], stages: Sequence[str]) -> go.Figure:
-    """Spatial size (height×width) of each stage's output map, one line per model."""
+    """Spatial size (height×width) of each stage's output map, one line per model.
+
+    Models with the same sizes would draw on top of each other: each line has its own dash
+    and marker and is nudged sideways a little; the sizes themselves are in the hover (and
+    in the Compare table), not printed beside the points where they would collide.
+    """
     fig = go.Figure()
+    n = max(1, len(sizes))
     for index, (model, per_stage) in enumerate(sizes.items()):
         present = [s for s in stages if s in per_stage]
+        nudge = (index - (n - 1) / 2) * 0.07
         fig.add_scatter(
-            x=present, y=[per_stage[s][0] * per_stage[s][1] for s in present], mode="lines+markers+text",
-            name=model, line={"color": PALETTE[index % len(PALETTE)]},
-            text=[f"{per_stage[s][0]}×{per_stage[s][1]}" for s in present], textposition="top right",
-            textfont={"size": 10, "color": PALETTE[index % len(PALETTE)]}, cliponaxis=False,
-            hovertemplate=f"{model}<br>%{{x}}: %{{text}}<extra></extra>",
+            x=[list(stages).index(s) + nudge for s in present],
+            y=[per_stage[s][0] * per_stage[s][1] for s in present], mode="lines+markers",
+            name=model, line={"color": PALETTE[index % len(PALETTE)], "dash": DASHES[index % len(DASHES)], "width": 2},
+            marker={"symbol": SYMBOLS[index % len(SYMBOLS)], "size": 9},
+            text=[f"{s}: {per_stage[s][0]}×{per_stage[s][1]}" for s in present],
+            hovertemplate=f"{model}<br>%{{text}}<extra></extra>",
         )
     fig.update_layout(
-        height=360, font=FONT, margin={"l": 60, "r": 30, "t": 60, "b": 40},
-        title={"text": "Output size per stage (h × w, log scale)", "font": {"size": 12}},
+        height=360, font=FONT, margin={"l": 60, "r": 20, "t": 60, "b": 40},
+        title={"text": "Output size per stage (h × w pixels, log scale; hover for sizes)", "font": {"size": 12}},
         yaxis={"type": "log", "title": "pixels per channel"},
-        xaxis={"categoryorder": "array", "categoryarray": list(stages)},
+        xaxis={"tickmode": "array", "tickvals": list(range(len(stages))), "ticktext": list(stages),
+               "range": [-0.5, len(stages) - 0.5]},
         legend={"orientation": "h", "y": -0.15}, template="plotly_white",
     )
     return fig

@@ -1,14 +1,20 @@
 """Event handlers: Gradio-facing wrappers around :class:`~dashboard.service.DashboardService`.
 
-Each public handler backs one API endpoint (``/classify``, ``/spectra``, ``/compare``,
-``/training``, ``/models``). User-facing problems become ``gr.Error`` with a plain sentence
-(no traceback in the UI or the server log); anything unexpected is logged with its
-traceback and reported as an internal error, and the server keeps serving.
+Each public handler backs one API endpoint (/classify, /spectra, /compare, /training,
+/models). User-facing problems become a gr.Error with a plain sentence (no traceback in the
+UI or the server log); anything unexpected is logged with its traceback and reported as an
+internal error, and the server keeps serving.
+
+The ``*_ui`` / ``*_view`` methods serve the browser only: they never raise (the upload's
+error toast comes once, from the classify event) and always return outputs that belong to
+the image and models on screen, or clear them.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gradio as gr
@@ -16,13 +22,19 @@ import numpy as np
 
 from . import figures
 from .service import STAGES, Analysis, DashboardService, UserError
+from .training_views import budget
 
-__all__ = ["Handlers", "MAX_COMPARE"]
+__all__ = ["Handlers", "MAX_COMPARE", "COMPARE_TAB", "LAYER_HEADERS", "COMPARE_HEADERS"]
 
 log = logging.getLogger("dashboard")
 MAX_COMPARE = 4
 TOP_K = 5
 VIEW_SCALE = 8  # 32x32 -> 256x256, nearest neighbour
+COMPARE_TAB = "Compare"
+LAYER_HEADERS = ["layer", "stage", "kind", "S (h × w)", "size in → out (effective stride)",
+                 "frequencies kept: h (full axis) · w (half spectrum, rfft)"]
+COMPARE_HEADERS = ["model", "top-1 (p %)", "test acc (%)", "trained", "GFLOPs", "params (M)",
+                   "map size per stage (stem → …)"]
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -50,9 +62,29 @@ def _percent(value: Any) -> str:
         return "n/a"
 
 
+def _digest(path: Path) -> str:
+    """The content digest the service keys analyses by (blake2b-128 of the file's bytes)."""
+    return hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+
+
 class Handlers:
-    def __init__(self, service: DashboardService) -> None:
+    """Args:
+        service: the models and their cached analyses.
+        examples: the bundled example images, named ``<index>_<label>.png``: an upload with
+            the same bytes is shown with its true label.
+    """
+
+    def __init__(self, service: DashboardService, examples: Sequence[Path] = ()) -> None:
         self.service = service
+        self.true_labels: dict[str, str] = {}
+        for path in examples:
+            index, _, label = path.stem.partition("_")
+            if label:
+                self.true_labels[_digest(path)] = f"{label} (CIFAR-10 test image #{int(index)})" \
+                    if index.isdigit() else label
+
+    def true_label(self, digest: str) -> str | None:
+        return self.true_labels.get(digest)
 
     # ------------------------------------------------------------------ classify
     @user_errors
@@ -66,6 +98,17 @@ class Handlers:
         if image is None:
             return None
         return self.classify(image, model)
+
+    def drop_rejected_input(self, image: str | None, model: str | None) -> Any:
+        """After a failed classify: clear the input when the upload was the problem (no
+        broken-image icon stays), keep it when the model was (an unknown name)."""
+        if image is None:
+            return gr.skip()
+        try:
+            self.service.model(model)
+        except UserError:
+            return gr.skip()
+        return None
 
     @user_errors
     def views(self, image: str | None, model: str | None) -> tuple[Any, Any, str]:
@@ -92,26 +135,36 @@ class Handlers:
     def _summary(self, analysis: Analysis) -> str:
         card = self.service.card(analysis.model_name)
         top, prob = analysis.topk[0]
-        return (
-            f"**{top}** ({_percent(prob)}) · model `{analysis.model_name}` "
-            f"({card.get('variant', '?')}, {card.get('dataset', '?')} test accuracy {_percent(card.get('test_acc'))}) "
-            f"· {float(analysis.prediction.latency_ms):.1f} ms"
+        truth = self.true_label(analysis.digest)
+        lines = [f"**Prediction: {top}** ({_percent(prob)})"]
+        if truth:
+            verdict = "correct" if truth.split(" ")[0] == top else "wrong"
+            lines.append(f"**True label: {truth}** · {verdict}")
+        lines.append(
+            f"Model `{analysis.model_name}` ({card.get('variant', '?')}): {card.get('dataset', '?')} test accuracy "
+            f"{_percent(card.get('test_acc'))}; trained {budget(card)}"
         )
+        lines.append(f"Model run time for this image: {float(analysis.prediction.latency_ms):.1f} ms (ONNX Runtime, CPU)")
+        lines.append("Beside this: the 32×32 input as the model sees it (centre crop, resized), enlarged ×8.")
+        return "\n\n".join(lines)
 
     # ------------------------------------------------------------------ spectra
     @user_errors
     def spectra(
-        self, image: str | None, model: str | None = None, show_features: bool = False, channels: float = 3
+        self, image: str | None, model: str | None = None, show_features: bool = False, channels: float = 3,
+        viewport: float | None = None,
     ) -> tuple[Any, Any, list[list[Any]]]:
         """Spectrum grid with crop boxes, optional feature maps, and the layer table."""
+        name = self.service.entry(model).name
         if image is None:
             empty = figures.plot_data(figures.message_figure("Upload an image to see its spectra."))
-            return empty, figures.plot_data(figures.message_figure("")), []
+            return empty, figures.plot_data(figures.message_figure("")), self.layer_rows(name)
         analysis = self.service.analyse(image, model)
-        name = analysis.model_name
+        panels_n = len(STAGES) + 1
+        cols = figures.spectra_columns(viewport, panels_n)
         grid = self.service.cached_figure(
-            ("spectra", analysis.digest, name),
-            lambda: figures.plot_data(figures.spectra_figure(self.service.spectrum_panels(analysis))),
+            ("spectra", analysis.digest, name, cols),
+            lambda: figures.plot_data(figures.spectra_figure(self.service.spectrum_panels(analysis), cols=cols)),
         )
         channels = int(max(0, min(8, round(float(channels or 0)))))
         if show_features:
@@ -125,15 +178,46 @@ class Handlers:
             )
         else:
             feats = figures.plot_data(figures.message_figure("Tick “Show feature maps” to draw them.", 120))
-        return grid, feats, self.service.layer_rows(name)
+        return grid, feats, self.layer_rows(name)
 
-    def spectra_ui(self, image: str | None, model: str | None, show_features: bool, channels: float):
-        """Browser chain after classify: like :meth:`spectra`, but clears instead of raising."""
+    def spectra_ui(self, image: str | None, model: str | None, show_features: bool, channels: float,
+                   viewport: float | None = None) -> tuple[Any, Any]:
+        """Browser: the spectrum grid (as many columns as the window fits) and the feature
+        maps; clears instead of raising (the upload's error was shown once already)."""
         try:
-            return self.spectra(image, model, show_features, channels)
+            grid, feats, _ = self.spectra(image, model, show_features, channels, viewport)
+            return grid, feats
         except gr.Error:
-            empty = figures.plot_data(figures.message_figure("No result for this input."))
-            return empty, figures.plot_data(figures.message_figure("")), []
+            return (figures.plot_data(figures.message_figure("No result for this input.")),
+                    figures.plot_data(figures.message_figure("")))
+
+    def layer_table(self, model: str | None) -> list[list[Any]]:
+        """Browser: the layer table depends on the model only, so it shows before any upload."""
+        try:
+            return self.layer_rows(self.service.entry(model).name)
+        except UserError:
+            return []
+
+    def layer_rows(self, name: str) -> list[list[Any]]:
+        """One row per downsampling layer: the stride S, the sizes with the *effective*
+        stride (in/out, below S for DiffStride: its ramp keeps extra bins), and the kept
+        frequencies (the width axis is the half spectrum of the real FFT: size//2 + 1 bins)."""
+        rows = []
+        for layer in self.service.card(name).get("layers") or []:
+            stride = layer.get("stride") or [1, 1]
+            size_in, size_out = layer.get("in_size"), layer.get("out_size")
+            sizes = f"{_size(size_in)} → {_size(size_out)}"
+            if size_in and size_out:
+                sizes += f" ({_ratio(size_in[0], size_out[0])} × {_ratio(size_in[1], size_out[1])})"
+            crop = layer.get("crop")
+            kept = "— (strided convolution: no crop)"
+            if crop:
+                h, w = crop
+                kept = (f"h {h['kept']} of {h['size']} (pass {h['pass_to']:.1f}, cut {h['cut_at']:.1f}) · "
+                        f"w {w['kept']} of {w['size'] // 2 + 1} (pass {w['pass_to']:.1f}, cut {w['cut_at']:.1f})")
+            rows.append([layer.get("name"), layer.get("stage"), layer.get("kind"),
+                         f"{float(stride[0]):.2f} × {float(stride[1]):.2f}", sizes, kept])
+        return rows
 
     # ------------------------------------------------------------------ compare
     @user_errors
@@ -158,20 +242,24 @@ class Handlers:
             per_stage = _stage_strides(card)
             cost = card.get("cost") or {}
             top, prob = analysis.topk[0]
-            latency = float(analysis.prediction.latency_ms)
+            variant = card.get("variant")
             results.append({
-                "name": name, "variant": card.get("variant"), "dataset": card.get("dataset"),
+                "name": name, "variant": variant, "dataset": card.get("dataset"),
                 "topk": [[c, round(p, 6)] for c, p in analysis.topk[:TOP_K]],
-                "latency_ms": round(latency, 3), "flops": cost.get("flops"), "params": cost.get("params"),
-                "test_acc": card.get("test_acc"), "strides": {s: list(v) for s, v in per_stage.items()},
-                "resolution": resolution,
+                # one run of this image (the first time this model saw it): not a benchmark,
+                # so the page does not show it; see benchmarks/ for measured latencies
+                "latency_ms": round(float(analysis.prediction.latency_ms), 3),
+                "flops": cost.get("flops"), "params": cost.get("params"),
+                "test_acc": card.get("test_acc"), "training": budget(card),
+                "strides": {s: list(v) for s, v in per_stage.items()}, "resolution": resolution,
             })
             table.append([
-                name, card.get("variant"), top, round(100 * prob, 1),
+                name if variant in (None, name) else f"{name} ({variant})",
+                f"{top} ({100 * prob:.1f})",
                 None if card.get("test_acc") is None else round(100 * float(card["test_acc"]), 2),
-                None if cost.get("flops") is None else round(cost["flops"] / 1e6, 1),
+                budget(card, short=True),
+                None if cost.get("flops") is None else round(cost["flops"] / 1e9, 2),
                 None if cost.get("params") is None else round(cost["params"] / 1e6, 2),
-                round(latency, 2),
                 " → ".join(str(h) if h == w else f"{h}×{w}" for h, w in resolution.values()),
             ])
             strides[name] = per_stage
@@ -184,20 +272,60 @@ class Handlers:
             figures.resolution_figure(sizes, stages),
         )
 
-    def compare_labels(self, summary: dict | None) -> list[Any]:
-        """Fill the side-by-side label slots from ``/compare``'s JSON (browser only)."""
-        models = (summary or {}).get("models") or []
-        updates = []
+    @staticmethod
+    def compare_key(image: str | None, models: Sequence[str] | None) -> str:
+        """What the Compare outputs on screen belong to (the image file and the models)."""
+        return f"{image}|{'|'.join(models or [])}"
+
+    def compare_cleared(self, message: str) -> list[Any]:
+        """Browser Compare outputs with nothing computed: status, table, plots, labels, key."""
+        empty = figures.plot_data(figures.message_figure(""))
+        return ([message, [], empty, empty] + [gr.update(value=None, visible=False)] * MAX_COMPARE + [""])
+
+    def compare_view(self, image: str | None, models: Sequence[str] | None) -> list[Any]:
+        """Browser Compare: status line, table, plots, the side-by-side labels and the key
+        of what they show. Problems go in the status line (no toast: an upload's problem
+        was reported once already; a selection problem is shown where it is fixed)."""
+        models = list(models or [])
+        if image is None:
+            return self.compare_cleared("Upload an image (or pick an example) to compare the models on it.")
+        try:
+            summary, table, strides, resolution = self.compare(image, models)
+        except gr.Error as exc:
+            return self.compare_cleared(f"⚠️ {exc.message}")
+        labels = []
         for slot in range(MAX_COMPARE):
-            if slot < len(models):
-                m = models[slot]
-                updates.append(gr.update(
-                    value={c: p for c, p in m["topk"]}, visible=True,
-                    label=f"{m['name']} · {m['latency_ms']:.1f} ms",
-                ))
+            if slot < len(summary["models"]):
+                m = summary["models"][slot]
+                labels.append(gr.update(value={c: p for c, p in m["topk"]}, visible=True, label=m["name"]))
             else:
-                updates.append(gr.update(value=None, visible=False))
-        return updates
+                labels.append(gr.update(value=None, visible=False))
+        digest = self.service.analyse(image, summary["models"][0]["name"]).digest
+        truth = self.true_label(digest)
+        status = f"Same image through {len(models)} models" + (f" · true label: **{truth}**" if truth else "")
+        return [status, table, strides, resolution] + labels + [self.compare_key(image, models)]
+
+    def compare_auto(self, image: str | None, models: Sequence[str] | None, active_tab: str | None,
+                     shown: str | None) -> list[Any]:
+        """Browser, after the image or the model choice changed: recompute when Compare is
+        on screen; otherwise clear (no model runs for a tab nobody looks at), so that
+        opening Compare later recomputes and nothing stale is ever shown."""
+        if active_tab == COMPARE_TAB:
+            if shown == self.compare_key(image, models):
+                return [gr.skip()] * (5 + MAX_COMPARE)
+            return self.compare_view(image, models)
+        if not shown:
+            return [gr.skip()] * (5 + MAX_COMPARE)
+        return self.compare_cleared("Open this tab again to compare the models on the current image.")
+
+    def select_tab(self, image: str | None, models: Sequence[str] | None, shown: str | None,
+                   evt: gr.SelectData) -> list[Any]:
+        """Browser tab click: remember the tab; Compare runs only when what it shows is not
+        for the current image and models (other tabs run nothing)."""
+        tab = str(evt.value)
+        if tab != COMPARE_TAB:
+            return [tab] + [gr.skip()] * (5 + MAX_COMPARE)
+        return [tab] + self.compare_auto(image, models, COMPARE_TAB, shown)
 
     # ------------------------------------------------------------------ training
     @user_errors
@@ -230,7 +358,7 @@ class Handlers:
         for e in self.service.entries():
             entries.append({
                 "name": e.name, "variant": e.variant, "dataset": e.dataset, "test_acc": e.test_acc,
-                "size_bytes": e.size_bytes, "file": str(e.file),
+                "size_bytes": e.size_bytes, "file": str(e.file), "training": budget(dict(e.card)),
             })
         return {
             "models_dir": str(self.service.models_dir),
@@ -240,8 +368,19 @@ class Handlers:
         }
 
 
+def _size(size: Any) -> str:
+    return "?" if not size else f"{size[0]}×{size[1]}"
+
+
+def _ratio(size_in: Any, size_out: Any) -> str:
+    try:
+        return f"{float(size_in) / float(size_out):.2f}"
+    except (TypeError, ValueError, ZeroDivisionError):
+        return "?"
+
+
 def _stage_strides(card: dict) -> dict[str, tuple[float, float]]:
-    """``{stage: (s_h, s_w)}`` from the card's layers (the first downsampling layer of a stage)."""
+    """{stage: (s_h, s_w)} from the card's layers (the first downsampling layer of a stage)."""
     out: dict[str, tuple[float, float]] = {}
     for layer in card.get("layers") or []:
         stage = layer.get("stage")
@@ -250,3 +389,4 @@ def _stage_strides(card: dict) -> dict[str, tuple[float, float]]:
         s = layer["stride"]
         out[stage] = (float(s[0]), float(s[1]))
     return out
+

@@ -6,13 +6,42 @@ per-model overview rows.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .figures import message_figure, plot_data
 
-__all__ = ["curves", "strides", "reproduction", "overview", "OVERVIEW_HEADERS"]
+__all__ = ["curves", "strides", "reproduction", "overview", "budget", "clean_source", "OVERVIEW_HEADERS"]
 
-OVERVIEW_HEADERS = ["model", "variant", "dataset", "strides (init)", "learned strides (per layer, h×w)", "epochs", "test acc (%)", "data"]
+OVERVIEW_HEADERS = ["model", "variant", "test acc (%)", "trained", "strides (init)", "learned strides (per layer, h×w)"]
+
+
+def clean_source(source: Any) -> str:
+    """A card's data source without the folder it was read from ("CIFAR-10 (JPEG copy) from
+    /path" -> "CIFAR-10 (JPEG copy)"): server paths do not belong on the page."""
+    return str(source or "unknown data").split(" from ")[0].strip()
+
+
+def budget(card: dict, short: bool = False) -> str:
+    """How a model was trained, from its card: epochs, images, data, hardware, so that a
+    short smoke run is never mistaken for a reproduction of the paper's results."""
+    data = card.get("data") or {}
+    epochs, done = card.get("epochs"), card.get("epoch")
+    n_train = data.get("n_train")
+    images = f"{int(n_train):,}" if isinstance(n_train, (int, float)) else "?"
+    if short:
+        ep = f"{done}/{epochs} ep." if done is not None and done != epochs else f"{epochs} ep."
+        return f"{ep} · {images} imgs"
+    plural = "" if epochs == 1 else "s"
+    if done is not None and epochs is not None and done != epochs:
+        runs = f"{done} of {epochs} epochs (unfinished)"
+    else:
+        runs = f"{epochs if epochs is not None else '?'} epoch{plural}"
+    hardware = card.get("hardware") or card.get("device") or (card.get("config") or {}).get("device")
+    n_test = data.get("n_test")
+    tests = f" / {int(n_test):,} test" if isinstance(n_test, (int, float)) else ""
+    return (f"{runs}, {images} train{tests} images of {clean_source(data.get('source'))}; "
+            f"hardware {hardware or 'not recorded'}")
 
 
 def _named(name: str, card: dict) -> dict:
@@ -23,11 +52,32 @@ def _named(name: str, card: dict) -> dict:
 
 
 def curves(cards: dict[str, dict]) -> Any:
+    if not cards:
+        return plot_data(message_figure("No model selected: tick one or more models above.", 300))
     if not any(card.get("history") for card in cards.values()):
         return plot_data(message_figure("No training history in the selected model cards.", 300))
     from training.report import curves_figure
 
-    return curves_figure([_named(n, c) for n, c in cards.items()], title="Training curves (test solid, train dashed)")
+    fig = curves_figure([_named(n, c) for n, c in cards.items()],
+                        title="Training curves (test: solid line, filled dot; train: dashed, open diamond)")
+    _readable_curves(fig, max((len(c.get("history") or []) for c in cards.values()), default=1))
+    return fig
+
+
+def _readable_curves(fig: Any, epochs: int) -> None:
+    """Whole-number epoch ticks, train and test told apart by their markers (a one-epoch
+    run is a single point, where line dashes do not show), accuracy hovered in %."""
+    fig.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)), range=[0.5, epochs + 0.5])
+    for trace in fig.data:
+        name = str(trace.name or "")
+        split = "train" if name.endswith("(train)") else "test"
+        trace.marker = {"symbol": "diamond-open" if split == "train" else "circle", "size": 9,
+                        "line": {"width": 2}}
+        run = name.rsplit(" (", 1)[0]
+        if trace.xaxis in (None, "x"):
+            trace.hovertemplate = f"{run}<br>{split} accuracy: %{{y:.1%}}<br>epoch %{{x}}<extra></extra>"
+        else:
+            trace.hovertemplate = f"{run}<br>{split} loss: %{{y:.3f}}<br>epoch %{{x}}<extra></extra>"
 
 
 def strides(card: dict | None, name: str | None) -> Any:
@@ -39,7 +89,10 @@ def strides(card: dict | None, name: str | None) -> Any:
         return plot_data(message_figure(f"No stride trajectory for '{name}' ({card.get('variant')}): {what}.", 300))
     from training.report import stride_figure
 
-    return stride_figure(_named(name or "?", card))
+    fig = stride_figure(_named(name or "?", card))
+    epochs = len(card.get("history") or [])
+    fig.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)), range=[0.5, epochs + 0.5])
+    return fig
 
 
 def reproduction(cards: dict[str, dict]) -> str:
@@ -48,7 +101,16 @@ def reproduction(cards: dict[str, dict]) -> str:
         return "_No model selected._"
     from training.report import results_markdown
 
-    text = results_markdown([_named(n, c) for n, c in cards.items()])
+    named = [_named(n, c) for n, c in cards.items()]
+    text = results_markdown(named)
+    # The table's heading promises "mean ± std over seeds"; say so when every cell is one run.
+    cells: dict[tuple, int] = {}
+    for card in named:
+        key = (card.get("dataset"), card.get("variant"), tuple(card.get("strides") or ()))
+        cells[key] = cells.get(key, 0) + 1
+    if cells and max(cells.values()) == 1:
+        text = text.replace("mean ± std over seeds", "one run (seed) per cell, so no ± std")
+    text = re.sub(r"^## ", "#### ", text, flags=re.M)  # under the tab's own heading
     unfinished = [n for n, c in cards.items() if c.get("epochs") is None or c.get("epoch") != c.get("epochs")]
     if unfinished:
         text += f"\n_Not in the table (training unfinished or no history): {', '.join(unfinished)}._\n"
@@ -58,17 +120,14 @@ def reproduction(cards: dict[str, dict]) -> str:
 def overview(cards: dict[str, dict]) -> list[list[Any]]:
     rows = []
     for name, card in cards.items():
-        data = card.get("data") or {}
         acc = card.get("test_acc")
         learned = card.get("learned_strides") or {}
         rows.append([
             name,
-            card.get("variant"),
-            card.get("dataset"),
-            ", ".join(f"{float(s):g}" for s in card.get("strides") or []),
-            ", ".join(f"{v[0]:.2f}×{v[1]:.2f}" for v in learned.values()) or "—",
-            f"{card.get('epoch', 0)}/{card.get('epochs', 0)}",
+            f"{card.get('variant')} ({card.get('dataset')})",
             None if acc is None else round(100 * float(acc), 2),
-            f"{data.get('source') or '?'} ({data.get('n_train', '?')} train / {data.get('n_test', '?')} test)",
+            budget(card),
+            ", ".join(f"{float(s):g}" for s in card.get("strides") or []),
+            ", ".join(f"{v[0]:.2f}×{v[1]:.2f}" for v in learned.values()) or "— (fixed strides)",
         ])
     return rows
