@@ -1,0 +1,334 @@
+"""Soak: thousands of raw-API calls from many clients, good and bad mixed (loopback only).
+
+    python benchmarks/soak.py [--calls 2000] [--clients 16] [--max-seconds 900]
+        [--models-dir exports/models] [--upload-ttl-min 1] [--markdown OUT.md]
+
+Starts ``app.py`` on 127.0.0.1 (a free port, its own upload folder in a temporary
+directory), then ``--clients`` threads send ``--calls`` requests over plain HTTP (the
+``/gradio_api/upload`` and ``/gradio_api/call/<endpoint>`` routes, as any client would),
+drawn in a fixed shuffled order from this mix:
+
+* **good** (60 %): a distinct CIFAR-10 image (flipped/shifted, so each runs the model) to
+  ``/classify`` (3 in 4) or ``/spectra``, round-robin over every served model;
+* **bad file** (15 %): a text file, a truncated PNG, an empty file, a PDF named .jpg;
+* **oversized** (5 %): an 11 MB upload (the upload route must answer 413) or a 12 MB image
+  as a base64 data URL in the call itself (the app must refuse it);
+* **unknown model** (10 %);
+* **malformed** (10 %): no inputs, text where a file goes, a server path, a slider out of
+  range.
+
+Bounded in count (``--calls``) and time (``--max-seconds``: no new call after it). Samples
+the server's RSS and the upload folder (files, bytes) every second. Reports per kind: sent,
+answered as expected, server errors (a good call that failed, a bad one answered with an
+internal error or HTTP 5xx, or accepted); then memory and upload folder at the start,
+peak and end, after one more upload TTL (the scheduled sweep), and after SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.app_latency import distinct_images  # noqa: E402
+
+MIX = {"good": 60, "bad file": 15, "oversized": 5, "unknown model": 10, "malformed": 10}
+FILE = {"_type": "gradio.FileData"}
+
+
+# ------------------------------------------------------------------ HTTP
+def _post(url: str, body: bytes, content_type: str, timeout: float) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def upload(base: str, name: str, payload: bytes, timeout: float = 120) -> tuple[int, str | None]:
+    """``/gradio_api/upload`` (multipart): ``(HTTP status, server path or None)``."""
+    boundary = "soakboundary7d1f"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+    status, reply = _post(base + "gradio_api/upload", body, f"multipart/form-data; boundary={boundary}", timeout)
+    return status, (json.loads(reply)[0] if status == 200 else None)
+
+
+def call(base: str, api: str, data: list, timeout: float = 120) -> tuple[str, object]:
+    """``/gradio_api/call/{api}``: ``("complete" | "error" | "http NNN", payload)``."""
+    status, reply = _post(base + f"gradio_api/call/{api}", json.dumps({"data": data}).encode(), "application/json",
+                          timeout)
+    if status != 200:
+        return f"http {status}", reply[:200].decode(errors="replace")
+    event_id = json.loads(reply)["event_id"]
+    with urllib.request.urlopen(base + f"gradio_api/call/{api}/{event_id}", timeout=timeout) as response:
+        lines = response.read().decode().splitlines()
+    events = [line[7:] for line in lines if line.startswith("event: ")]
+    data_lines = [line[6:] for line in lines if line.startswith("data: ")]
+    payload = json.loads(data_lines[-1]) if data_lines else None
+    return (events[-1] if events else "none"), payload
+
+
+# ------------------------------------------------------------------ the calls
+class Soak:
+    def __init__(self, base: str, models: list[str], images: list[Path], bad: dict[str, bytes], seed: int = 0) -> None:
+        self.base, self.models, self.images, self.bad = base, models, images, bad
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+        self.failures: list[str] = []
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.rng = random.Random(seed)
+        self.big = b"\x89PNG\r\n\x1a\n" + bytes(11 * 2**20)  # 11 MB: over the 10 MB limit
+        self.big_url = "data:image/png;base64," + base64.b64encode(images[0].read_bytes() + bytes(12 * 2**20)).decode()
+
+    def record(self, kind: str, ok: bool, what: str, started: float) -> None:
+        with self.lock:
+            self.counts[kind]["sent"] += 1
+            self.counts[kind]["expected" if ok else "server error"] += 1
+            self.latency[kind].append(time.perf_counter() - started)
+            if not ok and len(self.failures) < 20:
+                self.failures.append(f"{kind}: {what}")
+
+    def run_one(self, index: int, kind: str) -> None:
+        started = time.perf_counter()
+        try:
+            ok, what = getattr(self, "_" + kind.replace(" ", "_"))(index)
+        except Exception as error:  # noqa: BLE001 - a broken connection is a server error
+            ok, what = False, f"{type(error).__name__}: {error}"
+        self.record(kind, ok, what, started)
+
+    def _file(self, name: str, payload: bytes) -> dict:
+        status, path = upload(self.base, name, payload)
+        if status != 200:
+            raise RuntimeError(f"upload of {name} answered HTTP {status}")
+        return {"path": path, "meta": FILE}
+
+    def _good(self, index: int) -> tuple[bool, str]:
+        image = self.images[index % len(self.images)]
+        model = self.models[index % len(self.models)]
+        ref = self._file(image.name, image.read_bytes())
+        api, data = ("spectra", [ref, model, False, 3]) if index % 4 == 3 else ("classify", [ref, model])
+        event, payload = call(self.base, api, data)
+        return event == "complete", f"{api} {model}: {event} {str(payload)[:160]}"
+
+    @staticmethod
+    def _refused(event: str, payload: object) -> tuple[bool, str]:
+        message = payload.get("error") if isinstance(payload, dict) else None
+        ok = event == "error" and bool(message) and "internal error" not in str(message).lower()
+        return ok, f"{event} {str(payload)[:160]}"
+
+    def _bad_file(self, index: int) -> tuple[bool, str]:
+        name = sorted(self.bad)[index % len(self.bad)]
+        return self._refused(*call(self.base, "classify", [self._file(name, self.bad[name]), None]))
+
+    def _oversized(self, index: int) -> tuple[bool, str]:
+        if index % 2:
+            status, _ = upload(self.base, "big.png", self.big)
+            return status == 413, f"upload answered HTTP {status}"
+        return self._refused(*call(self.base, "classify", [{"url": self.big_url, "meta": FILE}, None]))
+
+    def _unknown_model(self, index: int) -> tuple[bool, str]:
+        image = self.images[index % len(self.images)]
+        return self._refused(*call(self.base, "classify", [self._file(image.name, image.read_bytes()), "no-such-model"]))
+
+    def _malformed(self, index: int) -> tuple[bool, str]:
+        image = self.images[index % len(self.images)]
+        cases = [
+            ("classify", []),
+            ("classify", ["not a file", None]),
+            ("classify", [{"path": "/etc/passwd", "meta": FILE}, None]),
+            ("spectra", [self._file(image.name, image.read_bytes()), None, False, 99]),
+        ]
+        return self._refused(*call(self.base, *cases[index % len(cases)]))
+
+
+def bad_files() -> dict[str, bytes]:
+    png = (ROOT / "tests" / "assets").glob("*.png").__next__().read_bytes()
+    return {"notes.txt": b"this is not an image\n" * 20, "truncated.png": png[: len(png) // 2],
+            "empty.png": b"", "fake.jpg": b"%PDF-1.4\n" + b"0" * 2000}
+
+
+# ------------------------------------------------------------------ the server
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def folder_state(folder: Path) -> tuple[int, int]:
+    files = bytes_ = 0
+    for file in folder.rglob("*"):
+        try:
+            if file.is_file():
+                files, bytes_ = files + 1, bytes_ + file.stat().st_size
+        except OSError:
+            continue
+    return files, bytes_
+
+
+def start_server(models_dir: Path, uploads: Path, ttl_min: float, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), "--models-dir",
+             str(models_dir), "--upload-dir", str(uploads), "--upload-ttl-min", str(ttl_min)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"app exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(base + "config", timeout=2):
+                return process, base
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("app did not start within 180 s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--max-seconds", type=float, default=900, help="no new call after this (default 900)")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "exports" / "models")
+    parser.add_argument("--upload-ttl-min", type=float, default=1.0, help="the server's upload TTL (default 1 min)")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the report here too")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        tmp = Path(tmp)
+        uploads, log_path = tmp / "uploads", tmp / "app.log"
+        uploads.mkdir()
+        process, base = start_server(args.models_dir, uploads, args.upload_ttl_min, log_path)
+        try:
+            report = soak(args, process, base, uploads, tmp)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        log = log_path.read_text(errors="replace")
+        report.append(f"Server log: {len(log.splitlines())} lines, {log.count('Traceback')} tracebacks, "
+                      f"{log.count('refused /')} 'refused' lines.")
+    text = "\n".join(report)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    return 0
+
+
+def soak(args: argparse.Namespace, process: subprocess.Popen, base: str, uploads: Path, tmp: Path) -> list[str]:
+    models = [m["name"] for m in call(base, "models", [])[1][0]["models"]]
+    good = int(args.calls * MIX["good"] / 100) + 1
+    soaker = Soak(base, models, distinct_images(tmp, good), bad_files())
+    kinds = [kind for kind, share in MIX.items() for _ in range(share)]  # 100 slots
+    random.Random(0).shuffle(kinds)  # every run of 100 calls has the exact mix, in a fixed order
+    plan = [(i, kinds[i % len(kinds)]) for i in range(args.calls)]
+    for model in models:  # warm-up, untimed: sessions created, first-call allocations done
+        soaker._good(models.index(model) + len(models) * 10_000)
+
+    samples: list[tuple[float, float, int, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            samples.append((time.monotonic(), rss_mb(process.pid), *folder_state(uploads)))
+
+    start_rss, start_folder = rss_mb(process.pid), folder_state(uploads)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    counter = iter(plan)
+    counter_lock = threading.Lock()
+
+    def client() -> None:
+        while time.monotonic() - started < args.max_seconds:
+            with counter_lock:
+                item = next(counter, None)
+            if item is None:
+                return
+            soaker.run_one(*item)
+
+    with ThreadPoolExecutor(args.clients) as pool:
+        for future in [pool.submit(client) for _ in range(args.clients)]:
+            future.result()
+    wall = time.monotonic() - started
+    end_rss, end_folder = rss_mb(process.pid), folder_state(uploads)
+    time.sleep(args.upload_ttl_min * 60 * 1.3 + 2)  # one TTL and a sweep later
+    swept_rss, swept_folder = rss_mb(process.pid), folder_state(uploads)
+    stop.set()
+    health = call(base, "health", [])[1][0]
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    after_folder = folder_state(uploads)
+
+    total = Counter()
+    rows = ["| kind | sent | answered as expected | server errors | p50 / p95 (s) |", "|---|---:|---:|---:|---:|"]
+    for kind in MIX:
+        c = soaker.counts[kind]
+        total.update(c)
+        lat = soaker.latency[kind] or [float("nan")]
+        p50, p95 = np.percentile(lat, [50, 95])
+        rows.append(f"| {kind} | {c['sent']} | {c['expected']} | {c['server error']} | {p50:.2f} / {p95:.2f} |")
+    rows.append(f"| **all** | {total['sent']} | {total['expected']} | {total['server error']} | |")
+    peak_rss = max([s[1] for s in samples] + [end_rss])
+    peak_files = max([s[2] for s in samples] + [end_folder[0]])
+    peak_bytes = max([s[3] for s in samples] + [end_folder[1]])
+    mid = [s[1] for s in samples if s[0] - started >= wall / 2] or [end_rss]
+    load = os.getloadavg()
+    report = [
+        f"Soak: {total['sent']} calls from {args.clients} clients in {wall:.0f} s "
+        f"({total['sent'] / wall:.1f} calls/s), models {', '.join(models)}.",
+        "",
+        *rows,
+        "",
+        "| server | at start | peak | end of calls | one TTL later | after SIGTERM |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| RSS (MB) | {start_rss:.0f} | {peak_rss:.0f} | {end_rss:.0f} | {swept_rss:.0f} | – |",
+        f"| upload folder files | {start_folder[0]} | {peak_files} | {end_folder[0]} | {swept_folder[0]} | "
+        f"{after_folder[0]} |",
+        f"| upload folder MB | {start_folder[1] / 2**20:.2f} | {peak_bytes / 2**20:.2f} | {end_folder[1] / 2**20:.2f} | "
+        f"{swept_folder[1] / 2**20:.2f} | {after_folder[1] / 2**20:.2f} |",
+        "",
+        f"RSS over the second half of the run: min {min(mid):.0f} MB, max {max(mid):.0f} MB. "
+        f"Result caches at the end: {health['cache_bytes'] / 2**20:.1f} MB of a "
+        f"{health['cache_budget_bytes'] / 2**20:.0f} MB budget.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores; load average (1/5/15 min) at the end "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
+    ]
+    if soaker.failures:
+        report += ["", "First failures:", *[f"- {f}" for f in soaker.failures]]
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())
