@@ -102,12 +102,12 @@ def _rss_mb() -> float | None:
 def health(service: DashboardService) -> dict:
     """What the soak benchmark and the tests watch: memory and disk held by the server."""
     sizes = []
-    for file in upload_folder().rglob("*"):
-        try:
-            if file.is_file():
-                sizes.append(file.stat().st_size)
-        except OSError:  # deleted meanwhile
-            continue
+    for root, _, names in os.walk(upload_folder()):  # tolerant of files deleted meanwhile
+        for name in names:
+            try:
+                sizes.append(os.stat(os.path.join(root, name)).st_size)
+            except OSError:
+                continue
     return {
         "cache_bytes": service.cache_bytes,
         "cache_budget_bytes": service.cache_budget,

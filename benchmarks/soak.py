@@ -185,13 +185,15 @@ def rss_mb(pid: int) -> float:
 
 
 def folder_state(folder: Path) -> tuple[int, int]:
+    """``(files, bytes)`` under ``folder`` (the server deletes files meanwhile: walk tolerantly)."""
     files = bytes_ = 0
-    for file in folder.rglob("*"):
-        try:
-            if file.is_file():
-                files, bytes_ = files + 1, bytes_ + file.stat().st_size
-        except OSError:
-            continue
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                bytes_ += os.stat(os.path.join(root, name)).st_size
+                files += 1
+            except OSError:
+                continue
     return files, bytes_
 
 

@@ -280,7 +280,7 @@ class DashboardService:
 
     # ---------------------------------------------------------------- uploads
     def discard_upload(self, path: str | Path | None) -> bool:
-        """Delete ``path`` if it lies inside ``upload_dir`` (and its folder, once empty)."""
+        """Delete ``path`` if it lies inside ``upload_dir``."""
         if self.upload_dir is None or path is None or not str(path).strip():
             return False
         try:
@@ -290,11 +290,7 @@ class DashboardService:
             file.unlink(missing_ok=True)
         except OSError:
             return False
-        if file.parent != self.upload_dir:
-            try:
-                file.parent.rmdir()  # Gradio stores each upload in a folder of its own
-            except OSError:
-                pass  # not empty: another file shares it
+        # Its (now maybe empty) folder stays: another request may be writing into it.
         log.info("deleted refused upload %s", file.name)
         return True
 
