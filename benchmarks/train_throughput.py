@@ -7,7 +7,9 @@
 Runs on CUDA when present (bf16 autocast + channels-last, as ``training.train`` does),
 else on the CPU (fp32). Prints a Markdown table: median step time, images/s, the
 step-time ratio against ``resnet18`` (the plain strided-conv ResNet-18), the time of the
-first (warm-up / compilation) step and, on CUDA, the peak memory allocated by the step.
+first (warm-up / compilation) step, on CUDA the peak memory allocated by the step, and the
+achieved TFLOP/s: 3 x ``hybrid_model.model_cost`` forward FLOPs per image x images/s (an
+H100 peaks at ~800 dense bf16 TFLOP/s).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from hybrid_model import VARIANTS, build_model
+from hybrid_model import VARIANTS, build_model, model_cost
 from training.checkpoint import atomic_write_json
 from training.train import parameter_groups
 
@@ -32,7 +34,9 @@ def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: i
     torch.manual_seed(0)
     if compile:
         torch._dynamo.reset()  # every variant compiles from scratch (fair first-step times)
-    model = build_model(variant, strides, 10, **options).to(device).train()
+    model = build_model(variant, strides, 10, **options)
+    flops = model_cost(model)["flops"]  # forward, one image, at the initial strides
+    model = model.to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(parameter_groups(model, lr=0.01, stride_lr=0.01, weight_decay=5e-4), lr=0.01, momentum=0.9)
@@ -54,19 +58,22 @@ def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: i
     first, times = time_steps(step, device, steps, warmup)
     median = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    # A training step is ~3 forward passes of FLOPs (forward + backward for inputs and weights).
     return {"variant": variant, "step_s": median, "images_per_s": batch / median, "times_s": times,
-            "warmup_s": first, "compiled": compile, "peak_memory_bytes": peak}
+            "warmup_s": first, "compiled": compile, "peak_memory_bytes": peak, "forward_flops_per_image": flops,
+            "achieved_tflops": 3 * flops * batch / median / 1e12}
 
 
 def markdown_table(results: list[dict]) -> str:
     base = next((r["step_s"] for r in results if r["variant"] == "resnet18"), None)
-    lines = ["| variant | step time (s) | images/s | step time / resnet18 | warm-up (s) | peak memory (GiB) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | step time (s) | images/s | step time / resnet18 | warm-up (s) | peak memory (GiB) | achieved TFLOP/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         ratio = f"{r['step_s'] / base:.2f}" if base else "–"
         peak = f"{r['peak_memory_bytes'] / 2**30:.2f}" if r.get("peak_memory_bytes") is not None else "–"
+        tflops = f"{r['achieved_tflops']:.2f}" if r.get("achieved_tflops") is not None else "–"
         lines.append(f"| {r['variant']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {ratio} | "
-                     f"{r['warmup_s']:.1f} | {peak} |")
+                     f"{r['warmup_s']:.1f} | {peak} | {tflops} |")
     return "\n".join(lines)
 
 

@@ -135,18 +135,22 @@ def _columns(rows: Sequence[dict]) -> list[str]:
     return list(rows[0]["cells"]) if rows else []
 
 
-def _cell_text(cell: dict | None, percent: bool, digits: int) -> str:
+def _cell_text(cell: dict | None, percent: bool, digits: int, show_n: bool = False) -> str:
     if not cell:
         return "–"
     scale = 100.0 if percent else 1.0
     text = f"{cell['mean'] * scale:.{digits}f}"
     if len(cell.get("seeds") or []) > 1:
         text += f" ± {cell['std'] * scale:.{digits}f}"
+    if show_n and cell.get("seeds"):
+        text += f" (n={len(cell['seeds'])})"
     return text
 
 
-def table_markdown(rows: Sequence[dict], *, percent: bool = True, digits: int = 2, labels: bool = True) -> str:
-    """Markdown table of :func:`results_table` rows (accuracies in % by default)."""
+def table_markdown(rows: Sequence[dict], *, percent: bool = True, digits: int = 2, labels: bool = True,
+                   show_n: bool = False) -> str:
+    """Markdown table of :func:`results_table` rows (accuracies in % by default; ``show_n``:
+    the number of seeds in every cell, e.g. ``93.10 ± 0.20 (n=3)``)."""
     columns = _columns(rows)
     if not columns:
         return "_no finished runs_\n"
@@ -154,7 +158,7 @@ def table_markdown(rows: Sequence[dict], *, percent: bool = True, digits: int = 
     lines = ["| strides | " + " | ".join(names) + " |", "|---|" + "---:|" * len(columns)]
     for row in rows:
         label = "**mean**" if row["strides"] == MEAN_ROW else row["strides"]
-        lines.append(f"| {label} | " + " | ".join(_cell_text(row["cells"][v], percent, digits) for v in columns) + " |")
+        lines.append(f"| {label} | " + " | ".join(_cell_text(row["cells"][v], percent, digits, show_n) for v in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +284,7 @@ def results_markdown(cards: Sequence[dict], metric: str = "test_acc", title: str
         epochs = sorted({c.get("epochs") for c in subset}, key=str)
         what = "test accuracy (%)" if metric == "test_acc" else metric
         parts.append(f"## {DATASET_LABELS.get(dataset, dataset)}: {what}, mean ± std over seeds\n")
-        parts.append(table_markdown(rows))
+        parts.append(table_markdown(rows, show_n=True))
         if subset:
             parts.append(
                 f"\nData: {'; '.join(sources)}; train/test images: {', '.join(f'{a}/{b}' for a, b in sizes)}; "

@@ -38,7 +38,7 @@ from . import report
 from .train import VARIANTS, parse_strides, run_name
 from .data import DATASETS
 
-__all__ = ["Run", "load_config", "plan_runs", "main"]
+__all__ = ["Run", "coverage", "flag_args", "load_config", "on_protocol", "plan_runs", "replace_block", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_KEYS = {"name", "out", "variants", "strides", "seeds", "datasets", "epochs", "args", "nproc", "data_dir", "description"}
@@ -132,7 +132,7 @@ def plan_runs(config: dict[str, Any]) -> list[Run]:
     return runs
 
 
-def _flag_args(args: dict[str, Any]) -> list[str]:
+def flag_args(args: dict[str, Any]) -> list[str]:
     """``{"batch-size": 128, "nesterov": true, "no-progress": true}`` -> CLI flags."""
     out: list[str] = []
     for key, value in args.items():
@@ -158,7 +158,48 @@ def train_command(run: Run, config: dict[str, Any], out: Path, data_dir: str | N
     ]
     if data_dir:
         command += ["--data-dir", str(data_dir)]
-    return command + _flag_args(config["args"])
+    return command + flag_args(config["args"])
+
+
+_flag_args = flag_args  # the old private name
+
+
+def on_protocol(card: dict, config: dict[str, Any]) -> bool:
+    """A finished card trained under this config's protocol (its epochs; not marked
+    ``off_protocol`` by a GPU window that had to shorten it): only these fill the table."""
+    return ckpt.is_finished(card) and card.get("epochs") == config["epochs"] and not card.get("off_protocol")
+
+
+def coverage(config: dict[str, Any], cards: Sequence[dict]) -> str:
+    """``"5 / 30 points, seed 0; 0 / 30, seed 1; 0 / 30, seed 2"`` (finished protocol cards)."""
+    per_seed = len(config["datasets"]) * len(config["strides"]) * len(config["variants"])
+    done = {(c["name"], c.get("seed")) for c in cards if on_protocol(c, config)}
+    names = {r.name for r in plan_runs(config)}
+    parts = []
+    for index, seed in enumerate(config["seeds"]):
+        count = sum(1 for name, s in done if s == seed and name in names)
+        parts.append(f"{count} / {per_seed} points, seed {seed}" if index == 0 else f"{count} / {per_seed}, seed {seed}")
+    return "; ".join(parts)
+
+
+README_START, README_END = "<!-- {name}:start -->", "<!-- {name}:end -->"
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the part between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` replaced."""
+    start, end = README_START.format(name=name), README_END.format(name=name)
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise ConfigError(f"markers {start} ... {end} not found")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + body.rstrip("\n") + "\n" + end + rest.split(end, 1)[1]
+
+
+def table_block(config: dict[str, Any], cards: Sequence[dict]) -> str:
+    """What the README shows: coverage, the protocol in one line, the table."""
+    finished = [c for c in cards if on_protocol(c, config)]
+    args = " ".join(flag_args({k: v for k, v in config["args"].items() if k != "no-progress"}))
+    lines = [f"Coverage: {coverage(config, cards)} (`{config['name']}`: {config['epochs']} epochs, {args}).", ""]
+    return "\n".join(lines) + report.results_markdown(finished)
 
 
 def _card(path: Path) -> dict | None:
@@ -178,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from existing cards")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    p.add_argument("--readme", default=None, help="also rewrite the block between <!-- NAME:start --> and "
+                   "<!-- NAME:end --> of this file (NAME: the config's name) with the coverage and the table")
     return p
 
 
@@ -221,10 +264,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     cards = [card for card in (_card(r.card_path(out)) for r in runs) if card]
     for card in cards:
         card["_path"] = str(out / f"{card['name']}.json")
-    written = report.write_report(cards, out, title=f"Sweep {config['name']}")
-    finished = sum(ckpt.is_finished(c) for c in cards)
+    # Off-protocol cards (a shortened window) keep their curves but stay out of the table.
+    shown = [c for c in cards if not ckpt.is_finished(c) or on_protocol(c, config)]
+    written = report.write_report(shown, out, title=f"Sweep {config['name']}")
+    finished = sum(on_protocol(c, config) for c in cards)
     print(f"report: {finished}/{len(runs)} finished runs -> " + ", ".join(str(p) for k, p in written.items() if "/" not in k))
-    print(report.results_markdown(cards))
+    print(f"coverage: {coverage(config, cards)}")
+    print(report.results_markdown(shown))
+    if args.readme:
+        readme = Path(args.readme)
+        try:
+            text = replace_block(readme.read_text(encoding="utf-8"), config["name"], table_block(config, cards))
+        except (OSError, ConfigError) as error:
+            print(f"error: {args.readme}: {error}", file=sys.stderr)
+            return 2
+        report._atomic_text(readme, text)
+        print(f"updated the {config['name']} block of {readme}")
     if failed:
         print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -1,0 +1,744 @@
+"""The runbook of one 15-minute GPU window (issues 10 and 11): at most two device calls.
+
+Here (before the window; then after it, in this order)::
+
+    python -m benchmarks.gpu_window prepare    # scratch branch without exports/models, data/, size check
+    #   device call 1: run(command="python3 -m benchmarks.gpu_window models --budget 500 --out $OUT",
+    #                      carry=["data"], timeout_s=600)
+    #   device call 2: run(command="python3 -m benchmarks.gpu_window extra --budget 150 --out $OUT",
+    #                      carry=["data"], timeout_s=200)
+    python -m benchmarks.gpu_window restore    # back to the branch you were on
+    python -m exports.ingest FILES_AT_OF_CALL_1 [FILES_AT_OF_CALL_2]
+
+Modes on the device (each is one call; ``--budget`` is the call's own deadline in seconds):
+
+* ``models``: a smoke of every variant on the device (fwd+bwd, bf16 autocast, channels-last,
+  real SGD steps, ~20 s) that also times each step; then the five dashboard models
+  (``--strides``, default 1,1,2,2,2, seed 0) train **concurrently** on the one GPU under the
+  protocol of ``training/sweeps/short_cifar10.json`` (Table 1's short protocol, one place);
+  each finished model is compressed to int8 (``exports.compact``) and its accuracy is
+  measured on the device before and after compression. ``--epochs auto`` keeps the
+  protocol's epochs when the step-time probe says they fit, else fewer (the cards then say
+  ``off_protocol``).
+* ``grid``: the next undone Table 1 points (protocol grid, seed 0 first, then 1 and 2; done =
+  a finished card in the protocol's ``out`` folder, committed) that fit the budget; returns
+  cards only.
+* ``extra``: the layer benchmark (fast vs torch.fft, fwd+bwd, fp32 and bf16) and training
+  throughput eager and ``torch.compile`` with peak memory and achieved TFLOP/s, each
+  time-boxed, then ``grid`` with what is left.
+
+Everything under ``--out`` is written as it happens (``window.json`` after every event,
+``window.log``), so a call killed at its limit still returns what finished. What comes back
+is checked against the device limits (8 files, 16 MiB each, 64 MiB in all).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+TREE_LIMIT = 64 * MiB
+OUT_FILES, OUT_FILE_BYTES, OUT_TOTAL_BYTES = 8, 16 * MiB, 64 * MiB
+PROTOCOL = REPO / "training" / "sweeps" / "short_cifar10.json"
+DATA_FILES = ("cifar10_train_jpeg_part0.npz", "cifar10_train_jpeg_part1.npz", "cifar10_test_jpeg.npz")
+DATA_DIR = "data"  # git-ignored (/data/ in .gitignore): carried, never tracked
+SCRATCH_BRANCH = "gpu-window"
+MODELS_DIR = "exports/models"
+EXCLUDE_LINE = "/exports/models/"
+STATE_FILE = "gpu-window.json"  # inside .git
+DASHBOARD_VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+RESERVE_S = 45.0  # kept at the end of a call: compression, evaluation, packing
+START_OVERHEAD_S = 20.0  # per training process: import, data from the cache, cudnn autotune
+
+
+class WindowError(RuntimeError):
+    """A condition the runbook reports in one line (exit status 2)."""
+
+
+# --------------------------------------------------------------------------------------
+# What travels: the tree of a device call
+# --------------------------------------------------------------------------------------
+def _git(repo: Path, *args: str, env: dict | None = None, check: bool = True) -> str:
+    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise WindowError(f"git {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+    return result.stdout
+
+
+def travel_files(repo: Path, carry: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """``(path, bytes)`` of what a device call sends: tracked files, untracked files git does
+    not ignore, the checkout's ``shared/`` and the ``carry`` paths (the device README's rule)."""
+    listed = _git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    files: dict[str, int] = {}
+    for rel in filter(None, listed):
+        path = repo / rel
+        if path.is_file() and not path.is_symlink():
+            files[rel] = path.stat().st_size
+    for extra in [*carry, "shared"]:
+        root = repo / extra
+        walk = [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        for path in walk:
+            if not path.is_symlink():
+                files[str(path.relative_to(repo))] = path.stat().st_size
+    return sorted(files.items())
+
+
+def travel_bytes(repo: Path, carry: Sequence[str] = ()) -> int:
+    return sum(size for _, size in travel_files(repo, carry))
+
+
+def check_out_limits(out: Path) -> dict[str, Any]:
+    """Files under ``out`` against the return limits; ``ok`` False names the first breach."""
+    files = [(str(p.relative_to(out)), p.stat().st_size) for p in sorted(out.rglob("*")) if p.is_file()]
+    total = sum(size for _, size in files)
+    problems = []
+    if len(files) > OUT_FILES:
+        problems.append(f"{len(files)} files (limit {OUT_FILES})")
+    problems += [f"{name} is {size / MiB:.1f} MiB (limit 16)" for name, size in files if size > OUT_FILE_BYTES]
+    if total > OUT_TOTAL_BYTES:
+        problems.append(f"{total / MiB:.1f} MiB in all (limit 64)")
+    return {"files": files, "total_bytes": total, "ok": not problems, "problems": problems}
+
+
+# --------------------------------------------------------------------------------------
+# prepare / restore (here, around the window)
+# --------------------------------------------------------------------------------------
+def _state_path(repo: Path) -> Path:
+    return Path(_git(repo, "rev-parse", "--absolute-git-dir").strip()) / STATE_FILE
+
+
+def _exclude_path(repo: Path) -> Path:
+    return Path(_git(repo, "rev-parse", "--absolute-git-dir").strip()) / "info" / "exclude"
+
+
+def _set_exclude(repo: Path, present: bool) -> None:
+    path = _exclude_path(repo)
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [line for line in lines if line.strip() != EXCLUDE_LINE] + ([EXCLUDE_LINE] if present else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def copy_data(repo: Path, source: Path) -> Path:
+    """The CIFAR-10 JPEG copy into ``repo/data`` (git-ignored), copied once (same size = kept)."""
+    target = repo / DATA_DIR
+    target.mkdir(exist_ok=True)
+    for name in DATA_FILES:
+        src = source / name
+        if not src.is_file():
+            raise WindowError(f"{src} not found: pass --data-src, the folder with the CIFAR-10 JPEG copy ({', '.join(DATA_FILES)})")
+        dst = target / name
+        if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+    if subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", f"{DATA_DIR}/{DATA_FILES[0]}"]).returncode != 0:
+        raise WindowError(f"{DATA_DIR}/ is not git-ignored here: it would travel twice (add /{DATA_DIR}/ to .gitignore)")
+    return target
+
+
+def prepare(repo: Path, data_src: Path, log=print) -> dict[str, Any]:
+    """Make the working tree a device call can carry (see the module docstring).
+
+    A scratch branch whose one commit drops ``exports/models`` from the index (the files stay
+    on disk, ignored through ``.git/info/exclude``); other staged or unstaged work is left as
+    it is. Then the data is copied and the travelling size checked against 64 MiB.
+    """
+    state_path = _state_path(repo)
+    if not state_path.exists():
+        if _git(repo, "status", "--porcelain", "--", MODELS_DIR).strip():
+            raise WindowError(f"{MODELS_DIR} has uncommitted changes: commit them before prepare")
+        head = _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip()
+        original = head if head != "HEAD" else _git(repo, "rev-parse", "HEAD").strip()
+        # The scratch commit is built on a private index, so whatever else is staged stays staged.
+        env = dict(os.environ, GIT_INDEX_FILE=str(state_path.with_suffix(".index")))
+        _git(repo, "read-tree", "HEAD", env=env)
+        _git(repo, "rm", "-r", "-q", "--cached", "--ignore-unmatch", MODELS_DIR, env=env)
+        tree = _git(repo, "write-tree", env=env).strip()
+        commit = _git(repo, "-c", "user.name=gpu-window", "-c", "user.email=gpu-window@localhost", "commit-tree", tree,
+                      "-p", "HEAD", "-m", f"scratch: {MODELS_DIR} untracked for device calls (gpu_window prepare)").strip()
+        state_path.with_suffix(".index").unlink(missing_ok=True)
+        _git(repo, "branch", "-f", SCRATCH_BRANCH, commit)
+        _git(repo, "symbolic-ref", "HEAD", f"refs/heads/{SCRATCH_BRANCH}")  # HEAD moves; files stay
+        _git(repo, "rm", "-r", "-q", "--cached", "--ignore-unmatch", MODELS_DIR)
+        _set_exclude(repo, True)
+        state_path.write_text(json.dumps({"original": original, "scratch": commit}) + "\n")
+        log(f"on scratch branch {SCRATCH_BRANCH} ({commit[:10]}); {MODELS_DIR} untracked and ignored; "
+            f"'restore' returns to {original}")
+    else:
+        log(f"already prepared ({state_path}); checking sizes only")
+    copy_data(repo, data_src)
+    files = travel_files(repo, [DATA_DIR])
+    total = sum(size for _, size in files)
+    log(f"a device call carries {total / MiB:.1f} MiB (limit 64 MiB): tree {total / MiB - _dir_mib(repo / DATA_DIR):.1f} MiB "
+        f"+ data/ {_dir_mib(repo / DATA_DIR):.1f} MiB")
+    if total > TREE_LIMIT:
+        biggest = ", ".join(f"{name} ({size / MiB:.1f} MiB)" for name, size in sorted(files, key=lambda f: -f[1])[:5])
+        raise WindowError(f"the tree a device call would carry is {total / MiB:.1f} MiB (> 64 MiB); biggest: {biggest}")
+    return {"travel_bytes": total, "files": len(files)}
+
+
+def _dir_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / MiB if path.is_dir() else 0.0
+
+
+def restore(repo: Path, log=print) -> None:
+    """Back to the branch ``prepare`` left; refuses if ``exports/models`` changed meanwhile."""
+    state_path = _state_path(repo)
+    if not state_path.exists():
+        raise WindowError("nothing to restore: 'prepare' has not been run here (or 'restore' already ran)")
+    state = json.loads(state_path.read_text())
+    original = state["original"]
+    tip = _git(repo, "rev-parse", "-q", "--verify", f"refs/heads/{SCRATCH_BRANCH}", check=False).strip()
+    if tip and tip != state["scratch"]:
+        raise WindowError(f"{SCRATCH_BRANCH} has commits made after prepare: move them to {original} first "
+                          f"(git cherry-pick), then restore")
+    tracked = {}
+    for line in _git(repo, "ls-tree", "-r", original, "--", MODELS_DIR).splitlines():
+        meta, path = line.split("\t", 1)
+        tracked[path] = meta.split()[2]
+    changed = [p for p, blob in tracked.items()
+               if not (repo / p).is_file() or _git(repo, "hash-object", "--", p).strip() != blob]
+    if changed:
+        raise WindowError(f"{changed[0]} differs from {original}'s copy: restore before ingest "
+                          f"(put {MODELS_DIR} back as it was, e.g. git show {original}:{changed[0]})")
+    _git(repo, "symbolic-ref", "HEAD", f"refs/heads/{original}") if not _is_sha(original) else _git(repo, "update-ref", "--no-deref", "HEAD", original)
+    _git(repo, "reset", "-q", "--", MODELS_DIR)  # index entries of the models back from the original commit
+    _set_exclude(repo, False)
+    _git(repo, "branch", "-D", SCRATCH_BRANCH, check=False)
+    state_path.unlink()
+    log(f"back on {original}; {MODELS_DIR} tracked again")
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) == 40 and all(c in "0123456789abcdef" for c in text)
+
+
+# --------------------------------------------------------------------------------------
+# The device side
+# --------------------------------------------------------------------------------------
+@dataclass
+class Window:
+    """The state of one device call, mirrored into ``OUT/window.json`` after every event."""
+
+    out: Path
+    mode: str
+    budget: float
+    start: float = field(default_factory=time.monotonic)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.out / "window.log"
+        self.record.update(mode=self.mode, budget_s=self.budget, started=_now(), runs=[], steps=[])
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+    def log(self, text: str, error: bool = False) -> None:
+        line = f"[{self.elapsed():6.1f}s] {text}"
+        print(line, flush=True, file=sys.stderr if error else sys.stdout)
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def save(self) -> None:
+        from training.checkpoint import atomic_write_json
+
+        self.record["elapsed_s"] = round(self.elapsed(), 1)
+        atomic_write_json(self.out / "window.json", self.record)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def load_protocol(path: Path) -> dict[str, Any]:
+    from training.sweep import load_config
+
+    return load_config(path)
+
+
+def _train_namespace(variant: str, strides: Sequence[float], seed: int, epochs: int, protocol: dict, extra: Sequence[str] = ()):
+    """The resolved ``training.train`` arguments of one point (the protocol's flags, nothing repeated)."""
+    from training.sweep import flag_args
+    from training.train import parse_args
+
+    argv = ["--variant", variant, "--strides", ",".join(f"{s:g}" for s in strides), "--seed", str(seed),
+            "--epochs", str(epochs), "--out", "unused", *flag_args(protocol["args"]), *extra]
+    return argv, parse_args(argv)[1]
+
+
+def smoke(window: Window, points: list, protocol: dict, device: str) -> dict[str, dict]:
+    """fwd+bwd+SGD steps of every (variant, strides) at the protocol's batch on ``device``
+    (bf16 autocast + channels-last on CUDA, as training); median step seconds and FLOPs."""
+    import torch
+
+    from benchmarks.train_throughput import bench_variant
+    from hybrid_model import build_model, model_cost
+    from training.train import model_options
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True
+    results: dict[str, dict] = {}
+    for point in points:
+        key = f"{point.variant} {point.strides}"
+        if key in results:
+            continue
+        _, ns = _train_namespace(point.variant, point.strides, point.seed, protocol["epochs"], protocol)
+        options = model_options(ns)
+        flops = model_cost(build_model(point.variant, tuple(point.strides), 10, **options))["flops"]
+        t0 = time.monotonic()
+        steps, warmup = (3, 2) if cuda else (1, 1)  # the CPU rehearsal only proves the path
+        result = bench_variant(point.variant, tuple(point.strides), ns.batch_size, steps=steps, warmup=warmup, device=dev,
+                               bf16=cuda, channels_last=cuda, options=options)
+        if not math.isfinite(result["step_s"]):
+            raise WindowError(f"smoke of {key}: non-finite step time")
+        result = {k: v for k, v in result.items() if k != "times_s"}
+        result.update(forward_flops_per_image=flops, batch=ns.batch_size, wall_s=round(time.monotonic() - t0, 2),
+                      achieved_tflops=3 * flops * ns.batch_size / result["step_s"] / 1e12)
+        results[key] = result
+        window.log(f"smoke {key}: {result['step_s'] * 1e3:.1f} ms/step at batch {ns.batch_size} "
+                   f"({result['achieved_tflops']:.1f} TFLOP/s, peak {(result['peak_memory_bytes'] or 0) / 2**30:.2f} GiB)")
+        window.record["smoke"] = results
+        window.save()
+        if cuda:
+            torch.cuda.empty_cache()
+    return results
+
+
+def projected_seconds(step_s: float, n_train: int, n_test: int, batch: int, epochs: int) -> float:
+    """GPU seconds of one run: steps per epoch x step time, plus evaluation (~1/3 of a step per
+    batch at twice the batch), plus 10 % for the loader and bookkeeping."""
+    per_epoch = step_s * (n_train // batch) + step_s / 3 * math.ceil(n_test / (2 * batch)) * 2
+    return 1.1 * per_epoch * epochs
+
+
+def _popen(argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    handle = open(log_path, "w", encoding="utf-8")
+    return subprocess.Popen([sys.executable, "-m", "training.train", *argv], cwd=REPO, stdout=handle,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM its process group, then SIGKILL (the trainer saves at epoch boundaries only)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[dict, dict, dict]:
+    """Load ``run_dir/NAME``; accuracy on the whole test split in float32 before and after int8
+    compression (same device, TF32 off). Returns ``(state, card, compression stats)``."""
+    import torch
+
+    from exports.checkpoint_io import build_from_card
+    from exports.compact import SCHEME, dequantize_state_dict, quantize_state_dict
+    from safetensors.torch import load_file
+    from training.data import GpuLoader
+
+    card = json.loads((run_dir / f"{name}.json").read_text())
+    state = load_file(str(run_dir / f"{name}.safetensors"), device="cpu")
+    dev = torch.device(device)
+    loader = GpuLoader(data.x_test, data.y_test, 1000, train=False, device=dev, dataset=card["dataset"])
+    cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        predictions = []
+        for weights in (state, dequantize_state_dict(quantize_state_dict(state))):
+            model = build_from_card(card, name)
+            model.load_state_dict(weights)
+            model.to(dev).eval()
+            with torch.no_grad():
+                predictions.append(torch.cat([model(x).argmax(1).cpu() for x, _ in loader.batches(0)]))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
+    labels = data.y_test.cpu()
+    stats = {
+        "scheme": SCHEME,
+        "test_images": int(len(labels)),
+        "test_acc_float32": float((predictions[0] == labels).float().mean()),
+        "test_acc_int8": float((predictions[1] == labels).float().mean()),
+        "top1_agreement": float((predictions[0] == predictions[1]).float().mean()),
+        "measured_on": device,
+    }
+    return state, card, stats
+
+
+def run_points(window: Window, points: list, epochs: int, protocol: dict, data_dir: str, device: str,
+               compress: bool, off_protocol: bool) -> None:
+    """Train ``points`` concurrently (one process each) until they finish or the budget ends;
+    record every card as it is written; compress finished models when ``compress``."""
+    from exports.compact import write_compact
+
+    work = Path(os.environ.get("GPU_WINDOW_WORK") or (REPO / "runs" / "gpu_window")) / window.mode
+    work.mkdir(parents=True, exist_ok=True)
+    max_seconds = max(window.left() - RESERVE_S, 5.0)
+    processes = {}
+    for point in points:
+        extra = ["--data-dir", data_dir, "--device", device, "--max-seconds", f"{max_seconds:.0f}", "--overwrite"]
+        argv, _ = _train_namespace(point.variant, point.strides, point.seed, epochs, protocol, extra)
+        argv[argv.index("--out") + 1] = str(work)
+        processes[point.name] = (point, _popen(argv, work / f"{point.name}.log"))
+        entry = {"name": point.name, "variant": point.variant, "strides": list(point.strides), "seed": point.seed,
+                 "epochs": epochs, "off_protocol": off_protocol, "status": "running", "command": ["python", "-m", "training.train", *argv]}
+        window.record["runs"].append(entry)
+    window.log(f"training {len(points)} runs concurrently, {epochs} epochs each, --max-seconds {max_seconds:.0f}: "
+               + ", ".join(processes))
+    window.save()
+    data = None
+    pending = dict(processes)
+    last_refresh = 0.0
+    while pending:
+        time.sleep(1.0)
+        if window.left() < RESERVE_S / 3:
+            for name, (point, process) in pending.items():
+                window.log(f"{name}: out of budget, stopping it (its last finished epoch is kept)")
+                _stop(process)
+        for name, (point, process) in list(pending.items()):
+            if process.poll() is None:
+                continue
+            del pending[name]
+            entry = next(e for e in window.record["runs"] if e["name"] == name)
+            entry["returncode"] = process.returncode
+            with open(work / f"{name}.log", encoding="utf-8", errors="replace") as handle:
+                tail = handle.read().splitlines()[-12:]
+            window.log(f"{name}: exit {process.returncode}\n    " + "\n    ".join(tail))
+            card_path = work / f"{name}.json"
+            if not card_path.exists():
+                entry["status"] = "failed"
+                window.save()
+                continue
+            card = json.loads(card_path.read_text())
+            card["off_protocol"] = off_protocol
+            entry["card"] = card
+            entry["status"] = "finished" if card.get("epoch") == card.get("epochs") else "unfinished"
+            if compress:
+                if data is None:
+                    from training.data import load_cifar
+
+                    data = load_cifar("cifar10", data_dir, limit_test=_limit(protocol, "limit-test"))
+                state, card, stats = evaluate_compressed(work, name, data, device)
+                card["compression"] = stats
+                card["off_protocol"] = off_protocol
+                entry["card"] = card
+                entry["file"] = f"{name}.int8.safetensors"
+                write_compact(window.out / entry["file"], state, card)
+                window.log(f"{name}: test acc float32 {stats['test_acc_float32']:.4f}, int8 {stats['test_acc_int8']:.4f} "
+                           f"(agreement {stats['top1_agreement']:.4f}) -> {entry['file']}")
+            window.save()
+        if time.monotonic() - last_refresh > 20:  # partial results: the latest card of every running run
+            last_refresh = time.monotonic()
+            for name in pending:
+                path = work / f"{name}.json"
+                if path.exists():
+                    try:
+                        entry = next(e for e in window.record["runs"] if e["name"] == name)
+                        entry["card"] = json.loads(path.read_text())
+                    except (json.JSONDecodeError, OSError):
+                        pass
+            window.save()
+
+
+def _limit(protocol: dict, key: str) -> int | None:
+    value = protocol["args"].get(key)
+    return int(value) if value else None
+
+
+def _device_or_fail(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise WindowError("no CUDA device: this runbook is for the GPU machine (--device cpu rehearses it here)")
+    return device
+
+
+def _device_record(window: Window, device: str) -> None:
+    import platform
+
+    import torch
+
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"{platform.machine()} CPU ({os.cpu_count()} cores)"
+    window.record.update(device=name, torch=torch.__version__, python=platform.python_version())
+    window.log(f"device {name}; torch {torch.__version__}; budget {window.budget:.0f} s; out {window.out}")
+    window.save()
+
+
+def _start_decode(data_dir: str, protocol: dict) -> subprocess.Popen:
+    """Decode the JPEG copy once into the cache (in the background, during the smoke)."""
+    code = ("import sys; from training.data import load_cifar; "
+            f"d = load_cifar('cifar10', {data_dir!r}, limit_train={_limit(protocol, 'limit-train')}, "
+            f"limit_test={_limit(protocol, 'limit-test')}); print(d.source, d.n_train, d.n_test)")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish_decode(window: Window, process: subprocess.Popen) -> tuple[int, int]:
+    output, _ = process.communicate()
+    if process.returncode != 0:
+        raise WindowError(f"data: {output.strip().splitlines()[-1] if output.strip() else 'decode failed'}")
+    words = output.strip().splitlines()[-1].rsplit(" ", 2)
+    window.log(f"data: {output.strip().splitlines()[-1]}")
+    window.record["data"] = {"source": words[0], "n_train": int(words[1]), "n_test": int(words[2])}
+    return int(words[1]), int(words[2])
+
+
+def plan_grid(protocol: dict, done_dir: Path) -> list:
+    """Undone points of the protocol grid, seed 0 first, then by stride tuple and variant."""
+    from training.checkpoint import is_finished, load_card
+    from training.sweep import plan_runs
+
+    def finished(run) -> bool:
+        path = run.card_path(done_dir)
+        try:
+            card = load_card(path) if path.exists() else None
+        except (OSError, ValueError):
+            return False
+        return bool(card) and is_finished(card) and card.get("epochs") == protocol["epochs"] and not card.get("off_protocol")
+
+    runs = [r for r in plan_runs(protocol) if not finished(r)]
+    return sorted(runs, key=lambda r: r.seed)  # stable: table order within a seed
+
+
+def mode_train(window: Window, args, points: list, protocol: dict, compress: bool, choose_epochs: bool) -> None:
+    decode = _start_decode(args.data_dir, protocol)
+    timings = smoke(window, points, protocol, args.device)
+    n_train, n_test = _finish_decode(window, decode)
+    _, ns = _train_namespace(points[0].variant, points[0].strides, 0, protocol["epochs"], protocol)
+    batch = ns.batch_size
+    step = {f"{p.variant} {p.strides}": timings[f"{p.variant} {p.strides}"]["step_s"] for p in points}
+    available = window.left() - RESERVE_S - START_OVERHEAD_S
+    one_epoch = sum(projected_seconds(step[f"{p.variant} {p.strides}"], n_train, n_test, batch, 1) for p in points)
+    epochs = protocol["epochs"]
+    if choose_epochs:
+        fit = int(available // one_epoch) if one_epoch > 0 else epochs
+        if fit < 1:
+            raise WindowError(f"one epoch of all {len(points)} runs needs ~{one_epoch:.0f} s; only {available:.0f} s left")
+        epochs = min(epochs, fit)
+    else:
+        # grid: the longest prefix of the undone points that fits at the protocol's epochs
+        total, chosen = 0.0, []
+        for p in points:
+            cost = projected_seconds(step[f"{p.variant} {p.strides}"], n_train, n_test, batch, epochs)
+            if total + cost > available and chosen:
+                break
+            total += cost
+            chosen.append(p)
+        if total > available:
+            raise WindowError(f"{chosen[0].name} needs ~{total:.0f} s at {epochs} epochs; only {available:.0f} s left")
+        points = chosen
+    window.record["estimate"] = {
+        "seconds_per_epoch_all_runs": round(one_epoch, 1), "available_s": round(available, 1),
+        "protocol_epochs": protocol["epochs"], "epochs": epochs, "runs": [p.name for p in points],
+        "rule": "sum over runs of (steps/epoch x smoke step time + eval) x 1.1: concurrent processes time-share the GPU",
+    }
+    off_protocol = epochs != protocol["epochs"]
+    window.log(f"estimate: {one_epoch:.1f} s per epoch of the runs; {available:.0f} s available -> {epochs} epochs"
+               + (f" (protocol: {protocol['epochs']}; these cards are marked off_protocol)" if off_protocol else ""))
+    window.save()
+    run_points(window, points, epochs, protocol, args.data_dir, args.device, compress, off_protocol)
+
+
+BENCH_STEPS = (
+    # (name, argv after python -m, share of the bench budget)
+    ("layers", ["benchmarks.layers", "--devices", "cuda", "--bf16", "--repeats", "20"], 0.3),
+    ("throughput", ["benchmarks.train_throughput", "--batch", "256", "--steps", "20", "--warmup", "3"], 0.25),
+    ("throughput_compiled", ["benchmarks.train_throughput", "--batch", "256", "--steps", "20", "--warmup", "2",
+                             "--compile", "--variants", "resnet18,diffstride,hybrid"], 0.45),
+)
+
+
+#: The CPU rehearsal runs the same steps at toy sizes (later flags win in argparse).
+REHEARSAL_BENCH_ARGS = {
+    "layers": ["--devices", "cpu", "--batch", "2", "--repeats", "1", "--layers", "diffstride"],
+    "throughput": ["--device", "cpu", "--batch", "4", "--steps", "1", "--warmup", "1", "--variants", "resnet18"],
+}
+
+
+def mode_bench(window: Window, bench_budget: float, device: str) -> None:
+    """Each benchmark as a subprocess with its share of ``bench_budget`` (killed when over);
+    its JSON goes into window.json, its table into window.log."""
+    work = Path(os.environ.get("GPU_WINDOW_WORK") or (REPO / "runs" / "gpu_window")) / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    end = window.elapsed() + bench_budget
+    for name, argv, share in BENCH_STEPS:
+        timeout = min(share * bench_budget, end - window.elapsed())
+        if timeout < 5:
+            window.log(f"bench {name}: skipped (no time left)")
+            continue
+        argv = list(argv)
+        json_path = work / f"{name}.json"
+        json_path.unlink(missing_ok=True)
+        if device == "cpu":
+            if name == "throughput_compiled":
+                window.log("bench throughput_compiled: skipped on the CPU rehearsal (compilation takes minutes)")
+                continue
+            argv += REHEARSAL_BENCH_ARGS[name]
+        command = [sys.executable, "-m", *argv, "--json", str(json_path)]
+        window.log(f"bench {name} (<= {timeout:.0f} s): {' '.join(command[2:])}")
+        try:
+            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+            window.log(f"bench {name}: exit {result.returncode}\n" + result.stdout[-4000:] + result.stderr[-1500:])
+        except subprocess.TimeoutExpired:
+            window.log(f"bench {name}: stopped at its {timeout:.0f} s limit")
+        if json_path.exists():
+            window.record["steps"].append({"name": name, "result": json.loads(json_path.read_text())})
+        window.save()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_window", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+    prep = sub.add_parser("prepare", help="here: scratch branch without exports/models + data/ + size check")
+    prep.add_argument("--repo", type=Path, default=REPO)
+    prep.add_argument("--data-src", type=Path, default=REPO.parent / "shared" / "data")
+    rest = sub.add_parser("restore", help="here: back to the branch prepare left")
+    rest.add_argument("--repo", type=Path, default=REPO)
+    size = sub.add_parser("size", help="here: what a device call would carry (bytes)")
+    size.add_argument("--repo", type=Path, default=REPO)
+    size.add_argument("--carry", default=DATA_DIR)
+    for mode, text in (("models", "device call 1: the five dashboard models"),
+                       ("grid", "device: the next undone Table 1 points (cards only)"),
+                       ("extra", "device call 2: benchmarks, then grid points")):
+        q = sub.add_parser(mode, help=text)
+        q.add_argument("--budget", type=float, required=True, help="seconds this call may take (its own deadline)")
+        q.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "artifacts/gpu_window"))
+        q.add_argument("--protocol", type=Path, default=PROTOCOL, help="the short protocol (sweep config)")
+        q.add_argument("--data-dir", default=DATA_DIR)
+        q.add_argument("--device", default="cuda", help="cuda; cpu rehearses the runbook")
+        if mode == "models":
+            q.add_argument("--strides", default="1,1,2,2,2", help="stride tuple of the dashboard models")
+            q.add_argument("--variants", default=",".join(DASHBOARD_VARIANTS))
+            q.add_argument("--epochs", default="auto", help="auto: the protocol's, or fewer if the probe says they do not fit")
+        else:
+            q.add_argument("--done", type=Path, default=None, help="finished cards (default: the protocol's out)")
+            q.add_argument("--max-points", type=int, default=5, help="at most this many grid points")
+        if mode == "extra":
+            q.add_argument("--bench-seconds", type=float, default=None, help="bench share (default: all but 0 s if the grid cannot fit)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.mode == "prepare":
+            prepare(args.repo.resolve(), args.data_src.resolve())
+            print(RUN_CALLS)
+            return 0
+        if args.mode == "restore":
+            restore(args.repo.resolve())
+            return 0
+        if args.mode == "size":
+            total = travel_bytes(args.repo.resolve(), [c for c in args.carry.split(",") if c])
+            print(f"{total} bytes ({total / MiB:.1f} MiB; limit 64 MiB)")
+            return 0 if total <= TREE_LIMIT else 1
+        return _device_main(args)
+    except WindowError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _device_main(args) -> int:
+    if args.budget <= 0:
+        raise WindowError(f"--budget must be > 0 seconds, got {args.budget:g}")
+    protocol = load_protocol(args.protocol)
+    window = Window(args.out, args.mode, args.budget)
+    window.record["protocol"] = {"path": str(args.protocol.relative_to(REPO) if args.protocol.is_relative_to(REPO) else args.protocol),
+                                 "epochs": protocol["epochs"], "args": protocol["args"]}
+    try:
+        _device_or_fail(args.device)
+        _device_record(window, args.device)
+        if args.mode == "models":
+            from training.sweep import Run
+            from training.train import parse_strides, run_name
+
+            strides = parse_strides(args.strides)
+            variants = [v for v in args.variants.split(",") if v]
+            points = [Run(v, strides, 0, "cifar10", run_name(v, "cifar10", strides, 0)) for v in variants]
+            if args.epochs != "auto":
+                protocol = dict(protocol, epochs=int(args.epochs))
+            mode_train(window, args, points, protocol, compress=True, choose_epochs=args.epochs == "auto")
+        else:
+            if args.mode == "extra":
+                bench = args.bench_seconds if args.bench_seconds is not None else window.left() - RESERVE_S
+                mode_bench(window, bench, args.device)
+            done = args.done or (REPO / protocol["out"])
+            points = plan_grid(protocol, done)[: args.max_points]
+            window.record["grid_undone"] = len(plan_grid(protocol, done))
+            if not points:
+                window.log("grid: every point is done")
+            elif window.left() > RESERVE_S + START_OVERHEAD_S + 10:
+                mode_train(window, args, points, protocol, compress=False, choose_epochs=False)
+            else:
+                window.log("grid: no time left for a grid point in this call")
+    except WindowError as error:
+        window.record["error"] = str(error)
+        window.log(f"error: {error}", error=True)
+        window.save()
+        return 2
+    except Exception as error:  # noqa: BLE001 - the record must say why the call ended
+        window.record["error"] = f"{type(error).__name__}: {error}"
+        window.log(f"error: {type(error).__name__}: {error}", error=True)
+        window.save()
+        raise
+    limits = check_out_limits(window.out)
+    window.record["out_limits"] = {"ok": limits["ok"], "problems": limits["problems"], "total_bytes": limits["total_bytes"]}
+    window.save()
+    summary(window)
+    return 0 if limits["ok"] else 1
+
+
+def summary(window: Window) -> None:
+    lines = ["| run | status | epochs | test acc | int8 acc | s/epoch | total s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for entry in window.record["runs"]:
+        card = entry.get("card") or {}
+        history = card.get("history") or []
+        seconds = sum(h.get("seconds", 0) for h in history)
+        comp = card.get("compression") or {}
+        int8 = f"{comp['test_acc_int8']:.4f}" if comp else "–"
+        acc = f"{card['test_acc']:.4f}" if card.get("test_acc") is not None else "–"
+        lines.append(f"| {entry['name']} | {entry['status']} | {card.get('epoch', 0)}/{entry['epochs']} | {acc} | {int8} | "
+                     f"{seconds / max(len(history), 1):.1f} | {seconds:.0f} |")
+    window.log("summary (window.json has everything):\n" + "\n".join(lines))
+
+
+RUN_CALLS = """
+Next, the device calls (the `run` tool; the repository root is this checkout, on the scratch branch):
+  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 500 --out $OUT",
+              carry=["data"], timeout_s=600)
+  call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window extra --budget 150 --out $OUT",
+              carry=["data"], timeout_s=200)
+Copy each call's files_at folder somewhere safe before the next call (a call empties $OUT), then:
+  python -m benchmarks.gpu_window restore
+  python -m exports.ingest FILES_OF_CALL_1 FILES_OF_CALL_2
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

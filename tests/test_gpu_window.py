@@ -1,0 +1,204 @@
+"""The GPU-window runbook rehearsed on the CPU: prepare/restore, models -> ingest, extra (bench + grid), report.
+
+The rehearsal runs the same code as a device call (``benchmarks.gpu_window``) at toy sizes:
+two variants, 64 training images, one epoch, stem stride 4 (small maps), then
+``exports.ingest`` into a temporary models folder (never the real ``exports/models``).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import gpu_window
+from exports import compact, ingest
+from training import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+MiB = 1 << 20
+
+needs_data = pytest.mark.skipif(not all((DATA / f).is_file() for f in gpu_window.DATA_FILES),
+                                reason="the CIFAR-10 JPEG copy (../shared/data) is not here")
+
+
+def _tiny_protocol(tmp_path: Path) -> Path:
+    """The protocol file format at toy sizes (same keys as training/sweeps/short_cifar10.json)."""
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({
+        "name": "table1", "out": str(tmp_path / "results"), "variants": ["resnet18", "hybrid"],
+        "strides": ["4,1,2,2,2", "4,1,2,2,3"], "seeds": [0, 1], "datasets": ["cifar10"], "epochs": 1,
+        "args": {"limit-train": 64, "limit-test": 32, "batch-size": 16, "lr": 0.05, "schedule": "onecycle",
+                 "grad-clip": 2, "smoothness": 0.5, "threads": 1, "no-progress": True},
+    }))
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------
+def test_protocol_is_table1_grid():
+    config = sweep.load_config(gpu_window.PROTOCOL)
+    import hybrid_model
+
+    assert config["out"] == "results/table1" and config["seeds"] == [0, 1, 2]
+    assert [tuple(s) for s in config["strides"]] == [tuple(map(float, s)) for s in hybrid_model.PAPER_STRIDES]
+    assert set(gpu_window.DASHBOARD_VARIANTS) <= set(config["variants"])
+    assert config["args"]["schedule"] == "onecycle" and "epochs" not in config["args"]
+
+
+def test_compact_roundtrip_and_size(tmp_path):
+    model = __import__("hybrid_model").build_model("hybrid", (1, 1, 2, 2, 2), 10)
+    state = model.state_dict()
+    path = compact.write_compact(tmp_path / "m.int8.safetensors", state, {"variant": "hybrid", "strides": [1, 1, 2, 2, 2]})
+    back, card = compact.read_compact(path)
+    assert card["variant"] == "hybrid" and set(back) == set(state)
+    for key, value in state.items():
+        if value.is_floating_point() and value.dim() >= 2 and value.numel() >= compact.MIN_ELEMENTS:
+            bound = value.abs().flatten(1).amax(1) / 254 + 1e-7  # half a quantisation step per channel
+            assert ((back[key] - value).abs().flatten(1).amax(1) <= bound).all(), key
+        else:
+            assert torch.equal(back[key], value), key  # BN, biases, learned strides: exact
+    # one file per model within the 16 MiB return limit, five within 64 MiB
+    assert path.stat().st_size <= 16 * MiB and 5 * path.stat().st_size + MiB <= 64 * MiB
+    bad = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(bad))
+    with pytest.raises(ValueError, match="not an int8 window checkpoint"):
+        compact.read_compact(bad)
+
+
+def test_out_limits(tmp_path):
+    assert gpu_window.check_out_limits(tmp_path)["ok"]
+    (tmp_path / "big.bin").write_bytes(b"\0" * (16 * MiB + 1))
+    report = gpu_window.check_out_limits(tmp_path)
+    assert not report["ok"] and "big.bin" in report["problems"][0]
+    (tmp_path / "big.bin").unlink()
+    for i in range(9):
+        (tmp_path / f"f{i}").write_text("x")
+    assert "9 files" in gpu_window.check_out_limits(tmp_path)["problems"][0]
+
+
+def test_grid_order_and_coverage(tmp_path):
+    protocol = sweep.load_config(_tiny_protocol(tmp_path))
+    done = tmp_path / "results"
+    todo = gpu_window.plan_grid(protocol, done)
+    assert [(r.seed, r.variant, r.strides[-1]) for r in todo][:5] == [
+        (0, "resnet18", 2), (0, "hybrid", 2), (0, "resnet18", 3), (0, "hybrid", 3), (1, "resnet18", 2)]
+    from training.checkpoint import atomic_write_json
+
+    finished = {"name": todo[0].name, "variant": "resnet18", "strides": [4, 1, 2, 2, 2], "seed": 0, "epoch": 1, "epochs": 1}
+    atomic_write_json(done / f"{todo[0].name}.json", finished)
+    atomic_write_json(done / f"{todo[1].name}.json", dict(finished, name=todo[1].name, variant="hybrid", off_protocol=True))
+    left = gpu_window.plan_grid(protocol, done)
+    assert todo[0].name not in {r.name for r in left} and left[0].name == todo[1].name  # off-protocol: re-run
+    cards = [json.loads(p.read_text()) for p in done.glob("*.json")]
+    assert sweep.coverage(protocol, cards) == "1 / 4 points, seed 0; 0 / 4, seed 1"
+
+
+def test_readme_block_and_errors(tmp_path, capsys):
+    assert sweep.replace_block("a\n<!-- t:start -->\nold\n<!-- t:end -->\nb", "t", "new") == "a\n<!-- t:start -->\nnew\n<!-- t:end -->\nb"
+    with pytest.raises(sweep.ConfigError, match="markers"):
+        sweep.replace_block("no markers", "t", "x")
+    assert ingest.main([str(tmp_path)]) == 2
+    assert "no window.json" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert gpu_window.main(["models", "--budget", "10", "--out", str(tmp_path / "o")]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# What travels
+# --------------------------------------------------------------------------------------
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+@needs_data
+def test_prepare_and_restore_in_a_clone(tmp_path):
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    assert gpu_window.travel_bytes(repo, []) > 64 * MiB  # the bundled models alone are over the limit
+    result = gpu_window.prepare(repo, DATA, log=lambda _: None)
+    assert result["travel_bytes"] <= gpu_window.TREE_LIMIT
+    assert gpu_window.travel_bytes(repo, ["data"]) == result["travel_bytes"]
+    assert not _git(repo, "ls-files", "exports/models") and (repo / "exports/models/manifest.json").is_file()
+    assert _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == gpu_window.SCRATCH_BRANCH
+    assert not _git(repo, "status", "--porcelain")  # models ignored, data ignored: nothing else travels
+    gpu_window.restore(repo, log=lambda _: None)
+    assert _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() != gpu_window.SCRATCH_BRANCH
+    assert "exports/models/manifest.json" in _git(repo, "ls-files", "exports/models")
+    assert not _git(repo, "status", "--porcelain") and gpu_window.SCRATCH_BRANCH not in _git(repo, "branch")
+    with pytest.raises(gpu_window.WindowError, match="nothing to restore"):
+        gpu_window.restore(repo)
+
+
+# --------------------------------------------------------------------------------------
+# The rehearsal
+# --------------------------------------------------------------------------------------
+@needs_data
+@pytest.mark.slow
+def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
+    from exports.registry import ModelRegistry
+
+    monkeypatch.setenv("GPU_WINDOW_WORK", str(tmp_path / "work"))
+    protocol = _tiny_protocol(tmp_path)
+    common = ["--protocol", str(protocol), "--data-dir", str(DATA), "--device", "cpu"]
+
+    # call 1: the dashboard models (two of the five, at toy sizes)
+    out1 = tmp_path / "out1"
+    assert gpu_window.main(["models", "--budget", "500", "--out", str(out1), "--strides", "4,1,2,2,2",
+                            "--variants", "resnet18,hybrid", *common]) == 0
+    record = json.loads((out1 / "window.json").read_text())
+    assert set(record["smoke"]) == {"resnet18 (4.0, 1.0, 2.0, 2.0, 2.0)", "hybrid (4.0, 1.0, 2.0, 2.0, 2.0)"}
+    assert [r["status"] for r in record["runs"]] == ["finished", "finished"] and record["estimate"]["epochs"] == 1
+    for run in record["runs"]:
+        card = run["card"]
+        assert card["compression"]["test_images"] == 32 and card["torch"] == torch.__version__
+        assert "CPU" in card["hardware"] and card["train_wall_seconds"] > 0 and len(card["history"]) == 1
+    limits = gpu_window.check_out_limits(out1)
+    assert limits["ok"] and len(limits["files"]) == 4  # window.json, window.log, 2 models
+    model_bytes = max(size for name, size in limits["files"] if name.endswith(".int8.safetensors"))
+    other_bytes = sum(size for name, size in limits["files"] if not name.endswith(".int8.safetensors"))
+    assert 5 * model_bytes + other_bytes <= 64 * MiB and 5 + 2 <= 8  # the real call: five models
+
+    # back here: ingest into a temporary models folder
+    models, results = tmp_path / "models", tmp_path / "results"
+    assert ingest.main([str(out1), "--models-dir", str(models), "--protocol", str(protocol), "--data-dir", str(DATA),
+                        "--limit-test", "32", "--no-docs"]) == 0
+    registry = ModelRegistry(models)
+    assert sorted(registry.names()) == ["hybrid", "resnet18"] and not registry.skipped
+    for name in registry.names():
+        entry = next(e for e in registry.entries if e.name == name)
+        bundled = entry.card["bundled_accuracy"]
+        assert bundled["test_images"] == 32 and entry.test_acc == bundled["test_acc"]
+        assert entry.card["compression"]["scheme"] == compact.SCHEME
+        assert registry.get(name).predict(_image()).top_k
+    assert sorted(p.name for p in results.glob("*.json")) == ["hybrid_cifar10_s41222_seed0.json", "resnet18_cifar10_s41222_seed0.json"]
+
+    # call 2: benchmarks (toy sizes) then the next undone grid point; cards only come back
+    out2 = tmp_path / "out2"
+    assert gpu_window.main(["extra", "--budget", "500", "--out", str(out2), "--done", str(results), "--max-points", "1",
+                            "--bench-seconds", "200", *common]) == 0
+    record = json.loads((out2 / "window.json").read_text())
+    assert [s["name"] for s in record["steps"]] == ["layers", "throughput"]
+    assert record["steps"][1]["result"]["results"][0]["achieved_tflops"] > 0
+    assert [(r["name"], r["status"]) for r in record["runs"]] == [("resnet18_cifar10_s41223_seed0", "finished")]
+    assert sorted(p.name for p in out2.iterdir()) == ["window.json", "window.log"]
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- table1:start -->\n<!-- table1:end -->\n")
+    assert ingest.main([str(out2), "--models-dir", str(models), "--protocol", str(protocol), "--readme", str(readme),
+                        "--results-md", str(tmp_path / "RESULTS.md"), "--limit-test", "32"]) == 0
+    text = readme.read_text()
+    assert "Coverage: 3 / 4 points, seed 0; 0 / 4, seed 1" in text and "(n=1)" in text
+    assert (results / "results.md").is_file() and (results / "curves_cifar10.html").is_file()
+
+
+def _image():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (120, 30, 200))
