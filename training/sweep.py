@@ -199,7 +199,7 @@ def table_block(config: dict[str, Any], cards: Sequence[dict]) -> str:
     finished = [c for c in cards if on_protocol(c, config)]
     args = " ".join(flag_args({k: v for k, v in config["args"].items() if k != "no-progress"}))
     lines = [f"Coverage: {coverage(config, cards)} (`{config['name']}`: {config['epochs']} epochs, {args}).", ""]
-    return "\n".join(lines) + report.results_markdown(finished)
+    return "\n".join(lines) + "\n" + report.results_markdown(finished)
 
 
 def _card(path: Path) -> dict | None:
