@@ -9,6 +9,7 @@ rarely redrawn figures (compare, training) use ``plotly.graph_objects``.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -171,6 +172,20 @@ def _rect_path(x: float, y: float, lim_x: float, lim_y: float) -> str:
     return f"M{x0},{y0}H{x1}V{y1}H{x0}Z"
 
 
+def _wrap_title(title: str, limit: int = 28) -> str:
+    """Break long title lines before their bracket ("▭ crop of stem (on stem-conv map, 32×32)"),
+    so a title is never wider than its panel at the narrowest panel width."""
+    lines = []
+    for line in title.split("<br>"):
+        visible = re.sub(r"<[^>]+>", "", line)
+        if len(visible) > limit and " (" in line:
+            head, _, tail = line.partition(" (")
+            lines.extend([head, "(" + tail])
+        else:
+            lines.append(line)
+    return "<br>".join(lines)
+
+
 def spectra_columns(viewport_px: float | None, n: int) -> int:
     """Grid columns for ``n`` spectrum panels in a browser window ``viewport_px`` wide: as
     many as fit at :data:`MIN_PANEL_PX` each (so titles and labels never overlap), at most
@@ -197,7 +212,7 @@ def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250, cols: i
     cols = max(1, min(int(cols or _grid(n)[1]), n))
     rows = math.ceil(n / cols)
     # Vertical layout in pixels: each row is a 2-line title, the square panel, the x-axis title.
-    title_px, axis_px, top_px, bottom_px = 34, 44, 10, 10
+    title_px, axis_px, top_px, bottom_px = 48, 44, 10, 10  # title: up to 3 lines
     plot_px = rows * (title_px + panel_px + axis_px)
     gap_x = 0.08 if cols > 1 else 0.0
     width = (1.0 - gap_x * (cols - 1)) / cols
@@ -241,7 +256,7 @@ def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250, cols: i
             "showgrid": False, "zeroline": False, "scaleanchor": xref, "constrain": "domain",
         }
         annotations.append(
-            {"text": panel.title, "showarrow": False, "xref": "paper", "yref": "paper",
+            {"text": _wrap_title(panel.title), "showarrow": False, "xref": "paper", "yref": "paper",
              "x": (x_dom[0] + x_dom[1]) / 2, "y": y_dom[1] + 2 / plot_px, "xanchor": "center", "yanchor": "bottom",
              "font": {"size": 11}, "align": "center", "name": f"title:{panel.key}"}
         )
