@@ -210,3 +210,17 @@ def test_third_party_deprecations_stay_quiet():
         warnings.warn_explicit("old API", DeprecationWarning, "somelib/x.py", 1, module="somelib.x")
         warnings.warn_explicit("old API", DeprecationWarning, "application.py", 1, module="application")
     assert caught == []
+
+
+def test_license_citation_and_pyproject_agree():
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")[:200]
+    assert project["license"] == citation["license"] == "Apache-2.0"
+    assert project["version"] == citation["version"]
+    cited = {ref["title"] for ref in citation["references"]}
+    assert "Learning Strides in Convolutional Neural Networks" in cited  # DiffStride, the method implemented
