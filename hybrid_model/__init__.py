@@ -22,10 +22,14 @@ _LAZY = {
     "SpectralPool2d": "layers",
     "LayerInfo": "introspect",
     "describe_downsampling": "introspect",
+    "describe_head": "introspect",
+    "layer_transforms": "introspect",
     "forward_features": "introspect",
     "freeze": "introspect",
     "model_cost": "introspect",
     "PAPER_STRIDES": "resnet",
+    "PAPER_VARIANTS": "resnet",
+    "SpectralGain2d": "resnet",
     "VARIANTS": "resnet",
     "SpectralResNet": "resnet",
     "build_model": "resnet",
@@ -39,13 +43,17 @@ __all__ = [
     "FixedSeparable2d",
     "LayerInfo",
     "PAPER_STRIDES",
+    "PAPER_VARIANTS",
+    "SpectralGain2d",
     "SpectralPool2d",
     "SpectralResNet",
     "VARIANTS",
     "build_model",
     "describe_downsampling",
+    "describe_head",
     "forward_features",
     "freeze",
+    "layer_transforms",
     "learned_strides",
     "log_spectrum",
     "model_cost",
@@ -66,7 +74,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .introspect import LayerInfo, describe_downsampling, forward_features, freeze, model_cost
+    from .introspect import (
+        LayerInfo, describe_downsampling, describe_head, forward_features, freeze, layer_transforms, model_cost,
+    )
     from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
-    from .resnet import PAPER_STRIDES, VARIANTS, SpectralResNet, build_model, learned_strides, stride_parameters
+    from .resnet import (
+        PAPER_STRIDES, PAPER_VARIANTS, VARIANTS, SpectralGain2d, SpectralResNet, build_model, learned_strides,
+        stride_parameters,
+    )
     from .spectral import AxisCrop

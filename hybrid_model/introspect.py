@@ -17,7 +17,10 @@ from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
 from .spectra import log_spectrum
 from .spectral import AxisCrop
 
-__all__ = ["LayerInfo", "describe_downsampling", "log_spectrum", "model_cost", "freeze", "forward_features"]
+__all__ = [
+    "LayerInfo", "describe_downsampling", "describe_head", "layer_transforms", "log_spectrum", "model_cost", "freeze",
+    "forward_features",
+]
 
 
 @dataclass
@@ -113,6 +116,71 @@ def describe_downsampling(model: nn.Module, input_size: tuple[int, int] = (32, 3
             hook.remove()
     modules = dict(model.named_modules())
     return [_layer_info(name, modules[name], *io) for name, io in sizes.items()]
+
+
+def layer_transforms(model: nn.Module) -> dict[str, str]:
+    """``{layer name: transform}`` of every spectral layer: ``"fourier"`` for DiffStride
+    (rfft2), the pooling's own transform for :class:`SpectralPool2d`, and for the
+    ``diffstride_scaled`` ablation's gain the transform of the head it stands in for."""
+    from .resnet import SpectralGain2d  # resnet imports this module's siblings only
+
+    transforms = {}
+    for name, module in model.named_modules():
+        if isinstance(module, DiffStride2d):
+            transforms[name] = "fourier"
+        elif isinstance(module, (SpectralPool2d, SpectralGain2d)):
+            transforms[name] = module.transform
+    return transforms
+
+
+#: What a head before global average pooling does, by kind (tests/test_head.py proves it).
+HEAD_EFFECT = {
+    "spectral": "GAP keeps only the DC bin, which the pooling passes: the head multiplies the classifier's input by gap_gain",
+    "diffstride": "the DC bin passes with mask 1: the head multiplies the classifier's input by gap_gain "
+                  "(1 where it keeps the whole map) and its stride gets no gradient from the task loss",
+    "scale": "no head layer: the classifier's input is multiplied by the gain a spectral-pooling head would apply",
+}
+
+
+def describe_head(model: nn.Module, input_size: tuple[int, int] = (32, 32)) -> dict | None:
+    """The layer before global average pooling (``model.head_pool``), or ``None`` if there is none.
+
+    ``{"kind", "transform", "in_size", "out_size", "gap_gain", "effect"}`` where
+    ``gap_gain = GAP(head(x)) / GAP(x)`` (exact, from the layer's normalisation) at the
+    sizes of a probe forward with the current strides (the head's input size follows the
+    learned strides).
+    """
+    head = getattr(model, "head_pool", None)
+    if head is None:
+        return None
+    seen: dict[str, Tensor] = {}
+
+    def record(module, inputs, output):
+        seen["in"], seen["out"] = inputs[0], output
+
+    hook = head.register_forward_hook(record)
+    try:
+        with _eval_mode(model):
+            model(_probe_input(model, input_size))
+    finally:
+        hook.remove()
+    from .resnet import spectral_gain
+
+    in_size, out_size = tuple(seen["in"].shape[-2:]), tuple(seen["out"].shape[-2:])
+    if isinstance(head, DiffStride2d):  # Fourier normalisation of its crop
+        kind, gain = "diffstride", in_size[0] * in_size[1] / (out_size[0] * out_size[1])
+    elif isinstance(head, SpectralPool2d):
+        kind, gain = "spectral", spectral_gain(in_size, head.stride, head.transform)
+    else:
+        kind, gain = "scale", head.gain(in_size)
+    return {
+        "kind": kind,
+        "transform": layer_transforms(model).get("head_pool"),
+        "in_size": list(in_size),
+        "out_size": list(out_size),
+        "gap_gain": gain,
+        "effect": HEAD_EFFECT[kind],
+    }
 
 
 def forward_features(model: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -4,9 +4,18 @@ Placement follows ``shared/design/spectral-layers.md``: a stride 5-tuple
 ``(stem, stage1, stage2, stage3, stage4)``; DiffStride layers sit after the stem and in the
 first block of stages 2-4 (one instance shared by the main branch and the 1x1 shortcut),
 even when their entry is 1; an optional head layer sits before global average pooling.
+
+What a head does to the classifier (proved in ``tests/test_head.py``): global average
+pooling reads only the DC bin, which fixed spectral pooling keeps, so
+``GAP(SpectralPool2d(x)) = c * GAP(x)`` exactly (``c = HW/(h*w)`` for Fourier,
+``sqrt(HW/(h*w))`` for the orthonormal Hartley pooling), and a DiffStride head (whose DC
+mask is always 1) is the identity on what GAP sees. So ``hybrid`` is ``diffstride`` with
+the classifier's input scaled by ``c``, which the ablation variant ``diffstride_scaled``
+does with :class:`SpectralGain2d` and no head layer; ``diffstride2`` is ``diffstride``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -14,7 +23,10 @@ from torch import Tensor, nn
 
 from .layers import DiffStride2d, SpectralPool2d
 
-__all__ = ["VARIANTS", "PAPER_STRIDES", "SpectralResNet", "build_model", "stride_parameters", "learned_strides"]
+__all__ = [
+    "VARIANTS", "PAPER_VARIANTS", "HEAD_KINDS", "PAPER_STRIDES", "SpectralGain2d", "SpectralResNet", "build_model",
+    "spectral_gain", "stride_parameters", "learned_strides",
+]
 
 #: variant -> (downsampling kind, head kind)
 VARIANTS: dict[str, tuple[str, str | None]] = {
@@ -23,7 +35,16 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "diffstride": ("diffstride", None),
     "hybrid": ("diffstride", "spectral"),
     "diffstride2": ("diffstride", "diffstride"),
+    # Ablation: the hybrid's head replaced by the constant it multiplies GAP's output by.
+    "diffstride_scaled": ("diffstride", "scale"),
 }
+#: The five variants of the papers' tables (the others are ablations).
+PAPER_VARIANTS: tuple[str, ...] = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+#: Head kinds: an extra layer before global average pooling (``None``: none).
+HEAD_KINDS = (None, "spectral", "diffstride", "scale")
+TRANSFORMS = ("fourier", "hartley")
+#: The hybrid paper's Algorithm 1 defines its spectral pooling with the Hartley transform.
+DEFAULT_HEAD_TRANSFORM = "hartley"
 
 #: The stride tuples of the papers' tables.
 PAPER_STRIDES: tuple[tuple[int, ...], ...] = (
@@ -110,6 +131,45 @@ class PreActBlock(nn.Module):
         return out + identity
 
 
+def spectral_gain(size: tuple[int, int], stride: tuple[float, float], transform: str) -> float:
+    """``GAP(SpectralPool2d(x)) / GAP(x)`` for an ``H x W`` input: the pooling's DC gain.
+
+    Only the DC bin reaches the mean and it passes the crop unchanged, so the ratio is the
+    normalisation alone: ``HW/(h*w)`` for Fourier (unscaled ``rfft2``, ``1/(h*w)``
+    ``irfft2``) and ``sqrt(HW/(h*w))`` for Hartley (orthonormal DHT both ways), with
+    ``(h, w)`` the pooled size. Plain Python (traceable); ``tests/test_head.py`` checks it
+    against the layer.
+    """
+    h_out, w_out = SpectralPool2d(stride, transform=transform).output_size(size)
+    ratio = size[0] * size[1] / (h_out * w_out)
+    return ratio if transform == "fourier" else math.sqrt(ratio)
+
+
+class SpectralGain2d(nn.Module):
+    """Multiply by the gain a :class:`SpectralPool2d` head would give global average pooling.
+
+    ``y = c(H, W) * x`` with ``c = GAP(SpectralPool2d(stride, transform)(x)) / GAP(x)``, a
+    constant per input size (4.5 for Fourier and 2.0 for Hartley at 18x18, stride 2). Put
+    before global average pooling, it gives the classifier exactly what a spectral pooling
+    head would, without the pooling: the ``diffstride_scaled`` ablation. No parameters.
+    Shape: ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, stride: float | Sequence[float] = 2.0, transform: str = "hartley") -> None:
+        super().__init__()
+        pool = SpectralPool2d(stride, transform=transform)  # validates both arguments
+        self.stride, self.transform = pool.stride, pool.transform
+
+    def gain(self, size: tuple[int, int]) -> float:
+        return spectral_gain((int(size[0]), int(size[1])), self.stride, self.transform)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, transform={self.transform!r}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gain(tuple(x.shape[-2:]))
+
+
 def _check_strides(strides: Sequence[float]) -> tuple[float, ...]:
     try:
         values = tuple(float(s) for s in strides)
@@ -129,11 +189,16 @@ class SpectralResNet(nn.Module):
         strides: ``(stem, stage1, stage2, stage3, stage4)``.
         downsampling: ``"conv"`` (strided convs; strides must be integers), ``"spectral"``
             (fixed spectral pooling) or ``"diffstride"``.
-        head: ``None``, ``"spectral"`` or ``"diffstride"``: an extra layer before global
-            average pooling with stride ``head_stride``.
+        head: ``None``, ``"spectral"``, ``"diffstride"`` or ``"scale"``: an extra layer before
+            global average pooling with stride ``head_stride`` (``"scale"``: no layer, only
+            the constant a spectral head would multiply GAP's output by, :class:`SpectralGain2d`).
         block: ``"post"`` (standard, default) or ``"pre"`` (pre-activation).
         smoothness, shared_stride, lower_limit, upper_limit: DiffStride options.
-        spectral_transform: ``"fourier"`` or ``"hartley"`` for the spectral layers.
+        spectral_transform: ``"fourier"`` (default, the DiffStride paper's baseline) or
+            ``"hartley"``: the transform of the body's fixed spectral pooling.
+        head_transform: ``"hartley"`` (default, the hybrid paper's Algorithm 1) or
+            ``"fourier"``: the transform of a spectral (or ``"scale"``) head. Separate from
+            ``spectral_transform`` because the two papers define the two layers differently.
 
     ``forward(x)``: ``(B, 3, H, W) -> (B, num_classes)``; ``forward_features(x)`` also
     returns the feature map of each stage (``FEATURE_NAMES``).
@@ -152,14 +217,18 @@ class SpectralResNet(nn.Module):
         lower_limit: float = 1.0,
         upper_limit: float | None = None,
         spectral_transform: str = "fourier",
+        head_transform: str = DEFAULT_HEAD_TRANSFORM,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.strides = _check_strides(strides)
         if downsampling not in DOWNSAMPLING_KINDS:
             raise ValueError(f"downsampling must be one of {DOWNSAMPLING_KINDS}, got {downsampling!r}")
-        if head not in (None, "spectral", "diffstride"):
-            raise ValueError(f"head must be None, 'spectral' or 'diffstride', got {head!r}")
+        if head not in HEAD_KINDS:
+            raise ValueError(f"head must be one of {HEAD_KINDS}, got {head!r}")
+        for option, value in (("spectral_transform", spectral_transform), ("head_transform", head_transform)):
+            if value not in TRANSFORMS:
+                raise ValueError(f"{option} must be one of {TRANSFORMS}, got {value!r}")
         if block not in ("post", "pre"):
             raise ValueError(f"block must be 'post' or 'pre', got {block!r}")
         if downsampling == "conv" and not all(s.is_integer() for s in self.strides):
@@ -172,10 +241,12 @@ class SpectralResNet(nn.Module):
             smoothness=smoothness, shared_stride=shared_stride, lower_limit=lower_limit, upper_limit=upper_limit
         )
 
-        def spectral_layer(kind: str, stride: float) -> nn.Module:
+        def spectral_layer(kind: str, stride: float, transform: str = spectral_transform) -> nn.Module:
             if kind == "diffstride":
                 return DiffStride2d(stride, **diffstride_kwargs)
-            return SpectralPool2d(stride, transform=spectral_transform)
+            if kind == "scale":
+                return SpectralGain2d(stride, transform)
+            return SpectralPool2d(stride, transform=transform)
 
         def resampler(stride: float, always: bool) -> nn.Module | None:
             """The downsampling layer of one point (``None`` for strided convs or stride 1)."""
@@ -199,7 +270,7 @@ class SpectralResNet(nn.Module):
             setattr(self, f"layer{index}", nn.Sequential(first, block_cls(out_ch, out_ch)))
             in_ch = out_ch
         self.final_act = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU(inplace=True)) if block == "pre" else nn.Identity()
-        self.head_pool = None if head is None else spectral_layer(head, head_stride)
+        self.head_pool = None if head is None else spectral_layer(head, head_stride, head_transform)
         self.pool = nn.AdaptiveAvgPool2d(1)  # adaptive: DiffStride's map sizes vary with the strides
         self.fc = nn.Linear(512, num_classes)
         self._init_weights()
@@ -247,8 +318,10 @@ class SpectralResNet(nn.Module):
 def build_model(variant: str, strides: Sequence[float] = (1, 1, 2, 2, 2), num_classes: int = 10, **options) -> SpectralResNet:
     """Build a named variant: ``resnet18``, ``spectral``, ``diffstride``, ``hybrid``, ``diffstride2``.
 
-    ``options`` are passed to :class:`SpectralResNet` (``smoothness``, ``block``,
-    ``head_stride``, ``spectral_transform``, ``shared_stride``, ...).
+    ``diffstride_scaled`` is the ablation ``diffstride`` + :class:`SpectralGain2d` (what the
+    hybrid's head does to the classifier, without the head). ``options`` are passed to
+    :class:`SpectralResNet` (``smoothness``, ``block``, ``head_stride``,
+    ``spectral_transform``, ``head_transform``, ``shared_stride``, ...).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")

@@ -107,3 +107,21 @@ def test_freeze_computes_the_same_function_with_constant_operators(variant):
             frozen(torch.randn(1, 3, 40, 40))
         else:
             raise ValueError("expects: resnet18 has nothing to freeze")
+
+
+def test_head_description_and_transforms_for_the_cards():
+    from hybrid_model import describe_head, layer_transforms
+
+    hybrid = build_model("hybrid")  # Hartley head by default (the hybrid paper's Algorithm 1)
+    head = describe_head(hybrid)
+    assert head["kind"] == "spectral" and head["transform"] == "hartley"
+    assert head["in_size"] == [18, 18] and head["out_size"] == [9, 9] and head["gap_gain"] == pytest.approx(2.0)
+    assert layer_transforms(hybrid) == {"stem_pool": "fourier", "layer2.0.downsample": "fourier",
+                                        "layer3.0.downsample": "fourier", "layer4.0.downsample": "fourier",
+                                        "head_pool": "hartley"}
+    # A DiffStride head that crops 20x20 to 18x18 scales GAP by 400/324; the ablation by the Hartley gain.
+    assert describe_head(build_model("diffstride2", (1, 1, 1, 3, 1)))["gap_gain"] == pytest.approx(400 / 324)
+    assert describe_head(build_model("diffstride_scaled"))["gap_gain"] == pytest.approx(2.0)
+    assert describe_head(build_model("hybrid", head_transform="fourier"))["gap_gain"] == pytest.approx(4.5)
+    assert describe_head(build_model("resnet18")) is None and layer_transforms(build_model("resnet18")) == {}
+    assert set(layer_transforms(build_model("spectral")).values()) == {"fourier"}

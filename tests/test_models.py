@@ -5,6 +5,7 @@ import torch
 from hybrid_model import (
     PAPER_STRIDES,
     VARIANTS,
+    PAPER_VARIANTS,
     DiffStride2d,
     SpectralPool2d,
     build_model,
@@ -14,7 +15,7 @@ from hybrid_model import (
 
 
 @pytest.mark.parametrize("strides", PAPER_STRIDES)
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(PAPER_VARIANTS))  # diffstride_scaled: tests/test_head.py
 def test_every_variant_and_stride_tuple_trains_with_strides_changing(variant, strides):
     torch.manual_seed(0)
     model = build_model(variant, strides, num_classes=10)
@@ -100,8 +101,10 @@ def test_pre_activation_blocks_and_other_input_sizes(variant):
 
 
 def test_hartley_spectral_variant_and_diffstride_options():
-    model = build_model("hybrid", spectral_transform="hartley", smoothness=2.0, shared_stride=True)
-    assert model.head_pool.transform == "hartley"
+    spectral = build_model("spectral", spectral_transform="hartley")
+    assert {m.transform for m in spectral.modules() if isinstance(m, SpectralPool2d)} == {"hartley"}
+    model = build_model("hybrid", head_transform="fourier", smoothness=2.0, shared_stride=True)
+    assert model.head_pool.transform == "fourier"
     assert all(p.shape == (1,) for p in stride_parameters(model))
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
