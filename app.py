@@ -25,12 +25,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 import gradio as gr  # noqa: E402
 
 from dashboard import CSS, DashboardService, build_demo  # noqa: E402
-from dashboard import errors  # noqa: E402
+from dashboard import errors, gradio_fixes  # noqa: E402
 from dashboard.layout import ASSETS_DIR  # noqa: E402
 from dashboard.service import DEFAULT_CACHE_MB  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CONCURRENCY_LIMIT = 4  # per event; onnxruntime sessions are shared and thread-safe
+SESSION_CAPACITY = 1000  # Gradio keeps this many sessions' state (its default: 10,000)
 MAX_FILE_SIZE = "10mb"
 #: Uploads older than this are deleted (minutes); sweeps run every quarter of it.
 DEFAULT_UPLOAD_TTL_MIN = 30.0
@@ -67,16 +68,13 @@ def upload_folder() -> Path:
     return Path(get_upload_folder()).resolve()
 
 
-def create_app(
-    models_dir: str | Path, cache_mb: float = DEFAULT_CACHE_MB, upload_ttl_min: float = DEFAULT_UPLOAD_TTL_MIN
-) -> tuple[gr.Blocks, DashboardService]:
+def create_app(models_dir: str | Path, cache_mb: float = DEFAULT_CACHE_MB) -> tuple[gr.Blocks, DashboardService]:
+    gradio_fixes.lean_sessions()  # before any request: see dashboard/gradio_fixes.py
     service = DashboardService(models_dir, cache_mb=cache_mb, upload_dir=upload_folder())
     demo = build_demo(service)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=256)
-    # Gradio's own sweep of the files it received (uploads, cached examples excluded):
-    # every quarter TTL, the ones older than the TTL; all of them at shutdown.
-    ttl = max(1, int(upload_ttl_min * 60))
-    demo.delete_cache = (max(1, ttl // 4), ttl)
+    # Uploads are swept by this app (main()), not by Blocks(delete_cache=...), whose task
+    # dies under concurrent uploads (dashboard/gradio_fixes.py).
 
     def health_api() -> dict:
         """Cache bytes and budget, upload-folder files and bytes, server RSS (MB)."""
@@ -132,9 +130,19 @@ def sweep_data_urls(folder: Path, max_age_s: float | None) -> int:
     return deleted
 
 
-def _sweep_forever(folder: Path, ttl_s: float, stop: threading.Event) -> None:
+def sweep(demo: gr.Blocks, data_urls: Path, max_age_s: float | None) -> int:
+    """Delete uploads older than ``max_age_s`` (all for ``None``): the files Gradio received
+    (cached examples excluded) and the pasted images. Returns how many."""
+    return gradio_fixes.sweep_uploads(demo, max_age_s) + sweep_data_urls(data_urls, max_age_s)
+
+
+def _sweep_forever(demo: gr.Blocks, data_urls: Path, ttl_s: float, stop: threading.Event) -> None:
+    """Every quarter TTL, the uploads older than the TTL."""
     while not stop.wait(max(1.0, ttl_s / 4)):
-        sweep_data_urls(folder, ttl_s)
+        try:
+            sweep(demo, data_urls, ttl_s)
+        except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
+            log.exception("upload sweep failed; retrying at the next interval")
 
 
 def _stop_on_sigterm() -> None:
@@ -151,13 +159,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Gradio self-check request otherwise
+    logging.getLogger("uvicorn.error").addFilter(gradio_fixes.OneLineDisconnects())
     if args.upload_dir is not None:
         args.upload_dir.mkdir(parents=True, exist_ok=True)
         os.environ["GRADIO_TEMP_DIR"] = str(args.upload_dir.resolve())  # read when the Blocks are built
-    demo, service = create_app(args.models_dir, args.cache_mb, args.upload_ttl_min)
+    demo, service = create_app(args.models_dir, args.cache_mb)
     data_urls = upload_folder() / DATA_URL_FOLDER
     stop = threading.Event()
-    threading.Thread(target=_sweep_forever, args=(data_urls, args.upload_ttl_min * 60, stop),
+    threading.Thread(target=_sweep_forever, args=(demo, data_urls, args.upload_ttl_min * 60, stop),
                      name="sweep-uploads", daemon=True).start()
     _stop_on_sigterm()
     if args.preload:
@@ -175,18 +184,11 @@ def main(argv: list[str] | None = None) -> None:
         theme=gr.themes.Soft(),
         footer_links=["api"],
         run_history=False,  # no per-run recording of uploads (privacy, and less work per call)
+        state_session_capacity=SESSION_CAPACITY,
     )
-    # launch() returns once the server has stopped (Ctrl-C or SIGTERM). Gradio's own
-    # shutdown clean-up may not have run by then (its server thread is joined with a 5 s
-    # timeout), so delete the uploads it tracks here too (idempotent), then the pasted images.
+    # launch() returns once the server has stopped (Ctrl-C or SIGTERM): delete every upload.
     stop.set()
-    try:
-        from gradio.route_utils import delete_files_created_by_app
-
-        delete_files_created_by_app(demo, None)
-    except Exception as exc:  # noqa: BLE001 - a Gradio internal: never fail the shutdown on it
-        log.warning("could not delete Gradio's uploads at shutdown: %s", exc)
-    log.info("shut down; deleted %d pasted image(s) from %s", sweep_data_urls(data_urls, None), data_urls)
+    log.info("shut down; deleted %d upload(s) from %s", sweep(demo, data_urls, None), upload_folder())
 
 
 if __name__ == "__main__":

@@ -116,7 +116,9 @@ class Soak:
         try:
             ok, what = getattr(self, "_" + kind.replace(" ", "_"))(index)
         except Exception as error:  # noqa: BLE001 - a broken connection is a server error
-            ok, what = False, f"{type(error).__name__}: {error}"
+            # an over-limit upload may be cut off (connection reset) before the 413 is read
+            refused_early = kind == "oversized" and isinstance(getattr(error, "reason", error), ConnectionError)
+            ok, what = refused_early, f"{type(error).__name__}: {error}"
         self.record(kind, ok, what, started)
 
     def _file(self, name: str, payload: bytes) -> dict:

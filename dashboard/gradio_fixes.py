@@ -1,0 +1,104 @@
+"""Work-arounds for Gradio internals on the request path (measured with Gradio 6.31).
+
+* **Sessions.** Every new session (a raw ``/gradio_api/call`` request is one; so is each
+  gradio_client ``Client``) builds a ``SessionState`` whose ``config_values`` holds the
+  config of *every* component (about 45 ms of CPU per session for this app under a
+  profiler), and each request then stores its input values there, a 12 MB data URL
+  included, for up to 10,000 sessions: the soak benchmark saw the server grow from 0.7 to
+  2.4 GB. ``config_values`` only serves deep links (``gr.DeepLinkButton``), which this app
+  does not use: :func:`lean_sessions` makes it lazy and stops storing input values in it.
+* **Upload sweeps.** Gradio's scheduled ``delete_cache`` task iterates the set of uploaded
+  files in a worker thread while the event loop adds to it; under concurrent uploads it dies
+  with "Set changed size during iteration" and never runs again. :func:`sweep_uploads`
+  does the same work on a snapshot of the set (the app runs it on its own schedule).
+* **Client disconnects.** A client that drops mid-upload (e.g. after an over-limit upload
+  is refused) makes uvicorn log a full traceback; :class:`OneLineDisconnects` shortens that
+  to one line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+__all__ = ["lean_sessions", "sweep_uploads", "OneLineDisconnects"]
+
+log = logging.getLogger("dashboard")
+
+
+def lean_sessions() -> bool:
+    """Install the lean ``SessionState`` (see the module docstring); ``False`` if this Gradio
+    version does not have the expected structure (then nothing is changed)."""
+    try:
+        from gradio import blocks, route_utils, state_holder
+    except ImportError:
+        return False
+    original = state_holder.SessionState
+    if getattr(original, "_dashboard_lean", False):
+        return True
+    if not all(hasattr(original, name) for name in ("_update_value_in_config", "_update_config", "components")):
+        log.warning("Gradio's SessionState changed; per-session config copies are left as they are")
+        return False
+
+    class _NoComponents:
+        """``blocks`` as SessionState.__init__ sees it, with no components to copy configs of."""
+
+        def __init__(self, real: Any) -> None:
+            self._real = real
+            self.blocks: dict = {}
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._real, name)
+
+    class LeanSessionState(original):  # type: ignore[valid-type, misc]
+        _dashboard_lean = True
+
+        def __init__(self, blocks_: Any) -> None:
+            super().__init__(_NoComponents(blocks_))
+
+        def _update_value_in_config(self, key: int, value: Any) -> None:  # deep links only
+            return None
+
+        def _update_config(self, key: int) -> None:  # deep links only
+            return None
+
+    for module in (state_holder, blocks, route_utils):
+        if getattr(module, "SessionState", None) is original:
+            module.SessionState = LeanSessionState
+    return True
+
+
+def sweep_uploads(demo: Any, max_age_s: float | None) -> int:
+    """Delete the files Gradio received for ``demo`` (uploads; cached examples excluded)
+    that are older than ``max_age_s`` seconds, all of them for ``None``. Returns how many."""
+    keep: set = set()
+    for block in demo.blocks.values():
+        keep.update(getattr(block, "keep_in_cache", set()))
+    now, deleted = time.time(), 0
+    for file_set in list(demo.temp_file_sets):
+        for file in list(file_set):  # a snapshot: the event loop adds files meanwhile
+            if file in keep:
+                continue
+            try:
+                if max_age_s is None or now - os.lstat(file).st_ctime > max_age_s:
+                    os.remove(file)
+                    deleted += 1
+                else:
+                    continue
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            file_set.discard(file)
+    return deleted
+
+
+class OneLineDisconnects(logging.Filter):
+    """Log a client disconnect during a request as one line instead of a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and type(record.exc_info[1]).__name__ == "ClientDisconnect":
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "client disconnected before its request was read (e.g. an upload refused as too large)", (), None, None)
+        return True
