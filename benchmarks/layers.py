@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                 for shape in RESNET18_SHAPES:
                     layer_rows.append(bench_layer(kind, shape, args.batch, device, args.repeats, autocast))
                     print(layer_table(layer_rows[-1:]).splitlines()[-1], flush=True)
+                    if args.json:  # after every row: a run stopped at a time limit keeps what it measured
+                        atomic_write_json(args.json, {"layers": layer_rows, "models": [], "torch": torch.__version__})
     model_rows = []
     if args.models:
         for device in devices:

@@ -122,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
                                compile=args.compile)
         results.append(result)
         print(f"  {variant}: {result['step_s']:.3f} s/step, {result['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+        if args.json:  # after every variant: a run stopped at a time limit keeps what it measured
+            atomic_write_json(args.json, {
+                "device": name, "torch": torch.__version__, "batch": args.batch, "strides": strides,
+                "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "options": options, "results": results,
+                "command": ["python", "-m", "benchmarks.train_throughput", *(argv if argv is not None else sys.argv[1:])],
+            })
     print(markdown_table(results))
-    if args.json:
-        atomic_write_json(args.json, {
-            "device": name, "torch": torch.__version__, "batch": args.batch, "strides": strides,
-            "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "options": options, "results": results,
-            "command": ["python", "-m", "benchmarks.train_throughput", *(argv if argv is not None else sys.argv[1:])],
-        })
     return 0
 
 

@@ -261,8 +261,10 @@ def bench_markdown(windows: Sequence[dict]) -> str | None:
                 parts.append(f"**{step['name']}** ({result.get('device')}, torch {result.get('torch')}, batch {result.get('batch')}, "
                              f"compile={result.get('compile')}):\n\n{markdown_table(result['results'])}\n")
             else:
-                parts.append(f"**{step['name']}** ({window.get('device')}): raw numbers in the window's `window.json`; "
-                             f"{len(result.get('layers', result.get('rows', [])) or [])} rows.\n")
+                from benchmarks.layers import layer_table
+
+                parts.append(f"**{step['name']}** ({window.get('device')}, torch {result.get('torch')}; fwd+bwd, fast "
+                             f"separable path vs torch.fft reference):\n\n{layer_table(result.get('layers', []))}\n")
     return "\n".join(parts) if parts else None
 
 

@@ -191,11 +191,15 @@ def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
     assert sorted(p.name for p in out2.iterdir()) == ["window.json", "window.log"]
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- table1:start -->\n<!-- table1:end -->\n")
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("<!-- gpu-window-bench:start -->\n<!-- gpu-window-bench:end -->\n")
     assert ingest.main([str(out2), "--models-dir", str(models), "--protocol", str(protocol), "--readme", str(readme),
-                        "--results-md", str(tmp_path / "RESULTS.md"), "--limit-test", "32"]) == 0
+                        "--results-md", str(results_md), "--limit-test", "32"]) == 0
     text = readme.read_text()
     assert "Coverage: 2 / 4 points, seed 0; 0 / 4, seed 1" in text and "(n=1)" in text
     assert (results / "results.md").is_file() and (results / "curves_cifar10.html").is_file()
+    bench = results_md.read_text()
+    assert "| diffstride | cpu |" in bench and "achieved TFLOP/s" in bench
 
 
 def _image():
