@@ -1,14 +1,14 @@
 """The runbook of one 15-minute GPU window (issues 10 and 11): at most two device calls.
 
-Here (before the window; then after it, in this order)::
+Here (before the window; then after it, in this order; every step in docs/gpu-window.md)::
 
     python -m benchmarks.gpu_window prepare    # scratch branch without exports/models, data/, size check
-    #   device call 1: run(command="python3 -m benchmarks.gpu_window models --budget 500 --out $OUT",
-    #                      carry=["data"], timeout_s=600)
-    #   device call 2: run(command="python3 -m benchmarks.gpu_window extra --budget 150 --out $OUT",
-    #                      carry=["data"], timeout_s=200)
+    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 500 --out $OUT",
+    #                      carry=["data"], timeout_s=600)       then: cp -r FILES_AT artifacts/window/call1
+    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window extra --budget 150 --out $OUT",
+    #                      carry=["data"], timeout_s=200)       then: cp -r FILES_AT artifacts/window/call2
     python -m benchmarks.gpu_window restore    # back to the branch you were on
-    python -m exports.ingest FILES_AT_OF_CALL_1 [FILES_AT_OF_CALL_2]
+    python -m exports.ingest artifacts/window/call1 artifacts/window/call2
 
 Modes on the device (each is one call; ``--budget`` is the call's own deadline in seconds):
 
@@ -331,10 +331,13 @@ def projected_seconds(step_s: float, n_train: int, n_test: int, batch: int, epoc
     return 1.1 * per_epoch * epochs
 
 
-def _popen(argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+def _popen(argv: list[str], log_path: Path, threads: int) -> subprocess.Popen:
+    """One training process in its own process group (so it can be stopped with its children)
+    but in this session: the device tool ends it with the call if the call is killed."""
     handle = open(log_path, "w", encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "training.train", *argv], cwd=REPO, stdout=handle,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                            stderr=subprocess.STDOUT, env=env, process_group=0)
 
 
 def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
@@ -404,7 +407,7 @@ def run_points(window: Window, points: list, epochs: int, protocol: dict, data_d
         extra = ["--data-dir", data_dir, "--device", device, "--max-seconds", f"{max_seconds:.0f}", "--overwrite"]
         argv, _ = _train_namespace(point.variant, point.strides, point.seed, epochs, protocol, extra)
         argv[argv.index("--out") + 1] = str(work)
-        processes[point.name] = (point, _popen(argv, work / f"{point.name}.log"))
+        processes[point.name] = (point, _popen(argv, work / f"{point.name}.log", max(1, (os.cpu_count() or 1) // len(points))))
         entry = {"name": point.name, "variant": point.variant, "strides": list(point.strides), "seed": point.seed,
                  "epochs": epochs, "off_protocol": off_protocol, "status": "running", "command": ["python", "-m", "training.train", *argv]}
         window.record["runs"].append(entry)
@@ -729,14 +732,16 @@ def summary(window: Window) -> None:
 
 
 RUN_CALLS = """
-Next, the device calls (the `run` tool; the repository root is this checkout, on the scratch branch):
+Next (docs/gpu-window.md), the device calls; the repository root is this checkout, now on the scratch branch:
   call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 500 --out $OUT",
               carry=["data"], timeout_s=600)
+          then at once: mkdir -p artifacts/window && cp -r FILES_AT artifacts/window/call1
   call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window extra --budget 150 --out $OUT",
               carry=["data"], timeout_s=200)
-Copy each call's files_at folder somewhere safe before the next call (a call empties $OUT), then:
+          then: cp -r FILES_AT artifacts/window/call2; give_back
+Then here:
   python -m benchmarks.gpu_window restore
-  python -m exports.ingest FILES_OF_CALL_1 FILES_OF_CALL_2
+  python -m exports.ingest artifacts/window/call1 artifacts/window/call2
 """
 
 

@@ -303,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint_io import CheckpointError
     from .runtime import ModelError
 
+    if args.models_dir.resolve() == (REPO / "exports" / "models").resolve() and (REPO / ".git" / "gpu-window.json").exists():
+        print("error: the repository is still on the GPU-window scratch branch: run "
+              "`python -m benchmarks.gpu_window restore` first", file=sys.stderr)
+        return 2
     try:
         protocol = load_config(args.protocol)
         results_dir = args.results_dir or (REPO / protocol["out"])
