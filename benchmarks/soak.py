@@ -27,68 +27,29 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.app_latency import distinct_images  # noqa: E402
+from benchmarks.raw_api import FILE, call, folder_state, rss_mb, start_server, upload  # noqa: E402
 
 MIX = {"good": 60, "bad file": 15, "oversized": 5, "unknown model": 10, "malformed": 10}
-FILE = {"_type": "gradio.FileData"}
-
-
-# ------------------------------------------------------------------ HTTP
-def _post(url: str, body: bytes, content_type: str, timeout: float) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def upload(base: str, name: str, payload: bytes, timeout: float = 120) -> tuple[int, str | None]:
-    """``/gradio_api/upload`` (multipart): ``(HTTP status, server path or None)``."""
-    boundary = "soakboundary7d1f"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
-    status, reply = _post(base + "gradio_api/upload", body, f"multipart/form-data; boundary={boundary}", timeout)
-    return status, (json.loads(reply)[0] if status == 200 else None)
-
-
-def call(base: str, api: str, data: list, timeout: float = 120) -> tuple[str, object]:
-    """``/gradio_api/call/{api}``: ``("complete" | "error" | "http NNN", payload)``."""
-    status, reply = _post(base + f"gradio_api/call/{api}", json.dumps({"data": data}).encode(), "application/json",
-                          timeout)
-    if status != 200:
-        return f"http {status}", reply[:200].decode(errors="replace")
-    event_id = json.loads(reply)["event_id"]
-    with urllib.request.urlopen(base + f"gradio_api/call/{api}/{event_id}", timeout=timeout) as response:
-        lines = response.read().decode().splitlines()
-    events = [line[7:] for line in lines if line.startswith("event: ")]
-    data_lines = [line[6:] for line in lines if line.startswith("data: ")]
-    payload = json.loads(data_lines[-1]) if data_lines else None
-    return (events[-1] if events else "none"), payload
 
 
 # ------------------------------------------------------------------ the calls
@@ -170,54 +131,6 @@ def bad_files() -> dict[str, bytes]:
     png = (ROOT / "tests" / "assets").glob("*.png").__next__().read_bytes()
     return {"notes.txt": b"this is not an image\n" * 20, "truncated.png": png[: len(png) // 2],
             "empty.png": b"", "fake.jpg": b"%PDF-1.4\n" + b"0" * 2000}
-
-
-# ------------------------------------------------------------------ the server
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def folder_state(folder: Path) -> tuple[int, int]:
-    """``(files, bytes)`` under ``folder`` (the server deletes files meanwhile: walk tolerantly)."""
-    files = bytes_ = 0
-    for root, _, names in os.walk(folder):
-        for name in names:
-            try:
-                bytes_ += os.stat(os.path.join(root, name)).st_size
-                files += 1
-            except OSError:
-                continue
-    return files, bytes_
-
-
-def start_server(models_dir: Path, uploads: Path, ttl_min: float, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), "--models-dir",
-             str(models_dir), "--upload-dir", str(uploads), "--upload-ttl-min", str(ttl_min)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    base = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"app exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(base + "config", timeout=2):
-                return process, base
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("app did not start within 180 s")
 
 
 def main(argv: list[str] | None = None) -> int:

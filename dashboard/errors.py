@@ -57,6 +57,19 @@ def _type_name(value: Any) -> str:
                                                                               type(value).__name__)
 
 
+def _out_of_range(block_fn: Any, params: list[str], inputs: list[Any]) -> str | None:
+    """A slider value outside its range, said with the parameter's name (Gradio's own
+    message names neither the parameter nor the range)."""
+    for index, component in enumerate(getattr(block_fn, "inputs", []) or []):
+        low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
+        value = inputs[index] if index < len(inputs) else None
+        if low is None or high is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not low <= value <= high:
+            return f"{_endpoint(block_fn)}: '{params[index]}' must be between {low:g} and {high:g}, got {value:g}"
+    return None
+
+
 def describe(error: BaseException, block_fn: Any, inputs: list[Any] | None) -> tuple[str, bool]:
     """``(one-sentence message, is the caller's fault)`` for an exception raised while
     Gradio checked, converted or ran a request."""
@@ -64,7 +77,7 @@ def describe(error: BaseException, block_fn: Any, inputs: list[Any] | None) -> t
     inputs = list(inputs or [])
     text = str(error)
     if isinstance(error, gr.Error):
-        return one_sentence(getattr(error, "message", text)), True
+        return one_sentence(_out_of_range(block_fn, params, inputs) or getattr(error, "message", text)), True
     if "didn't receive enough input values" in text:
         wanted = ", ".join(params) or "?"
         return one_sentence(f"{endpoint} takes {len(params)} input values ({wanted}) but the request sent "
