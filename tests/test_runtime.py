@@ -179,3 +179,33 @@ def test_card_problems_spots_mismatches(hybrid):
     classes = dict(hybrid.card, num_classes=100)
     assert "num_classes" in card_problems(classes, inputs, outputs)[0]
     assert card_problems([], inputs, outputs) == ["card is not a JSON object"]
+
+
+# --------------------------------------------------------------------------------------
+# Serving path: prepared pixels and session options (bundled model: no export needed)
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bundled_resnet18() -> OnnxModel:
+    path = REPO / "exports" / "models" / "resnet18.onnx"
+    if not path.is_file():
+        pytest.skip("bundled models not present")
+    return OnnxModel(path)
+
+
+def test_predict_pixels_of_prepare_is_predict(bundled_resnet18):
+    image = next((REPO / "tests" / "assets").glob("*.png"))
+    seen = bundled_resnet18.prepare(str(image))
+    assert seen.shape == (32, 32, 3) and seen.dtype == np.uint8
+    whole, split = bundled_resnet18.predict(str(image)), bundled_resnet18.predict_pixels(seen)
+    assert np.array_equal(whole.logits, split.logits) and whole.top_k == split.top_k
+    assert whole.preprocess_ms > 0 and split.preprocess_ms == 0.0
+    with pytest.raises(ValueError, match="prepared"):
+        bundled_resnet18.predict_pixels(seen.astype(np.float32))
+
+
+def test_sessions_do_not_spin(bundled_resnet18):
+    """Idle onnxruntime threads must not busy-wait: on a 2-core server they slowed the
+    requests that ran next."""
+    options = bundled_resnet18.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
