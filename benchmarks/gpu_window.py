@@ -551,8 +551,11 @@ def mode_train(window: Window, args, points: list, protocol: dict, compress: boo
                 break
             total += cost
             chosen.append(p)
-        if total > available:
-            raise WindowError(f"{chosen[0].name} needs ~{total:.0f} s at {epochs} epochs; only {available:.0f} s left")
+        if total > available:  # not an error: the points stay undone for a later window
+            window.log(f"grid: {chosen[0].name} needs ~{total:.0f} s at {epochs} epochs; only {available:.0f} s left: none run")
+            window.record["estimate"] = {"needed_s": round(total, 1), "available_s": round(available, 1)}
+            window.save()
+            return
         points = chosen
     window.record["estimate"] = {
         "seconds_per_epoch_all_runs": round(one_epoch, 1), "available_s": round(available, 1),

@@ -32,13 +32,14 @@ __all__ = [
     "write_report",
 ]
 
-VARIANT_ORDER = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+VARIANT_ORDER = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2", "diffstride_scaled")
 VARIANT_LABELS = {
     "resnet18": "ResNet-18 (strided conv)",
     "spectral": "Spectral pooling",
     "diffstride": "DiffStride",
     "hybrid": "Hybrid (DiffStride + spectral)",
     "diffstride2": "DiffStride-DiffStride",
+    "diffstride_scaled": "DiffStride + head scale (ablation)",
 }
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 MEAN_ROW = "mean"
