@@ -132,13 +132,13 @@ class CropBox:
         below the learned S (32→26 with S≈2 is an effective stride of 1.23).
         """
         sh, sw = self.stride
-        kind = "learned S" if self.kind == "diffstride" else "S"
-        stride = f"{sh:.2f}" if abs(sh - sw) < 5e-3 else f"{sh:.2f}×{sw:.2f}"
-        text = f"{kind}={stride} → {self.out_size[0]}×{self.out_size[1]}"
+        kind = "learned s" if self.kind == "diffstride" else "s"
+        # Two short lines: the label must fit inside a 150-px panel.
+        text = f"{kind}=({sh:.2f}, {sw:.2f})<br>→ {self.out_size[0]}×{self.out_size[1]}"
         if self.in_size is not None:
             eh, ew = (self.in_size[0] / self.out_size[0], self.in_size[1] / self.out_size[1])
-            eff = f"{eh:.2f}" if abs(eh - ew) < 5e-3 else f"{eh:.2f}×{ew:.2f}"
-            text += f"<br>effective {eff}"
+            eff = f"{eh:.2f}" if abs(eh - ew) < 5e-3 else f"({eh:.2f}, {ew:.2f})"
+            text += f", effective {eff}"
         return text
 
 
@@ -198,19 +198,22 @@ def spectra_columns(viewport_px: float | None, n: int) -> int:
     return int(max(1, min(desktop, usable // MIN_PANEL_PX)))
 
 
-def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int = 250, cols: int | None = None) -> dict:
+def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int | None = None, cols: int | None = None) -> dict:
     """A grid of spectrum heatmaps, one per map, with each layer's crop box and ramp band.
 
     All panels share one colour scale (one colour bar), so brightness compares across
     stages. The pass box (``|f_h| <= pass_h``, ``|f_w| <= pass_w``) is a solid outline; the
     ramp band (mask falling to 0 at ``cut``) is shaded; the part of the spectrum outside it
-    is what the layer removes. ``cols``: grid columns (default: up to 4).
+    is what the layer removes. ``cols``: grid columns (default: up to 4); ``panel_px``: row
+    height of a panel (default: about the width a panel gets with that many columns, so
+    the square heatmaps leave no empty band).
     """
     n = len(panels)
     if n == 0:
         return message_figure("No feature maps to show.")
     cols = max(1, min(int(cols or _grid(n)[1]), n))
     rows = math.ceil(n / cols)
+    panel_px = int(panel_px or {1: 280, 2: 250, 3: 210}.get(cols, 175))
     # Vertical layout in pixels: each row is a 2-line title, the square panel, the x-axis title.
     title_px, axis_px, top_px, bottom_px = 48, 44, 10, 10  # title: up to 3 lines
     plot_px = rows * (title_px + panel_px + axis_px)

@@ -31,7 +31,7 @@ MAX_COMPARE = 4
 TOP_K = 5
 VIEW_SCALE = 8  # 32x32 -> 256x256, nearest neighbour
 COMPARE_TAB = "Compare"
-LAYER_HEADERS = ["layer", "stage", "kind", "S (h × w)", "size in → out (effective stride)",
+LAYER_HEADERS = ["layer", "stage", "kind", "stride s (h × w)", "size in → out (effective stride)",
                  "frequencies kept: h (full axis) · w (half spectrum, rfft)"]
 COMPARE_HEADERS = ["model", "top-1 (p %)", "test acc (%)", "trained", "GFLOPs", "params (M)",
                    "map size per stage (stem → …)"]
@@ -145,7 +145,7 @@ class Handlers:
             f"{_percent(card.get('test_acc'))}; trained {budget(card)}"
         )
         lines.append(f"Model run time for this image: {float(analysis.prediction.latency_ms):.1f} ms (ONNX Runtime, CPU)")
-        lines.append("Beside this: the 32×32 input as the model sees it (centre crop, resized), enlarged ×8.")
+        lines.append("Model input: the image as the model sees it, 32×32 (centre crop, resized), shown enlarged ×8.")
         return "\n\n".join(lines)
 
     # ------------------------------------------------------------------ spectra

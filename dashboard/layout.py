@@ -32,7 +32,7 @@ CSS = """
 # Column widths in pixels, not percent: on a phone the tables then scroll sideways instead of
 # squeezing every cell to one character per line (a note says so below 1000 px).
 TABLE_PX = {
-    "layers": ["150px", "64px", "100px", "96px", "190px", "300px"],
+    "layers": ["172px", "70px", "92px", "90px", "180px", "290px"],
     "compare": ["130px", "120px", "72px", "120px", "72px", "72px", "250px"],
     "overview": ["110px", "130px", "72px", "270px", "90px", "230px"],
 }
@@ -43,6 +43,9 @@ VIEWPORT_JS = "() => window.innerWidth"
 CLOSE_TOASTS_JS = (
     "(img) => { if (img) document.querySelectorAll('[data-testid=toast-close]').forEach((b) => b.click()); }"
 )
+# A plot updated while its tab was hidden keeps Plotly's default 700-px width when the tab
+# is shown again; a resize event makes Plotly fit every plot to its container.
+RESIZE_PLOTS_JS = "() => { setTimeout(() => window.dispatchEvent(new Event('resize')), 60); }"
 # On a phone the input panel and the examples stack above the tabs: bring the results into view.
 SCROLL_TO_RESULTS_JS = (
     "() => { if (window.innerWidth < %d) { const el = document.getElementById('tabs');"
@@ -55,9 +58,10 @@ SPECTRA_HELP = (
     "compares across stages). A downsampling layer crops the spectrum of the map it **reads**, so each layer's crop "
     "is drawn on the previous map: **red box** = pass band (mask 1, |f_h| ≤ pass_h and |f_w| ≤ pass_w), **orange "
     "band** = the DiffStride ramp (mask falls to 0 at cut); everything outside is removed.\n\n"
-    "**Learned S vs effective stride.** The pass band is size/S wide; the ramp keeps a few bins more (that is what "
-    "makes S learnable), so the output is larger than size/S: 32×32 with S = 1.99 keeps 26×26 bins, an *effective* "
-    "stride (in/out size) of 32/26 ≈ 1.23. Each label gives S, the output size and the effective stride."
+    "**Learned stride vs effective stride.** The pass band is size/s wide; the ramp keeps a few bins more (that is "
+    "what makes s learnable), so the output is larger than size/s: 32×32 with s = 1.99 keeps 26×26 bins, an *effective* "
+    "stride (in/out size) of 32/26 ≈ 1.23. Each label gives the learned s = (s_h, s_w), the output size and the "
+    "effective stride."
 )
 
 
@@ -190,7 +194,7 @@ def build_demo(service: DashboardService) -> gr.Blocks:
                         gr.Markdown("Scroll the table sideways for all columns →", elem_classes=["scroll-note"])
                         layers_table = gr.Dataframe(
                             headers=LAYER_HEADERS, value=h.layer_table(default),
-                            label="Downsampling layers of the model (S: learned or fixed stride; effective "
+                            label="Downsampling layers of the model (s: learned or fixed stride; effective "
                                   "stride = input size / output size)",
                             interactive=False, wrap=True, elem_id="layers-table",
                             column_widths=TABLE_PX["layers"],
@@ -289,6 +293,7 @@ def _wire_events(demo: gr.Blocks, h: Handlers, c: dict) -> None:
                            api_name="_compare_button", api_visibility="private")
     c["compare_models"].change(h.compare_auto, compare_auto_inputs, compare_view, api_name="_compare_models",
                                api_visibility="private", trigger_mode="always_last")
+    tabs.select(None, None, None, js=RESIZE_PLOTS_JS)
     tabs.select(h.select_tab, [image, c["compare_models"], c["compare_shown"]], [c["active_tab"], *compare_view],
                 api_name="_tab", api_visibility="private", trigger_mode="always_last")
     c["compare_api"].click(h.compare, [image, c["compare_models"]],

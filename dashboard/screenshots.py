@@ -1,10 +1,11 @@
 """Screenshots of every dashboard tab with a real Chromium (Playwright), for the docs.
 
     python -m dashboard.screenshots --url http://127.0.0.1:7860/ --out docs/screenshots \
-        [--image tests/assets/0001_ship.png] [--chromium /usr/bin/chromium]
+        [--image tests/assets/0001_ship.png] [--chromium /usr/bin/chromium] [--phone]
 
 Uploads one image, waits for the prediction, then captures the Classify, Spectra (with
-feature maps), Compare and Training tabs as ``<tab>.png``. Also used by the browser test.
+feature maps), Compare and Training tabs as ``<tab>.png`` (1440x900), and with ``--phone``
+also as ``phone_<tab>.png`` (390x844). The browser tests share its helpers.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def upload_and_wait(page, image: str | Path, timeout_ms: int = 60_000) -> str:
 
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
-    page.wait_for_timeout(300)
+    page.wait_for_timeout(300)  # the tab's content mounts
 
 
 def wait_for_plot(page, selector: str, timeout_ms: int = 60_000) -> None:
@@ -63,20 +64,32 @@ def wait_for_plot(page, selector: str, timeout_ms: int = 60_000) -> None:
     )
 
 
-def capture_all(url: str, out: Path, image: Path, executable: str | None = None, width: int = 1440) -> dict[str, Path]:
+PHONE = (390, 844)
+
+
+def capture_all(url: str, out: Path, image: Path, executable: str | None = None, width: int = 1440,
+                height: int = 900, prefix: str = "") -> dict[str, Path]:
+    """Screenshots of the four tabs at ``width`` x ``height`` as ``<prefix><tab>.png``."""
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
     shots: dict[str, Path] = {}
+
+    def shot(page, name: str) -> None:
+        page.wait_for_timeout(800)
+        shots[prefix + name] = out / f"{prefix}{name}.png"
+        page.screenshot(path=str(shots[prefix + name]), full_page=True)
+
     with sync_playwright() as p:
         browser = launch_browser(p, executable)
-        page = browser.new_page(viewport={"width": width, "height": 1000}, device_scale_factor=1)
-        page.goto(url, wait_until="networkidle")
+        page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
+        page.set_default_timeout(120_000)
+        page.goto(url, wait_until="load")
+        page.wait_for_selector("#input-image input[type=file]", state="attached")
         upload_and_wait(page, image)
         wait_for_plot(page, "#top5-bar")
-        page.wait_for_timeout(800)
-        shots["classify"] = out / "classify.png"
-        page.screenshot(path=str(shots["classify"]), full_page=True)
+        page.wait_for_function("() => document.querySelector('#classify-summary')?.innerText.includes('Prediction')")
+        shot(page, "classify")
 
         open_tab(page, "Spectra")
         wait_for_plot(page, "#spectra-plot")
@@ -84,25 +97,17 @@ def capture_all(url: str, out: Path, image: Path, executable: str | None = None,
         page.locator("#show-features input[type=checkbox]").check()
         page.wait_for_function(
             "() => document.querySelectorAll('#feature-plot .main-svg .heatmaplayer image, #feature-plot .hm').length > 0",
-            timeout=60_000,
         )
-        page.wait_for_timeout(800)
-        shots["spectra"] = out / "spectra.png"
-        page.screenshot(path=str(shots["spectra"]), full_page=True)
+        shot(page, "spectra")
 
-        open_tab(page, "Compare")
-        page.locator("#compare-btn").click()
+        open_tab(page, "Compare")  # opening the tab compares the default models on the image
+        page.wait_for_function("() => document.querySelector('#compare-label-1 meter')")
         wait_for_plot(page, "#compare-strides")
-        page.wait_for_function("() => document.querySelector('#compare-label-0 [data-testid=label-output-value]')", timeout=60_000)
-        page.wait_for_timeout(800)
-        shots["compare"] = out / "compare.png"
-        page.screenshot(path=str(shots["compare"]), full_page=True)
+        shot(page, "compare")
 
         open_tab(page, "Training")
         wait_for_plot(page, "#training-curves")
-        page.wait_for_timeout(800)
-        shots["training"] = out / "training.png"
-        page.screenshot(path=str(shots["training"]), full_page=True)
+        shot(page, "training")
         browser.close()
     return shots
 
@@ -114,8 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, default=ROOT / "tests" / "assets" / "0001_ship.png")
     parser.add_argument("--chromium", default=None)
     parser.add_argument("--width", type=int, default=1440)
+    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--phone", action="store_true",
+                        help=f"also capture phone_<tab>.png at {PHONE[0]}x{PHONE[1]}")
     args = parser.parse_args(argv)
-    for name, path in capture_all(args.url, args.out, args.image, args.chromium, args.width).items():
+    shots = capture_all(args.url, args.out, args.image, args.chromium, args.width, args.height)
+    if args.phone:
+        shots.update(capture_all(args.url, args.out, args.image, args.chromium, *PHONE, prefix="phone_"))
+    for name, path in shots.items():
         print(f"{name}: {path}")
     return 0
 
