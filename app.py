@@ -141,6 +141,7 @@ def _sweep_forever(demo: gr.Blocks, data_urls: Path, ttl_s: float, stop: threadi
     while not stop.wait(max(1.0, ttl_s / 4)):
         try:
             sweep(demo, data_urls, ttl_s)
+            gradio_fixes.trim_malloc()
         except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
             log.exception("upload sweep failed; retrying at the next interval")
 
@@ -157,6 +158,7 @@ def _stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    gradio_fixes.bound_malloc_arenas()  # before the server's threads exist
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Gradio self-check request otherwise
     logging.getLogger("uvicorn.error").addFilter(gradio_fixes.OneLineDisconnects())

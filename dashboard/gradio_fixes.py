@@ -11,18 +11,27 @@
   files in a worker thread while the event loop adds to it; under concurrent uploads it dies
   with "Set changed size during iteration" and never runs again. :func:`sweep_uploads`
   does the same work on a snapshot of the set (the app runs it on its own schedule).
+* **Memory returned to the system.** glibc gives each thread that allocates its own malloc
+  arena and keeps freed memory in them; with Gradio's and onnxruntime's thread pools and
+  large request bodies (a 12 MB image as a data URL is a 16 MB JSON string) the soak saw RSS
+  climb by 600 MB over 2,000 calls. :func:`bound_malloc_arenas` caps the arenas at 2
+  (what ``MALLOC_ARENA_MAX=2`` does: +260 MB over the same soak) and :func:`trim_malloc`
+  hands free memory back (the app calls it after each upload sweep).
 * **Client disconnects.** A client that drops mid-upload (e.g. after an over-limit upload
   is refused) makes uvicorn log a full traceback; :class:`OneLineDisconnects` shortens that
   to one line.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
+import sys
 import time
 from typing import Any
 
-__all__ = ["lean_sessions", "sweep_uploads", "OneLineDisconnects"]
+__all__ = ["lean_sessions", "sweep_uploads", "OneLineDisconnects", "bound_malloc_arenas", "trim_malloc"]
 
 log = logging.getLogger("dashboard")
 
@@ -102,3 +111,29 @@ class OneLineDisconnects(logging.Filter):
             record.msg, record.args, record.exc_info, record.exc_text = (
                 "client disconnected before its request was read (e.g. an upload refused as too large)", (), None, None)
         return True
+
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def _libc() -> Any | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl or no libc found: nothing to tune
+        return None
+
+
+def bound_malloc_arenas(arenas: int = 2) -> bool:
+    """At most ``arenas`` malloc arenas for threads created from now on (glibc only)."""
+    libc = _libc()
+    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, int(arenas)) == 1)
+
+
+def trim_malloc() -> None:
+    """Give freed heap memory back to the system (glibc only; a no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
