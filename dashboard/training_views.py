@@ -92,6 +92,9 @@ def strides(card: dict | None, name: str | None) -> Any:
     fig = stride_figure(_named(name or "?", card))
     epochs = len(card.get("history") or [])
     fig.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)), range=[0.5, epochs + 0.5])
+    for trace in fig.data:  # s_h filled, s_w open: distinct even where a run is one point
+        trace.marker = {"size": 9, "symbol": "circle-open" if str(trace.name).endswith("s_w") else "circle",
+                        "line": {"width": 2}}
     return fig
 
 

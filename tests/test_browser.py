@@ -307,6 +307,12 @@ def test_training_tab(browser):
         wait_for_plot(page, "#training-curves")
         ticks = page.locator("#training-curves .xtick text").all_text_contents()
         assert ticks and all(re.fullmatch(r"\d+", t.strip()) for t in ticks), ticks
+        traces = page.evaluate("""() => document.querySelector('#training-curves .js-plotly-plot').data
+            .map((t) => ({name: t.name, axis: t.xaxis || 'x', symbol: t.marker.symbol, hover: t.hovertemplate}))""")
+        for trace in traces:  # train and test told apart at a single point; accuracy hovered in %
+            assert trace["symbol"] == ("diamond-open" if trace["name"].endswith("(train)") else "circle"), trace
+            if trace["axis"] == "x":
+                assert "%{y:.1%}" in trace["hover"], trace
         overview = page.locator("#models-overview").inner_text()
         assert "epoch" in overview and "hardware" in overview
         boxes = page.locator("#training-models input[type=checkbox]")
