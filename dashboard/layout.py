@@ -34,7 +34,7 @@ CSS = """
 TABLE_PX = {
     "layers": ["172px", "70px", "92px", "90px", "180px", "290px"],
     "compare": ["130px", "120px", "72px", "120px", "72px", "72px", "250px"],
-    "overview": ["110px", "130px", "72px", "270px", "90px", "230px"],
+    "overview": ["110px", "130px", "72px", "260px", "90px", "220px"],
 }
 
 # Client-side snippets (run in the browser, no server round trip).

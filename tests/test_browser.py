@@ -173,8 +173,12 @@ def test_classify_spectra_layers_and_true_label(browser, client):
         open_tab(page, "Spectra")
         page.locator("#layers-table").get_by_text("half spectrum").first.wait_for()
         page.locator("#layers-table").get_by_text("layer4.0.downsample").first.wait_for()  # before any upload
+        overflow = page.evaluate("() => { const v = document.querySelector('#layers-table .virtual-table-viewport');"
+                                 " return v.scrollWidth - v.clientWidth; }")
+        assert overflow <= 2, f"the layer table is cut off by {overflow}px on a desktop"
         open_tab(page, "Classify")
 
+        assert page.locator("#examples img").count() == len(list(ASSETS.glob("*.png")))  # thumbnails, one page
         pick_example(page, "0001_ship")
         label = page.locator("#top5-label [data-testid=label-output-value]").first.inner_text().strip()
         from gradio_client import handle_file
@@ -280,6 +284,12 @@ def test_phone_layout(browser):
         pick_example(page, "0001_ship")
         top = page.evaluate("() => document.querySelector('#tabs').getBoundingClientRect().top")
         assert -2 <= top < PHONE["height"] / 2, f"results start at {top}px"
+        covered = page.evaluate("""() => { const img = document.querySelector('#model-view img');
+            const r = img.getBoundingClientRect();
+            return [...document.querySelectorAll('#model-view label')].filter((l) => l.offsetParent !== null)
+                .some((l) => { const b = l.getBoundingClientRect();
+                    return b.right > r.left && b.left < r.right && b.bottom > r.top && b.top < r.bottom; }); }""")
+        assert not covered, "a caption covers the model-input image"
 
         open_tab(page, "Spectra")
         wait_for_plot(page, "#spectra-plot")
