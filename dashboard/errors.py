@@ -70,6 +70,22 @@ def _out_of_range(block_fn: Any, params: list[str], inputs: list[Any]) -> str | 
     return None
 
 
+def _not_a_choice(block_fn: Any, params: list[str], inputs: list[Any]) -> str | None:
+    """A dropdown value that is not one of its choices (Gradio's message shows the value's
+    Python type as ``<class 'int'>``)."""
+    for index, component in enumerate(getattr(block_fn, "inputs", []) or []):
+        choices = getattr(component, "choices", None)
+        if not choices or getattr(component, "allow_custom_value", False) or index >= len(inputs):
+            continue
+        allowed = [c[1] if isinstance(c, (list, tuple)) else c for c in choices]
+        values = inputs[index] if isinstance(inputs[index], list) else [inputs[index]]
+        bad = [v for v in values if v is not None and v not in allowed]
+        if bad:
+            return (f"{_endpoint(block_fn)}: '{params[index]}' must be among {', '.join(map(str, allowed))}; "
+                    f"got {bad[0]!r}")
+    return None
+
+
 def describe(error: BaseException, block_fn: Any, inputs: list[Any] | None) -> tuple[str, bool]:
     """``(one-sentence message, is the caller's fault)`` for an exception raised while
     Gradio checked, converted or ran a request."""
@@ -77,7 +93,8 @@ def describe(error: BaseException, block_fn: Any, inputs: list[Any] | None) -> t
     inputs = list(inputs or [])
     text = str(error)
     if isinstance(error, gr.Error):
-        return one_sentence(_out_of_range(block_fn, params, inputs) or getattr(error, "message", text)), True
+        better = _out_of_range(block_fn, params, inputs) or _not_a_choice(block_fn, params, inputs)
+        return one_sentence(better or getattr(error, "message", text)), True
     if "didn't receive enough input values" in text:
         wanted = ", ".join(params) or "?"
         return one_sentence(f"{endpoint} takes {len(params)} input values ({wanted}) but the request sent "

@@ -225,7 +225,9 @@ class Handlers:
         """The same image through 2-4 models of one dataset."""
         if isinstance(models, str):
             models = [models]
-        names = list(dict.fromkeys(m for m in (models or []) if m))
+        if models is not None and not isinstance(models, (list, tuple)):  # raw API: a number, an object
+            raise UserError(f"'models' must be a list of 2 to {MAX_COMPARE} model names.")
+        names = list(dict.fromkeys(str(m) for m in (models or []) if m))
         if not 2 <= len(names) <= MAX_COMPARE:
             raise UserError(f"Choose between 2 and {MAX_COMPARE} models to compare (got {len(names)}).")
         cards = {n: self.service.card(n) for n in names}

@@ -541,6 +541,8 @@ RAW_ERRORS = {
     "unknown model": ("classify", lambda img: [data_url(img), "nope"], "Unknown model 'nope'"),
     "one model to compare": ("compare", lambda img: [data_url(img), "hybrid"], "Choose between 2 and 4"),
     "not an image": ("classify", lambda img: [data_url(b"plain text, no image"), None], "not an image"),
+    "a number for the models to compare": ("compare", lambda img: [data_url(img), 5], "must be a list of 2 to 4"),
+    "a model that is not a choice": ("training", lambda img: [[1, 2], None], "'models' must be among"),
 }
 
 
