@@ -2,7 +2,7 @@
 
 DiffStride (Riad et al., ICLR 2022), fixed Fourier/Hartley spectral pooling, and the CIFAR
 ResNet-18 variants built from them, including the "hybrid" (DiffStride + spectral pooling
-head). Exact semantics: ``shared/design/spectral-layers.md``.
+head). Exact semantics: ``docs/layers.md``.
 
 The names below that need torch are imported on first use, so that the numpy-only
 ``hybrid_model.spectra`` can serve a process without torch (the dashboard's server).

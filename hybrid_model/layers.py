@@ -1,6 +1,6 @@
 """Spectral downsampling layers: ``DiffStride2d`` (learnable strides) and ``SpectralPool2d``.
 
-Semantics: ``shared/design/spectral-layers.md``. Both layers run the fast separable-matmul
+Semantics: ``docs/layers.md``. Both layers run the fast separable-matmul
 path by default (``impl="matmul"``); ``impl="fft"`` runs the plain ``torch.fft``
 reference (same numbers, used by tests and benchmarks).
 """

@@ -1,6 +1,6 @@
 """CIFAR ResNet-18 with configurable downsampling (strided conv, spectral pooling, DiffStride).
 
-Placement follows ``shared/design/spectral-layers.md``: a stride 5-tuple
+Placement follows ``docs/layers.md``: a stride 5-tuple
 ``(stem, stage1, stage2, stage3, stage4)``; DiffStride layers sit after the stem and in the
 first block of stages 2-4 (one instance shared by the main branch and the 1x1 shortcut),
 even when their entry is 1; an optional head layer sits before global average pooling.

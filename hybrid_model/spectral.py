@@ -1,6 +1,6 @@
 """Functional core of the spectral layers.
 
-Everything here follows ``shared/design/spectral-layers.md``. Each layer exists twice:
+Everything here follows ``docs/layers.md`` (the official code's conventions). Each layer exists twice:
 
 * a *reference* written with ``torch.fft`` exactly as the design note (and the public
   TensorFlow DiffStride code) describes it, kept for tests and benchmarks, and
