@@ -24,8 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 
 import gradio as gr  # noqa: E402
 
-from dashboard import CSS, DashboardService, build_demo  # noqa: E402
-from dashboard import errors, gradio_fixes  # noqa: E402
+from dashboard import CSS, DashboardService, build_demo, errors, gradio_fixes  # noqa: E402
 from dashboard.layout import ASSETS_DIR  # noqa: E402
 from dashboard.service import DEFAULT_CACHE_MB  # noqa: E402
 

@@ -114,7 +114,8 @@ class Soak:
 
     def _unknown_model(self, index: int) -> tuple[bool, str]:
         image = self.images[index % len(self.images)]
-        return self._refused(*call(self.base, "classify", [self._file(image.name, image.read_bytes()), "no-such-model"]))
+        ref = self._file(image.name, image.read_bytes())
+        return self._refused(*call(self.base, "classify", [ref, "no-such-model"]))
 
     def _malformed(self, index: int) -> tuple[bool, str]:
         image = self.images[index % len(self.images)]
@@ -233,7 +234,8 @@ def soak(args: argparse.Namespace, process: subprocess.Popen, base: str, uploads
         f"| RSS (MB) | {start_rss:.0f} | {peak_rss:.0f} | {end_rss:.0f} | {swept_rss:.0f} | – |",
         f"| upload folder files | {start_folder[0]} | {peak_files} | {end_folder[0]} | {swept_folder[0]} | "
         f"{after_folder[0]} |",
-        f"| upload folder MB | {start_folder[1] / 2**20:.2f} | {peak_bytes / 2**20:.2f} | {end_folder[1] / 2**20:.2f} | "
+        f"| upload folder MB | {start_folder[1] / 2**20:.2f} | {peak_bytes / 2**20:.2f} | "
+        f"{end_folder[1] / 2**20:.2f} | "
         f"{swept_folder[1] / 2**20:.2f} | {after_folder[1] / 2**20:.2f} |",
         "",
         f"RSS over the second half of the run: min {min(mid):.0f} MB, max {max(mid):.0f} MB. "

@@ -22,9 +22,10 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any
 
 import numpy as np
 

@@ -18,9 +18,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -117,7 +118,7 @@ def _cuda_session_works() -> bool:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_usable() -> bool:
     if CUDA not in ort.get_available_providers():
         return False

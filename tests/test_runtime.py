@@ -20,7 +20,15 @@ from PIL import Image
 from exports.checkpoint_io import load_checkpoint
 from exports.images import ImageError
 from exports.parity import DEFAULT_DATA_DIR, load_parity_images
-from exports.runtime import CPU, ModelError, OnnxModel, card_problems, normalization_for, normalize_uint8, select_providers
+from exports.runtime import (
+    CPU,
+    ModelError,
+    OnnxModel,
+    card_problems,
+    normalization_for,
+    normalize_uint8,
+    select_providers,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
