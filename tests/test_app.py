@@ -504,6 +504,22 @@ def test_oversized_data_url_leaves_nothing_on_disk(guarded, cifar_images):
     assert not files_in(uploads / "dashboard_uploads")
 
 
+def test_over_limit_upload_route_leaves_nothing_on_disk(guarded, cifar_images):
+    server, uploads = guarded
+    before = files_in(uploads)
+    from benchmarks.raw_api import upload
+
+    try:
+        status, _ = upload(server.url, "big.png", cifar_images[0].path.read_bytes() + bytes(11 * 2**20))
+    except urllib.error.URLError as error:  # the server may cut the body off once it is over the limit
+        assert isinstance(error.reason, ConnectionError), error
+    else:
+        assert status == 413
+    time.sleep(0.5)
+    assert files_in(uploads) <= before
+    assert "Traceback" not in server.log()
+
+
 @pytest.mark.parametrize("kind", ["text file", "truncated png", "empty upload"])
 def test_refused_uploads_are_deleted(guarded, bad_inputs, kind):
     server, uploads = guarded
