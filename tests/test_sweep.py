@@ -54,7 +54,7 @@ def test_example_configs_are_valid():
     import hybrid_model
 
     assert [tuple(s) for s in paper["strides"]] == [tuple(map(float, s)) for s in hybrid_model.PAPER_STRIDES]
-    assert len(plan_runs(paper)) == 5 * 6 * 3
+    assert len(plan_runs(paper)) == 6 * 6 * 3  # five variants + the diffstride_scaled ablation
 
 
 def test_plan_and_dry_run(tmp_path, capsys):

@@ -35,7 +35,10 @@ import hybrid_model
 from . import checkpoint as ckpt
 from .data import CIFAR_MEAN_STD, DATASETS, NUM_CLASSES, SOURCES, CifarData, GpuLoader, load_cifar
 
-__all__ = ["build_parser", "main", "parse_args", "parameter_groups", "parse_strides", "run_name", "lr_lambda"]
+__all__ = [
+    "build_optimizer", "build_parser", "main", "parse_args", "parameter_groups", "parse_strides", "run_name", "lr_lambda",
+    "train_step",
+]
 
 VARIANTS: tuple[str, ...] = tuple(hybrid_model.VARIANTS)  # resnet18, spectral, diffstride, hybrid, diffstride2
 SCHEDULES = ("piecewise", "onecycle")
@@ -48,6 +51,10 @@ RESUME_KEYS = (
     "nesterov", "weight_decay", "schedule", "milestones", "warmup", "label_smoothing", "resolution_penalty", "grad_clip",
     "limit_train", "limit_test", "seed", "pad", "pad_mode", "flip", "data_source",
 )
+#: Default --grad-clip. Measured (training.stability, docs/training.md "Stability"): at the paper's
+#: lr 0.1 from step 0, no clipping lets the hybrid's loss reach 46 in 16 steps (test loss 1e5) and
+#: even resnet18's reach 9; a norm of 1 keeps all of them below 2.6, 2 leaves the hybrid at 3.6.
+DEFAULT_GRAD_CLIP = 1.0
 STALL_ENV = "HYBRID_TRAIN_STALL_AT_STEP"  # test hook: rank 0 stalls after this global step
 
 
@@ -126,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoothness", type=_nonneg_float, default=None, help="DiffStride ramp width R (model default 4)")
     g.add_argument("--block", choices=("post", "pre"), default=None, help="residual block (model default post)")
     g.add_argument("--head-stride", type=float, default=None, help="stride of the hybrid/diffstride2 head layer (model default 2)")
-    g.add_argument("--spectral-transform", choices=("fourier", "hartley"), default=None, help="transform of the spectral pooling layers")
+    g.add_argument("--spectral-transform", choices=("fourier", "hartley"), default=None,
+                   help="transform of the body's fixed spectral pooling (variant spectral; model default fourier)")
+    g.add_argument("--head-transform", choices=("fourier", "hartley"), default=None,
+                   help="transform of the spectral head (hybrid, diffstride_scaled; model default hartley, Algorithm 1)")
     g.add_argument("--shared-stride", action="store_true", default=None, help="one learnable stride per DiffStride layer for both axes")
     g.add_argument("--name", default=None, help="run name (default VARIANT_DATASET_sSTRIDES_seedSEED)")
 
@@ -158,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=_nonneg_float, default=None, help="default 0 (piecewise) / 0.2 (onecycle)")
     g.add_argument("--resolution-penalty", type=_nonneg_float, default=0.0,
                    help="weight of sum over DiffStride layers of 1/(s_h*s_w) (pushes towards larger strides)")
-    g.add_argument("--grad-clip", type=_nonneg_float, default=0.0,
-                   help="clip the global gradient norm of the weights to this value (0: off)")
+    g.add_argument("--grad-clip", type=_nonneg_float, default=DEFAULT_GRAD_CLIP,
+                   help="clip the global gradient norm of the weights to this value (0: off, the papers' setting); "
+                        "on by default so every variant trains stably from the first step (docs/training.md)")
     g.add_argument("--seed", type=int, default=0)
 
     g = p.add_argument_group("run")
@@ -222,14 +233,19 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPars
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``build_model`` keyword arguments given on the command line (model defaults otherwise)."""
+    """The ``build_model`` keyword arguments given on the command line (model defaults
+    otherwise), plus the head transform of a variant with a spectral head, always: a card
+    must say which transform its head used even if the model default changes."""
     options = {
         "smoothness": args.smoothness,
         "block": args.block,
         "head_stride": args.head_stride,
         "spectral_transform": args.spectral_transform,
+        "head_transform": args.head_transform,
         "shared_stride": args.shared_stride,
     }
+    if hybrid_model.VARIANTS[args.variant][1] in ("spectral", "scale") and args.head_transform is None:
+        options["head_transform"] = hybrid_model.resnet.DEFAULT_HEAD_TRANSFORM
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -404,6 +420,42 @@ def param_checksum(model: nn.Module) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "sum": total}
 
 
+def build_optimizer(model: nn.Module, args: argparse.Namespace, steps_per_epoch: int):
+    """SGD over :func:`parameter_groups` and the per-step ``LambdaLR`` of ``args.schedule``
+    for a run of ``args.epochs`` epochs of ``steps_per_epoch`` steps."""
+    groups = parameter_groups(model, args.lr, args.stride_lr, args.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0)
+    schedule = lr_lambda(args.schedule, steps_per_epoch * args.epochs, steps_per_epoch, args.milestones, args.warmup)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def train_step(model: nn.Module, train_model: nn.Module, x: Tensor, y: Tensor, criterion: nn.Module,
+               optimizer: torch.optim.Optimizer, scheduler, args: argparse.Namespace,
+               autocast: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One optimiser step (forward, loss, backward, clipping, SGD, stride constraint, lr
+    schedule); ``model`` is the bare module, ``train_model`` what runs it (DDP/compiled).
+    Returns the task loss, the logits (for the caller's running statistics) and the
+    weights' gradient norm before clipping (``None`` without ``--grad-clip``)."""
+    with torch.autocast(**autocast):
+        logits = train_model(x)
+        loss = criterion(logits.float(), y)
+    total = loss
+    has_strides = len(optimizer.param_groups) > 1
+    if args.resolution_penalty and has_strides:
+        total = loss + args.resolution_penalty * resolution_penalty(model).to(loss.device)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = None
+    if args.grad_clip:
+        # Weights only: the strides have their own (small) learning rate.
+        grad_norm = torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.grad_clip)
+    optimizer.step()
+    for layer in _diffstride_layers(model):  # the official Keras stride constraint, after each step
+        layer.constrain_()
+    scheduler.step()
+    return loss, logits, grad_norm
+
+
 # --------------------------------------------------------------------------------------
 # One epoch
 # --------------------------------------------------------------------------------------
@@ -468,6 +520,7 @@ def _hardware(device: torch.device) -> str:
 
 def _card(args, config, data: CifarData, model: nn.Module, history: list, epoch: int, created: str, argv) -> dict:
     from hybrid_model import learned_strides
+    from hybrid_model.introspect import describe_head, layer_transforms
 
     seconds = [h["seconds"] for h in history]
 
@@ -481,6 +534,9 @@ def _card(args, config, data: CifarData, model: nn.Module, history: list, epoch:
         "strides": config["strides"],
         "options": config["options"],
         "learned_strides": learned_strides(model),
+        # Which transform each spectral layer used, and what the head does to the classifier.
+        "transforms": layer_transforms(model),
+        "head": describe_head(model),
         "epoch": epoch,
         "epochs": args.epochs,
         "test_acc": history[-1]["test_acc"] if history else None,
@@ -594,12 +650,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         raise CliError(str(error)) from None
 
     # ---- optimiser: weights (weight decay) and strides (own lr, no decay) ----
-    groups = parameter_groups(model, args.lr, args.stride_lr, args.weight_decay)
-    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0)
     steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * args.epochs
-    schedule = lr_lambda(args.schedule, total_steps, steps_per_epoch, args.milestones, args.warmup)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler = build_optimizer(model, args, steps_per_epoch)
 
     # ---- resume ----
     history: list[dict] = []
@@ -620,7 +672,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.compile:
         train_model = torch.compile(train_model)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    has_strides = len(groups) > 1
+    has_strides = len(optimizer.param_groups) > 1
     if rank == 0 and start_epoch == 0:
         print(f"{args.name}: {data.source}, {data.n_train} train / {data.n_test} test images; "
               f"{steps_per_epoch} steps/epoch x {args.epochs} epochs on {device} ({precision}, world size {world_size})")
@@ -637,19 +689,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
             progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, dynamic_ncols=True)
         for x, y in train_loader.batches(epoch):
-            with torch.autocast(**autocast):
-                logits = train_model(x)
-                loss = criterion(logits.float(), y)
-            total = loss
-            if args.resolution_penalty and has_strides:
-                total = loss + args.resolution_penalty * resolution_penalty(model).to(loss.device)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if args.grad_clip:
-                # Weights only: the strides have their own (small) learning rate.
-                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            loss, logits, _ = train_step(model, train_model, x, y, criterion, optimizer, scheduler, args, autocast)
             step += 1
             with torch.no_grad():
                 sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
