@@ -11,12 +11,12 @@ def test_describe_lists_sizes_that_chain_through_the_network():
     model = build_model("hybrid", (1, 1, 2, 2, 2))
     infos = describe_downsampling(model)
     assert [i.name for i in infos] == ["stem_pool", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample", "head_pool"]
-    assert [i.kind for i in infos] == ["diffstride"] * 4 + ["spectral-fourier"]
+    assert [i.kind for i in infos] == ["diffstride"] * 4 + ["spectral-hartley"]  # Algorithm 1: Hartley head
     assert [i.in_size for i in infos] == [(32, 32), (32, 32), (24, 24), (20, 20), (18, 18)]
-    assert [i.out_size for i in infos] == [(32, 32), (24, 24), (20, 20), (18, 18), (8, 9)]
+    assert [i.out_size for i in infos] == [(32, 32), (24, 24), (20, 20), (18, 18), (9, 9)]
     _, features = forward_features(model, torch.randn(1, 3, 32, 32))
     assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {
-        "stem": (32, 32), "layer1": (32, 32), "layer2": (24, 24), "layer3": (20, 20), "layer4": (18, 18), "head": (8, 9)
+        "stem": (32, 32), "layer1": (32, 32), "layer2": (24, 24), "layer3": (20, 20), "layer4": (18, 18), "head": (9, 9)
     }
 
 
