@@ -40,7 +40,7 @@ from .checkpoint_io import CheckpointError, atomic_write_bytes, atomic_write_tex
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 from .runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems
 
-__all__ = ["ExportResult", "OPSET", "export_checkpoint", "export_fresh", "fp16_weights", "main", "update_manifest", "read_manifest"]
+__all__ = ["ExportResult", "OPSET", "precision_of", "export_checkpoint", "export_fresh", "fp16_weights", "main", "update_manifest", "read_manifest"]
 
 OPSET = 18
 INPUT_SIZE = (32, 32)
@@ -177,6 +177,9 @@ def build_card(
             "opset": OPSET,
             "exporter": "torch.onnx.export(dynamo=True)",
             "fp16_weights": fp16,
+            # what the weights are stored as: "fp32", "fp16" (computed in float32) or "int8"
+            # (exports.quantize); the registry and the dashboard read it from here.
+            "precision": "fp16" if fp16 else "fp32",
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -213,6 +216,12 @@ def _locked(directory: Path):
         os.close(fd)
 
 
+def precision_of(card: Mapping[str, Any]) -> str:
+    """``"int8"``, ``"fp16"`` or ``"fp32"`` (cards from before the field: from ``fp16_weights``)."""
+    export = card.get("export") or {}
+    return str(export.get("precision") or ("fp16" if export.get("fp16_weights") else "fp32"))
+
+
 def read_manifest(directory: str | os.PathLike) -> dict:
     """``manifest.json`` of a models folder (``{"format": 1, "models": []}`` if absent)."""
     path = Path(directory) / MANIFEST
@@ -224,8 +233,17 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     return data
 
 
+def _same_slot(row: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+    """Rows an update replaces: the same file, or the same name at the same precision (an
+    int8 model and its float source may share a name; the registry serves the int8 one)."""
+    if row.get("file") == entry["file"]:
+        return True
+    precision = row.get("precision") or ("fp16" if row.get("fp16_weights") else "fp32")
+    return row.get("name") == entry["name"] and precision == entry["precision"]
+
+
 def update_manifest(onnx_path: Path, card: Mapping[str, Any], sha256: str) -> Path:
-    """Add or replace this model's entry (same name or same file) in the folder's manifest."""
+    """Add or replace this model's entry (same file, or same name and precision) in the folder's manifest."""
     directory = onnx_path.parent
     entry = {
         "name": card["name"],
@@ -236,13 +254,14 @@ def update_manifest(onnx_path: Path, card: Mapping[str, Any], sha256: str) -> Pa
         "size_bytes": onnx_path.stat().st_size,
         "sha256": sha256,
         "fp16_weights": card["export"]["fp16_weights"],
+        "precision": precision_of(card),
     }
     with _locked(directory):
         try:
             manifest = read_manifest(directory)
         except (ValueError, json.JSONDecodeError):
             manifest = {"format": 1, "models": []}  # a broken manifest is rebuilt, not fatal
-        models = [m for m in manifest["models"] if m.get("name") != entry["name"] and m.get("file") != entry["file"]]
+        models = [m for m in manifest["models"] if not _same_slot(m, entry)]
         models.append(entry)
         manifest["models"] = sorted(models, key=lambda m: str(m.get("name")))
         return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -135,6 +135,7 @@ def test_manifest_lists_every_export(bundle):
         assert entry["file"] == path.name and entry["variant"] == variant and entry["dataset"] == "cifar10"
         assert entry["size_bytes"] == path.stat().st_size and entry["sha256"] == file_sha256(path)
         assert entry["test_acc"] == pytest.approx(onnx_card(path)["test_acc"])
+        assert entry["precision"] == onnx_card(path)["export"]["precision"] == "fp32"
     assert not list((bundle / "models").glob("*.tmp")) and not list((bundle / "models").glob(".*"))
 
 
@@ -162,6 +163,7 @@ def test_cli_fp16_export_updates_manifest(small_checkpoint, tmp_path, capsys):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(out)).graph.initializer)
     manifest = json.loads((out.parent / "manifest.json").read_text())
     assert [m["name"] for m in manifest["models"]] == ["tiny-fp16"] and manifest["models"][0]["fp16_weights"]
+    assert card["export"]["precision"] == manifest["models"][0]["precision"] == "fp16"
 
 
 def _one_line_error(capsys, code: int, expected_code: int, *needles: str) -> str:

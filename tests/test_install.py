@@ -108,12 +108,11 @@ import app
 demo, service = app.create_app(sys.argv[2])
 name = service.default_name()
 analysis = service.analyse(sys.argv[3], name)
-analysis.spectra()
 from dashboard import training_views
 cards = {n: service.card(n) for n in service.names()}
 training_views.curves(cards)
 training_views.strides(cards[name], name)
-print(json.dumps({"model": name, "top": str(analysis.prediction.top_k[0][0]), "modules": sorted(set(sys.modules) - before)}))
+print(json.dumps({"model": name, "top": str(analysis.topk[0][0]), "modules": sorted(set(sys.modules) - before)}))
 """
 
 
