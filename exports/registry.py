@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +39,7 @@ class ModelEntry:
     size_bytes: int
     path: Path = field(repr=False)
     card: dict = field(repr=False, compare=False)
+    precision: str = "fp32"  # "int8", "fp16" (fp16-stored weights) or "fp32": the card's export.precision
 
     def to_dict(self) -> dict:
         """Plain summary (no card, no path object)."""
@@ -93,6 +94,26 @@ def _validate(path: Path, expected_sha256: str | None) -> dict:
     if problems:
         raise ModelError(f"card does not match the graph: {problems[0]}")
     return card
+
+
+def _precision(card: dict) -> str:
+    export = card.get("export") if isinstance(card.get("export"), dict) else {}
+    return str(export.get("precision") or ("fp16" if export.get("fp16_weights") else "fp32"))
+
+
+def _twin_name(entries: list[ModelEntry], name: str, precision: str) -> str:
+    """The name to list a model under when a model of the same name but another precision
+    is already listed: the int8 file is served under the plain name (it is the faster one
+    on CPUs, see exports.quantize), the float one stays loadable as ``NAME-fp16``/``-fp32``."""
+    for k, other in enumerate(entries):
+        if other.name != name or other.precision == precision:
+            continue
+        if precision == "int8":  # the int8 twin takes the name; the float one is renamed
+            entries[k] = replace(other, name=f"{name}-{other.precision}")
+            return name
+        if other.precision == "int8":
+            return f"{name}-{precision}"
+    return name
 
 
 class ModelRegistry:
@@ -170,6 +191,8 @@ class ModelRegistry:
                 skipped.append((file, str(error)))
                 continue
             name = str(row.get("name") or card.get("name") or path.stem)
+            precision = _precision(card)
+            name = _twin_name(entries, name, precision)
             if any(e.name == name for e in entries):
                 skipped.append((file, f"duplicate model name {name!r}"))
                 continue
@@ -183,6 +206,7 @@ class ModelRegistry:
                     size_bytes=path.stat().st_size,
                     path=path,
                     card=card,
+                    precision=precision,
                 )
             )
         with self._lock:
