@@ -1,4 +1,9 @@
-"""The models shipped in exports/models/: they load, are honestly labelled, and classify."""
+"""The models shipped in exports/models/: they load, are honestly labelled, and classify.
+
+Each is int8 (``exports.quantize``) where the int8 model passed the accuracy gate, float
+otherwise; the card records which (``export.precision``), and int8 cards carry the
+quantisation settings, the float export's parity with PyTorch and the gate's figures.
+"""
 from pathlib import Path
 
 import pytest
@@ -7,6 +12,7 @@ from exports.registry import ModelRegistry
 
 MODELS = Path(__file__).resolve().parents[1] / "exports" / "models"
 CIFAR10 = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
+VARIANTS = {"resnet18", "spectral", "diffstride", "hybrid", "diffstride2"}
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +22,7 @@ def registry():
 
 def test_every_bundled_model_is_valid(registry):
     assert registry.skipped == []
-    assert "resnet18" in registry.names()
+    assert set(registry.names()) == VARIANTS
 
 
 def test_cards_carry_their_measured_accuracy_and_data(registry):
@@ -25,7 +31,23 @@ def test_cards_carry_their_measured_accuracy_and_data(registry):
         assert card["dataset"] == "cifar10" and card["data"]["source"].startswith("CIFAR-10")
         assert card["data"]["n_test"] > 0 and card["history"], entry.name
         assert card["test_acc"] == card["history"][-1]["test_acc"]
-        assert card["parity"]["top1_agreement"] == 1.0
+        parity = card["float_parity"] if entry.precision == "int8" else card["parity"]
+        assert parity["top1_agreement"] == 1.0  # the float export matched PyTorch
+
+
+def test_int8_models_passed_the_accuracy_gate(registry):
+    int8 = [e for e in registry.entries if e.precision == "int8"]
+    assert int8, "the bundle serves int8 models"
+    for entry in int8:
+        card = entry.card
+        assert card["export"]["precision"] == "int8" and entry.file == f"{entry.name}.int8.onnx"
+        gate = card["accuracy_gate"]
+        assert gate["passed"] and gate["n_images"] >= 1000 and gate["source"].startswith("CIFAR-10 test (JPEG copy)")
+        assert gate["drop_points"] <= gate["max_acc_drop"] and gate["top1_agreement"] >= gate["min_agreement"]
+        assert "CIFAR-10 train" in card["export"]["quantization"]["calibration"]
+        assert entry.size_bytes < 13_000_000  # int8: about a quarter of the float32 file (~45 MB)
+    for entry in registry.entries:
+        assert entry.precision in ("int8", "fp16", "fp32") and entry.card["export"].get("precision", "fp16") == entry.precision
 
 
 def test_bundled_models_classify_a_real_cifar_image(registry):
