@@ -47,7 +47,8 @@ def test_valid_models_are_listed(models_dir):
     entry = registry.entry("hybrid")
     assert (entry.variant, entry.dataset, entry.file) == ("hybrid", "cifar10", "hybrid.onnx")
     assert entry.size_bytes == (models_dir / "hybrid.onnx").stat().st_size
-    assert set(entry.to_dict()) == {"name", "file", "variant", "dataset", "test_acc", "size_bytes", "path"}
+    assert set(entry.to_dict()) == {"name", "file", "variant", "dataset", "test_acc", "size_bytes", "path", "precision"}
+    assert entry.precision == "fp32"
     assert "hybrid" in registry and len(registry) == 2
     assert registry.summary()[0]["name"] == "hybrid"
 
