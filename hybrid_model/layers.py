@@ -102,15 +102,24 @@ class DiffStride2d(nn.Module):
                 f"got a {size[0]}x{size[1]} map"
             )
 
+    @torch.compiler.disable
     @torch.no_grad()
     def project_(self, size: tuple[int, int]) -> None:
-        """Raise the stride to the floor ``H/(H-R)`` of an ``H x W`` input (in place, no gradient)."""
+        """Raise the stride to the floor ``H/(H-R)`` of an ``H x W`` input (in place, no gradient).
+
+        Writes through ``.data``: the value changes as the official ``assign`` does, without
+        bumping the parameter's autograd version. A layer runs twice per block (main branch
+        and shortcut), and under ``torch.compile`` the first call's graph saves the
+        parameter itself for backward: a version bump by the second call's projection (even
+        to the same value) would fail that backward. Kept out of compiled graphs: a
+        parameter mutation there is replayed after the graph.
+        """
         self._check_size(size)
         r = self.smoothness
         floor = torch.tensor([size[0] / (size[0] - r), size[1] / (size[1] - r)], device=self.stride.device)
         if self.shared_stride:
             floor = floor.max().reshape(1)
-        self.stride.copy_(torch.maximum(self.stride, floor))
+        self.stride.data.copy_(torch.maximum(self.stride.data, floor))
 
     @torch.no_grad()
     def constrain_(self) -> None:

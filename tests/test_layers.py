@@ -365,3 +365,26 @@ def test_layer_at_its_projection_floor_still_learns():
     y.square().sum().backward()  # d(sum y^2)/ds = sum 2 y dy/ds
     expected = [sum(float((2 * y_np[c] * dy_np[c][axis]).sum()) for c in range(2)) for axis in range(2)]
     torch.testing.assert_close(layer.stride.grad, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_a_layer_used_twice_trains_under_torch_compile():
+    """One DiffStride layer feeds both branches of a block. Under ``torch.compile`` the first
+    call's graph saves the stride parameter for backward; the second call's projection must
+    not invalidate it (it used to: 'modified by an inplace operation' at the first backward)."""
+
+    class TwoBranches(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = DiffStride2d(1.0, smoothness=2.0)  # projected to its floor at each call
+
+        def forward(self, x):
+            return self.pool(x).square().mean() + self.pool(2 * x).mean()
+
+    torch.manual_seed(0)
+    eager, compiled = TwoBranches(), TwoBranches()
+    x = torch.randn(2, 3, 12, 12)
+    eager(x).backward()
+    torch.compile(compiled)(x).backward()
+    torch.testing.assert_close(compiled.pool.stride.detach(), eager.pool.stride.detach())
+    torch.testing.assert_close(compiled.pool.stride.grad, eager.pool.stride.grad)
+    assert torch.all(eager.pool.stride.grad != 0)
