@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from hybrid_model import VARIANTS, build_model, learned_strides
+from hybrid_model import VARIANTS, build_from_card, build_model, learned_strides
 
 __all__ = [
     "CARD_KEYS",
@@ -276,7 +276,7 @@ def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor]) -> st
 def build_from_card(card: Mapping[str, Any], where: str = "card") -> nn.Module:
     """``build_model`` from a card's ``variant``, ``strides``, ``num_classes`` and ``options``."""
     try:
-        return build_model(card["variant"], tuple(card["strides"]), card.get("num_classes", 10), **card.get("options", {}))
+        return build_from_card(card)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{where}: cannot build the model described by the card ({error})") from None
 

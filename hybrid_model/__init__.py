@@ -33,6 +33,7 @@ _LAZY = {
     "VARIANTS": "resnet",
     "SpectralResNet": "resnet",
     "build_model": "resnet",
+    "build_from_card": "resnet",
     "learned_strides": "resnet",
     "stride_parameters": "resnet",
 }
@@ -48,6 +49,7 @@ __all__ = [
     "SpectralPool2d",
     "SpectralResNet",
     "VARIANTS",
+    "build_from_card",
     "build_model",
     "describe_downsampling",
     "describe_head",
@@ -79,7 +81,7 @@ if TYPE_CHECKING:
     )
     from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
     from .resnet import (
-        PAPER_STRIDES, PAPER_VARIANTS, VARIANTS, SpectralGain2d, SpectralResNet, build_model, learned_strides,
+        PAPER_STRIDES, PAPER_VARIANTS, VARIANTS, SpectralGain2d, SpectralResNet, build_from_card, build_model, learned_strides,
         stride_parameters,
     )
     from .spectral import AxisCrop

@@ -25,7 +25,7 @@ from .layers import DiffStride2d, SpectralPool2d
 
 __all__ = [
     "VARIANTS", "PAPER_VARIANTS", "HEAD_KINDS", "PAPER_STRIDES", "SpectralGain2d", "SpectralResNet", "build_model",
-    "spectral_gain", "stride_parameters", "learned_strides",
+    "spectral_gain", "stride_parameters", "learned_strides", "build_from_card",
 ]
 
 #: variant -> (downsampling kind, head kind)
@@ -332,6 +332,23 @@ def build_model(variant: str, strides: Sequence[float] = (1, 1, 2, 2, 2), num_cl
     model = SpectralResNet(strides, num_classes, downsampling=downsampling, head=head, **options)
     model.variant = variant
     return model
+
+
+#: The head transform of cards written before Hartley became the default (they name none).
+LEGACY_HEAD_TRANSFORM = "fourier"
+
+
+def build_from_card(card: dict) -> SpectralResNet:
+    """:func:`build_model` from a run card's ``variant``, ``strides``, ``num_classes``, ``options``.
+
+    A card of a spectral-head variant that names no ``head_transform`` predates the Hartley
+    default: its head was Fourier, and rebuilding it with Hartley would change what the
+    trained classifier sees (4.5x vs 2x at 18x18).
+    """
+    options = dict(card.get("options") or {})
+    if VARIANTS.get(card["variant"], (None, None))[1] == "spectral":
+        options.setdefault("head_transform", LEGACY_HEAD_TRANSFORM)
+    return build_model(card["variant"], tuple(card["strides"]), card.get("num_classes", 10), **options)
 
 
 def stride_parameters(model: nn.Module) -> list[nn.Parameter]:

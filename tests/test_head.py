@@ -108,3 +108,13 @@ def test_bad_head_options():
         build_model("hybrid", head_transform="wavelet")
     with pytest.raises(ValueError, match="transform"):
         SpectralGain2d(2.0, "cosine")
+
+
+def test_a_card_from_before_the_hartley_default_rebuilds_its_fourier_head():
+    from hybrid_model import build_from_card
+
+    legacy = {"variant": "hybrid", "strides": [1, 1, 2, 2, 2], "num_classes": 10, "options": {}}
+    assert build_from_card(legacy).head_pool.transform == "fourier"
+    current = dict(legacy, options={"head_transform": "hartley"})
+    assert build_from_card(current).head_pool.transform == "hartley"
+    assert build_from_card(dict(legacy, variant="diffstride")).head_pool is None

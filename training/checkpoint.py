@@ -144,6 +144,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if base.suffix in (".json", ".safetensors"):
         base = base.with_suffix("")
     card = load_card(base.with_suffix(".json"))
-    model = hybrid_model.build_model(card["variant"], tuple(card["strides"]), card["num_classes"], **card["options"])
+    model = hybrid_model.build_from_card(card)
     model.load_state_dict(load_file(str(base.with_suffix(".safetensors")), device=str(device)))
     return model.to(device).eval(), card
