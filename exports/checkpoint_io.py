@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from hybrid_model import VARIANTS, build_from_card, build_model, learned_strides
+from hybrid_model import VARIANTS, build_model, learned_strides
+from hybrid_model import build_from_card as _build_model_from_card
 
 __all__ = [
     "CARD_KEYS",
@@ -276,7 +277,7 @@ def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor]) -> st
 def build_from_card(card: Mapping[str, Any], where: str = "card") -> nn.Module:
     """``build_model`` from a card's ``variant``, ``strides``, ``num_classes`` and ``options``."""
     try:
-        return build_from_card(card)
+        return _build_model_from_card(card)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{where}: cannot build the model described by the card ({error})") from None
 
