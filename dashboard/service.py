@@ -389,24 +389,6 @@ class DashboardService:
             panels.append(SpectrumPanel(key=key, title="<br>".join(lines), spectrum=spectra[key], box=box))
         return panels
 
-    def layer_rows(self, name: str) -> list[list[Any]]:
-        """Rows for the layer table: layer, stage, kind, stride, in -> out, crop."""
-        rows = []
-        for layer in self.card(name).get("layers") or []:
-            stride = layer.get("stride") or [1, 1]
-            crop = layer.get("crop")
-            crop_text = "—"
-            if crop:
-                h, w = crop
-                crop_text = (f"h {h['pass_to']:.1f}/{h['cut_at']:.1f} ({h['kept']} bins); "
-                             f"w {w['pass_to']:.1f}/{w['cut_at']:.1f} ({w['kept']} bins)")
-            rows.append([
-                layer.get("name"), layer.get("stage"), layer.get("kind"),
-                f"{float(stride[0]):.3f} × {float(stride[1]):.3f}",
-                f"{_size(layer.get('in_size'))} → {_size(layer.get('out_size'))}", crop_text,
-            ])
-        return rows
-
 
 def _image_message(name: str, error: Exception) -> str:
     """``ImageError`` text as a sentence naming the upload."""
