@@ -10,7 +10,6 @@ can print it without a traceback.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,8 @@ from torch import nn
 
 from hybrid_model import VARIANTS, build_model, learned_strides
 from hybrid_model import build_from_card as _build_model_from_card
+
+from .registry import file_sha256  # the one file hash (torch-free, also used by the server)
 
 __all__ = [
     "CARD_KEYS",
@@ -62,15 +63,6 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------
 # Small file helpers (shared by the export and manifest code)
 # --------------------------------------------------------------------------------------
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (models are tens of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 

@@ -344,7 +344,7 @@ def quantize_model(
     fails nothing is written and ``result.path`` is None.
     """
     from .checkpoint_io import atomic_write_bytes
-    from .registry import _sha256
+    from .registry import file_sha256
 
     source, out = Path(source), Path(out)
     if out.suffix != ".onnx":
@@ -375,7 +375,7 @@ def quantize_model(
         "stem_and_classifier": "float" if keep_ends_float else "int8",
         "float_ops": "BatchNormalization (after spectral layers)",
     }
-    full_card = _int8_card(card, name=name or card.get("name") or source.stem, source=source, source_sha=_sha256(source),
+    full_card = _int8_card(card, name=name or card.get("name") or source.stem, source=source, source_sha=file_sha256(source),
                            settings=settings, report=report)
     initializers = {i.name for i in quantized.graph.initializer}
     inputs = [(v.name, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]) for v in quantized.graph.input if v.name not in initializers]
@@ -390,7 +390,7 @@ def quantize_model(
     if not report.passed:
         return QuantizeResult(None, full_card, report, len(data), None)
     atomic_write_bytes(out, data)
-    sha = _sha256(out)
+    sha = file_sha256(out)
     if manifest:
         from .export import update_manifest
 

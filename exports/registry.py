@@ -22,7 +22,7 @@ import onnx
 
 from .runtime import ModelError, OnnxModel, card_problems
 
-__all__ = ["MANIFEST", "ModelEntry", "ModelRegistry"]
+__all__ = ["MANIFEST", "ModelEntry", "ModelRegistry", "file_sha256"]
 
 MANIFEST = "manifest.json"
 
@@ -49,11 +49,12 @@ class ModelEntry:
         return out
 
 
-def _sha256(path: Path) -> str:
-    # Not checkpoint_io.file_sha256: that module imports torch, which servers do not need.
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (models are tens of MB). Torch-free, so the
+    server and the torch-side exporter (``checkpoint_io`` re-exports it) share it."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
+        while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
@@ -68,7 +69,7 @@ def _validate(path: Path, expected_sha256: str | None) -> dict:
         raise ModelError("file not found")
     if path.stat().st_size == 0:
         raise ModelError("empty file")
-    if expected_sha256 and _sha256(path) != expected_sha256:
+    if expected_sha256 and file_sha256(path) != expected_sha256:
         raise ModelError("sha256 differs from manifest.json (file changed or corrupted since export)")
     try:
         model = onnx.load(str(path), load_external_data=False)
