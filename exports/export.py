@@ -267,6 +267,15 @@ def update_manifest(onnx_path: Path, card: Mapping[str, Any], sha256: str) -> Pa
         return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
+def drop_from_manifest(onnx_path: Path) -> None:
+    """Remove this file's row from its folder's manifest (the file itself is the caller's)."""
+    directory = onnx_path.parent
+    with _locked(directory):
+        manifest = read_manifest(directory)
+        manifest["models"] = [m for m in manifest["models"] if m.get("file") != onnx_path.name]
+        atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------------------
 # The export
 # --------------------------------------------------------------------------------------

@@ -101,16 +101,50 @@ def onnx_accuracy(path: Path, images, labels, normalize: dict, threads: int | No
     return correct / len(labels)
 
 
+def _card_of(path: Path) -> str:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}["card"]
+
+
+def _bundle_file(fp16_path: Path, variant: str, int8: bool, images, labels, card: dict, data_dir: str | None,
+                 threads: int | None, log=print) -> tuple[Path, float, dict]:
+    """The file the dashboard will serve, and its accuracy on ``images``.
+
+    ``int8``: ``exports.quantize`` turns the fp16 export into ``VARIANT.int8.onnx`` beside it,
+    gated on the same test images (its float run *is* the fp16 file's accuracy: the
+    quantiser widens the fp16 weights exactly), and the fp16 file is dropped. When the gate
+    fails, the fp16 file is bundled instead (logged). Otherwise the fp16 file is evaluated.
+    """
+    if not int8:
+        return fp16_path, onnx_accuracy(fp16_path, images, labels, card["normalize"], threads), {}
+    from .export import drop_from_manifest
+    from .quantize import quantize_model
+
+    quantized = quantize_model(fp16_path, fp16_path.with_name(f"{variant}.int8.onnx"), test_images=len(labels),
+                               data_dir=data_dir, name=variant, log=log)
+    gate = quantized.accuracy.to_dict()
+    extra = {"fp16_file_test_acc": gate["float_acc"], "int8_top1_agreement_with_fp16": gate["top1_agreement"]}
+    if quantized.path is None:
+        log(f"{variant}: the int8 accuracy gate failed (drop {gate['drop_points']:.2f} pt, agreement "
+            f"{gate['top1_agreement']:.4f}); the fp16 file is bundled")
+        return fp16_path, gate["float_acc"], extra
+    drop_from_manifest(fp16_path)
+    fp16_path.unlink()
+    return quantized.path, gate["int8_acc"], extra
+
+
 def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | None, limit_test: int | None,
-                  allow_unfinished: bool, threads: int | None, log=print) -> list[dict]:
-    """Export, evaluate and install the returned models; returns one row per model."""
+                  allow_unfinished: bool, threads: int | None, log=print, int8: bool = True) -> list[dict]:
+    """Export, evaluate and install the returned models; returns one row per model
+    (``int8``: the bundled files are int8, as the dashboard serves; see :func:`_bundle_file`)."""
     import onnx
 
     from hybrid_model import learned_strides
 
     from .checkpoint_io import atomic_write_bytes, build_from_card, file_sha256, save_checkpoint
     from .compact import read_compact
-    from .export import _set_card, export_checkpoint, update_manifest
+    from .export import _set_card, export_checkpoint, precision_of, update_manifest
 
     files = [(Path(w["_dir"]) / e["file"], e) for w in windows for e in w.get("runs", []) if e.get("file")]
     if not files:
@@ -137,30 +171,33 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
                                        data_dir=data_dir, name=variant, log=log)
             if result.path is None:
                 raise RuntimeError(f"{variant}: ONNX parity check failed (logits differ by {result.parity.logits_max_abs:.3e})")
-            started = time.perf_counter()
-            acc = onnx_accuracy(result.path, images, labels, result.card["normalize"], threads)
-            seconds = time.perf_counter() - started
             comp = card.get("compression") or {}
             reference = comp.get("test_acc_float32", card.get("test_acc"))
+            started = time.perf_counter()
+            bundled_path, acc, extra = _bundle_file(result.path, variant, int8, images, labels, result.card, data_dir,
+                                                    threads, log)
+            seconds = time.perf_counter() - started
             delta = None if reference is None else 100 * (acc - reference)
-            full = dict(result.card)
+            full = dict(json.loads(_card_of(bundled_path)))
             full["training_test_acc"] = card.get("test_acc")
             full["test_acc"] = acc
             full["bundled_accuracy"] = {
                 "test_acc": acc, "test_images": int(len(labels)), "data": source, "engine": f"onnxruntime {_ort_version()} CPU",
+                "precision": precision_of(full), **extra,
                 "reference_float32_test_acc": reference, "delta_points": delta,
                 "within_target": None if delta is None else abs(delta) <= TARGET_DELTA_POINTS, "seconds": round(seconds, 1),
             }
-            proto = onnx.load(str(result.path))
+            proto = onnx.load(str(bundled_path))
             _set_card(proto, full)
-            atomic_write_bytes(result.path, proto.SerializeToString())
-            update_manifest(result.path, full, file_sha256(result.path))
+            atomic_write_bytes(bundled_path, proto.SerializeToString())
+            update_manifest(bundled_path, full, file_sha256(bundled_path))
             rows.append({"variant": variant, "test_acc": acc, "reference": reference, "delta_points": delta,
                          "int8_acc": comp.get("test_acc_int8"), "epochs": card.get("epochs"), "epoch": card.get("epoch"),
                          "hardware": card.get("hardware"), "torch": card.get("torch"),
                          "seconds_per_epoch": card.get("seconds_per_epoch"), "train_wall_seconds": card.get("train_wall_seconds"),
-                         "learned_strides": learned_strides(model), "parity": (full.get("parity") or {}).get("logits_max_abs"),
-                         "test_images": int(len(labels)), "size_bytes": result.path.stat().st_size,
+                         "learned_strides": learned_strides(model), "parity": (full.get("parity") or full.get("float_parity") or {}).get("logits_max_abs"),
+                         "test_images": int(len(labels)), "size_bytes": bundled_path.stat().st_size,
+                         "precision": precision_of(full), "fp16_file_acc": extra.get("fp16_file_test_acc"),
                          "off_protocol": card.get("off_protocol", False), "n_train": (card.get("data") or {}).get("n_train"),
                          "measured_on": comp.get("measured_on")})
             log(f"{variant}: bundled file {acc:.4f} on {len(labels)} test images ({seconds:.0f} s); "
@@ -221,13 +258,15 @@ def models_markdown(rows: Sequence[dict], window: dict) -> str:
         f"`exports/models/` holds {len(rows)} CIFAR-10 models trained on {' / '.join(n_train) or '?'} training images (JPEG copy) "
         f"under the short protocol (`training/sweeps/short_cifar10.json`; epochs {', '.join(epochs)}"
         + ("; shortened: off protocol" if any(r["off_protocol"] for r in rows) else "")
-        + f") on {', '.join(hardware)} (torch {rows[0].get('torch')}), returned as int8 weights and exported with fp16 "
-        f"weights. Accuracy of each bundled file with onnxruntime on {rows[0]['test_images']:,} CIFAR-10 (JPEG copy) "
-        f"test images; “float32” and “int8” are the uncompressed and the returned model, measured on the training device "
+        + f") on {', '.join(hardware)} (torch {rows[0].get('torch')}), returned as int8 weights (`exports.compact`), "
+        f"exported to ONNX with fp16 weights (parity checked against the rebuilt PyTorch model) and "
+        + ("quantised to int8 by `exports.quantize` (its accuracy gate on the same images). " if any(r.get("precision") == "int8" for r in rows) else "bundled as fp16. ")
+        + f"Accuracy of each bundled file with onnxruntime (CPU) on {rows[0]['test_images']:,} CIFAR-10 (JPEG copy) "
+        f"test images; “float32” and “int8 weights” are the uncompressed and the returned PyTorch model, measured on the training device "
         f"({', '.join(sorted({str(r.get('measured_on')) for r in rows}))}) right after training (`python -m exports.ingest`).",
         "",
-        "| model | bundled file | float32 | int8 | Δ bundled − float32 | s/epoch | training s | fp16 parity |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | bundled file | precision | fp16 file | float32 | int8 weights | Δ bundled − float32 | s/epoch | training s | fp16 parity |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         pct = lambda v: "–" if v is None else f"{100 * v:.2f} %"  # noqa: E731
@@ -235,7 +274,8 @@ def models_markdown(rows: Sequence[dict], window: dict) -> str:
         spe = "–" if r.get("seconds_per_epoch") is None else f"{r['seconds_per_epoch']:.1f}"
         total = "–" if r.get("train_wall_seconds") is None else f"{r['train_wall_seconds']:.0f}"
         parity = "–" if r.get("parity") is None else f"{r['parity']:.1e}"
-        lines.append(f"| {r['variant']} | {pct(r['test_acc'])} | {pct(r['reference'])} | {pct(r['int8_acc'])} | {delta} | "
+        lines.append(f"| {r['variant']} | {pct(r['test_acc'])} | {r.get('precision', '–')} | {pct(r.get('fp16_file_acc'))} | "
+                     f"{pct(r['reference'])} | {pct(r['int8_acc'])} | {delta} | "
                      f"{spe} | {total} | {parity} |")
     best = max(rows, key=lambda r: r["test_acc"])
     lines += ["", f"Targets (issue 10): default model ≥ 92 %: {'met' if best['test_acc'] >= TARGET_DEFAULT else 'NOT met'} "
@@ -291,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="CIFAR-10 JPEG copy (default: ../shared/data, ./data)")
     p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images (default: all 10,000)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    p.add_argument("--precision", choices=("int8", "fp16"), default="int8",
+                   help="bundled files: int8 (exports.quantize, gated; the dashboard's default) or the fp16 export")
     p.add_argument("--allow-unfinished", action="store_true", help="also bundle models whose training was cut short")
     p.add_argument("--readme", type=Path, default=REPO / "README.md")
     p.add_argument("--results-md", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
@@ -312,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results_dir = args.results_dir or (REPO / protocol["out"])
         windows = read_windows(args.dirs)
         collect_cards(windows, results_dir)
-        rows = bundle_models(windows, args.models_dir, args.data_dir, args.limit_test, args.allow_unfinished, args.threads)
+        rows = bundle_models(windows, args.models_dir, args.data_dir, args.limit_test, args.allow_unfinished, args.threads,
+                             int8=args.precision == "int8")
     except (IngestError, ConfigError, CheckpointError, ModelError, FileNotFoundError, ValueError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
