@@ -162,7 +162,7 @@ def throughput(make_caller, model: str, images: list[Path], clients: int, pid: i
 
 def model_cpu_ms(models_dir: Path, model: str, images: list[Path], repeats: int = 3) -> float:
     """CPU time (all threads of this process) of one ``predict_pixels`` of ``model``, ms."""
-    from exports.registry import ModelRegistry
+    from exports.serving.registry import ModelRegistry
 
     onnx = ModelRegistry(models_dir, verify_sha256=False).get(model)
     pixels = [onnx.prepare(p) for p in images[:16]]

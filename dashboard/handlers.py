@@ -20,8 +20,10 @@ from typing import Any, Callable, Sequence
 import gradio as gr
 import numpy as np
 
+from exports.serving import STAGES
+
 from . import figures
-from .service import STAGES, Analysis, DashboardService, UserError
+from .service import Analysis, DashboardService, UserError
 from .training_views import budget
 
 __all__ = ["Handlers", "MAX_COMPARE", "COMPARE_TAB", "LAYER_HEADERS", "COMPARE_HEADERS"]

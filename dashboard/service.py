@@ -29,17 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from hybrid_model.spectra import log_spectrum  # numpy only: this process never imports torch
+from exports.serving import STAGES, log_spectrum  # torch-free: this process never imports torch
 
 from .figures import CropBox, SpectrumPanel
 
-__all__ = ["UserError", "Analysis", "DashboardService", "STAGES", "ByteLruCache", "approx_bytes",
+__all__ = ["UserError", "Analysis", "DashboardService", "ByteLruCache", "approx_bytes",
            "DEFAULT_CACHE_MB"]
 
 log = logging.getLogger("dashboard")
 
-#: Feature maps in forward order (``SpectralResNet.FEATURE_NAMES``); "input" is the image.
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 #: The map each stage's downsampling layer reads (the previous stage's output).
 PREVIOUS_MAP = {"stem": "input", "layer1": "stem", "layer2": "layer1", "layer3": "layer2", "layer4": "layer3",
                 "head": "layer4"}
@@ -185,7 +183,7 @@ class DashboardService:
     """Models, cards and cached analyses for the dashboard.
 
     Args:
-        models_dir: folder of exported models (``exports.registry.ModelRegistry``).
+        models_dir: folder of exported models (``exports.serving.registry.ModelRegistry``).
         cache_mb: memory budget of all caches together, in MB (see the module docstring).
         upload_dir: the web server's upload folder; uploads inside it that are refused for
             their content are deleted. ``None``: never delete anything.
@@ -200,7 +198,7 @@ class DashboardService:
         self.registry = None
         self.load_error: str | None = None
         try:
-            from exports.registry import ModelRegistry
+            from exports.serving.registry import ModelRegistry
 
             self.registry = ModelRegistry(self.models_dir)
         except Exception as exc:  # the app must still start and say why
@@ -306,7 +304,7 @@ class DashboardService:
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
 
         def prepare() -> np.ndarray:
-            from exports.images import ImageError
+            from exports.serving.images import ImageError
 
             try:
                 return model.prepare(data)

@@ -1,15 +1,24 @@
-"""Exported models: ONNX export with model cards, parity checks, and an onnxruntime runtime.
+"""Exported models: ONNX export with model cards, parity checks, and the serving runtime.
 
 * ``python -m exports.export CHECKPOINT --out exports/models/NAME.onnx`` (see ``export.py``)
 * ``python -m exports.parity MODEL.onnx CHECKPOINT`` (see ``parity.py``)
-* serving: :class:`OnnxModel`, :class:`ModelRegistry`, :func:`load_image`, :func:`preprocess`
+* serving (``exports.serving``, torch-free): :class:`OnnxModel`, :class:`ModelRegistry`,
+  :func:`load_image`, :func:`preprocess`, re-exported here
 
-Importing ``exports`` does not import torch; ``exports.export``, ``exports.parity``'s CLI
-and ``exports.checkpoint_io`` do.
+Importing ``exports`` or ``exports.serving`` does not import torch; ``exports.export``,
+``exports.parity``'s CLI and ``exports.checkpoint_io`` do.
 """
-from .images import ImageError, load_image
-from .registry import ModelEntry, ModelRegistry
-from .runtime import ModelError, OnnxModel, Prediction, preprocess, select_providers
+from .serving import (
+    ImageError,
+    ModelEntry,
+    ModelError,
+    ModelRegistry,
+    OnnxModel,
+    Prediction,
+    load_image,
+    preprocess,
+    select_providers,
+)
 
 __all__ = [
     "ImageError",

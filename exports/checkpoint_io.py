@@ -22,7 +22,9 @@ from torch import nn
 from hybrid_model import VARIANTS, build_model, learned_strides
 from hybrid_model import build_from_card as _build_model_from_card
 
-from .registry import file_sha256  # the one file hash (torch-free, also used by the server)
+from .serving.cifar import CIFAR10_CLASSES
+from .serving.cifar import CIFAR_MEAN_STD as _FALLBACK_MEAN_STD
+from .serving.files import file_sha256  # the one file hash (torch-free, also used by the server)
 
 __all__ = [
     "CARD_KEYS",
@@ -47,13 +49,6 @@ CARD_KEYS = (
 )
 #: What is needed to rebuild the model; the rest is descriptive.
 REQUIRED_KEYS = ("variant", "strides")
-
-# Fallbacks used only when ``training.data`` is not importable (it owns the real constants).
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_FALLBACK_MEAN_STD = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 
 
 class CheckpointError(ValueError):

@@ -36,15 +36,16 @@ from torch import nn
 
 from hybrid_model import describe_downsampling, freeze, model_cost
 
-from .checkpoint_io import CheckpointError, atomic_write_bytes, atomic_write_text, file_sha256, load_checkpoint, resolve_pair
+from .checkpoint_io import CheckpointError, load_checkpoint, resolve_pair
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
-from .runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems
+from .serving.files import atomic_write_bytes, file_sha256
+from .serving.manifest import drop_from_manifest, precision_of, read_manifest, update_manifest  # noqa: F401 (exports.ingest imports them from here)
+from .serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems
 
-__all__ = ["ExportResult", "OPSET", "precision_of", "export_checkpoint", "export_fresh", "fp16_weights", "main", "update_manifest", "read_manifest"]
+__all__ = ["ExportResult", "OPSET", "export_checkpoint", "export_fresh", "fp16_weights", "main"]
 
 OPSET = 18
 INPUT_SIZE = (32, 32)
-MANIFEST = "manifest.json"
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
 CARD_FORMAT = 1
 
@@ -194,86 +195,6 @@ def _set_card(proto: onnx.ModelProto, card: Mapping[str, Any]) -> None:
             proto.metadata_props.remove(prop)
     onnx.helper.set_model_props(proto, {"card": json.dumps(card, separators=(",", ":"))})
     proto.doc_string = f"{card['name']}: {card['variant']} ResNet-18 on {card.get('dataset')} (see metadata 'card')"
-
-
-# --------------------------------------------------------------------------------------
-# Manifest
-# --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _locked(directory: Path):
-    """Serialise manifest updates between concurrent exports (flock on the folder; POSIX)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: best effort, the write itself is still atomic
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def precision_of(card: Mapping[str, Any]) -> str:
-    """``"int8"``, ``"fp16"`` or ``"fp32"`` (cards from before the field: from ``fp16_weights``)."""
-    export = card.get("export") or {}
-    return str(export.get("precision") or ("fp16" if export.get("fp16_weights") else "fp32"))
-
-
-def read_manifest(directory: str | os.PathLike) -> dict:
-    """``manifest.json`` of a models folder (``{"format": 1, "models": []}`` if absent)."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return {"format": 1, "models": []}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise ValueError(f"{path}: not a manifest (expected an object with a 'models' list)")
-    return data
-
-
-def _same_slot(row: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
-    """Rows an update replaces: the same file, or the same name at the same precision (an
-    int8 model and its float source may share a name; the registry serves the int8 one)."""
-    if row.get("file") == entry["file"]:
-        return True
-    precision = row.get("precision") or ("fp16" if row.get("fp16_weights") else "fp32")
-    return row.get("name") == entry["name"] and precision == entry["precision"]
-
-
-def update_manifest(onnx_path: Path, card: Mapping[str, Any], sha256: str) -> Path:
-    """Add or replace this model's entry (same file, or same name and precision) in the folder's manifest."""
-    directory = onnx_path.parent
-    entry = {
-        "name": card["name"],
-        "file": onnx_path.name,
-        "variant": card["variant"],
-        "dataset": card.get("dataset"),
-        "test_acc": card.get("test_acc"),
-        "size_bytes": onnx_path.stat().st_size,
-        "sha256": sha256,
-        "fp16_weights": card["export"]["fp16_weights"],
-        "precision": precision_of(card),
-    }
-    with _locked(directory):
-        try:
-            manifest = read_manifest(directory)
-        except (ValueError, json.JSONDecodeError):
-            manifest = {"format": 1, "models": []}  # a broken manifest is rebuilt, not fatal
-        models = [m for m in manifest["models"] if not _same_slot(m, entry)]
-        models.append(entry)
-        manifest["models"] = sorted(models, key=lambda m: str(m.get("name")))
-        return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-
-
-def drop_from_manifest(onnx_path: Path) -> None:
-    """Remove this file's row from its folder's manifest (the file itself is the caller's)."""
-    directory = onnx_path.parent
-    with _locked(directory):
-        manifest = read_manifest(directory)
-        manifest["models"] = [m for m in manifest["models"] if m.get("file") != onnx_path.name]
-        atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------

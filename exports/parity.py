@@ -2,7 +2,7 @@
 
 The PyTorch side is the *unfrozen* model (DiffStride/spectral layers as trained), so the
 check covers ``freeze`` and the export together. Inputs go through the same
-normalisation the runtime uses (:func:`exports.runtime.normalize_uint8`).
+normalisation the runtime uses (:func:`exports.serving.runtime.normalize_uint8`).
 
 Tolerances on ``max|d logits|`` over the batch, with ``s = max|reference logits|``:
 
@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .runtime import CPU, ModelError, normalization_for, normalize_uint8
+from .serving.runtime import CPU, ModelError, normalization_for, normalize_uint8
 
 __all__ = [
     "DEFAULT_DATA_DIR",

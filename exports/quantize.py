@@ -42,7 +42,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .parity import DEFAULT_DATA_DIR
-from .runtime import CPU, ModelError, card_problems, normalization_for, normalize_uint8
+from .serving.runtime import CPU, ModelError, card_problems, normalization_for, normalize_uint8
 
 __all__ = [
     "AccuracyReport",
@@ -344,7 +344,7 @@ def quantize_model(
     fails nothing is written and ``result.path`` is None.
     """
     from .checkpoint_io import atomic_write_bytes
-    from .registry import file_sha256
+    from .serving.files import file_sha256
 
     source, out = Path(source), Path(out)
     if out.suffix != ".onnx":
@@ -392,7 +392,7 @@ def quantize_model(
     atomic_write_bytes(out, data)
     sha = file_sha256(out)
     if manifest:
-        from .export import update_manifest
+        from .serving.manifest import update_manifest
 
         update_manifest(out, full_card, sha)
     log(f"wrote {out} ({len(data) / 1e6:.1f} MB, {source.stat().st_size / len(data):.1f}x smaller than {source.name})")

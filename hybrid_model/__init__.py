@@ -12,8 +12,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .spectra import log_spectrum
-
 #: Public name -> the submodule that defines it.
 _LAZY = {
     "AxisCrop": "spectral",
@@ -57,7 +55,6 @@ __all__ = [
     "freeze",
     "layer_transforms",
     "learned_strides",
-    "log_spectrum",
     "model_cost",
     "stride_parameters",
 ]

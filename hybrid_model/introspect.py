@@ -14,11 +14,10 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
-from .spectra import log_spectrum
 from .spectral import AxisCrop
 
 __all__ = [
-    "LayerInfo", "describe_downsampling", "describe_head", "layer_transforms", "log_spectrum", "model_cost", "freeze",
+    "LayerInfo", "describe_downsampling", "describe_head", "layer_transforms", "model_cost", "freeze",
     "forward_features",
 ]
 

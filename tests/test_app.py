@@ -109,7 +109,7 @@ def test_classify_every_model(client: Client, cifar_images, model: str):
 
 def test_classify_matches_the_runtime(client: Client, cifar_images, models_dir: Path):
     """The served probabilities are the ONNX model's (same file, same preprocessing)."""
-    from exports.runtime import OnnxModel
+    from exports.serving.runtime import OnnxModel
 
     model = OnnxModel(models_dir / "resnet18.onnx")
     for image in cifar_images[:3]:
@@ -122,7 +122,7 @@ def test_classify_matches_the_runtime(client: Client, cifar_images, models_dir: 
 
 
 def test_spectra_draws_each_layer_crop_on_the_map_it_reads(client: Client, cifar_images, models_dir: Path):
-    from exports.runtime import OnnxModel
+    from exports.serving.runtime import OnnxModel
 
     card = OnnxModel(models_dir / "hybrid.onnx").card
     spectral_layers = [layer for layer in card["layers"] if layer["crop"]]

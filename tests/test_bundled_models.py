@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exports.registry import ModelRegistry
+from exports.serving.registry import ModelRegistry
 
 MODELS = Path(__file__).resolve().parents[1] / "exports" / "models"
 CIFAR10 = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}

@@ -19,7 +19,7 @@ from exports import export as E
 from exports.checkpoint_io import CheckpointError, fresh_checkpoint, load_checkpoint, make_card, save_checkpoint
 from exports.parity import DEFAULT_DATA_DIR, FP16_TOLERANCE, FP32_TOLERANCE, check_parity, load_parity_images
 from exports.parity import main as parity_main
-from exports.runtime import normalization_for, normalize_uint8
+from exports.serving.runtime import normalization_for, normalize_uint8
 from hybrid_model import build_model, describe_downsampling
 
 from conftest import PARITY_IMAGES, calibration_images, export_bundle

@@ -146,7 +146,7 @@ def test_prepare_and_restore_in_a_clone(tmp_path):
 @needs_data
 @pytest.mark.slow
 def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
-    from exports.registry import ModelRegistry
+    from exports.serving.registry import ModelRegistry
 
     monkeypatch.setenv("GPU_WINDOW_WORK", str(tmp_path / "work"))
     protocol = _tiny_protocol(tmp_path)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybrid_model import VARIANTS, build_model, describe_downsampling, forward_features, freeze, log_spectrum, model_cost
+from exports.serving.spectra import log_spectrum
+from hybrid_model import VARIANTS, build_model, describe_downsampling, forward_features, freeze, model_cost
 from hybrid_model.layers import DiffStride2d, FixedSeparable2d
 
 

@@ -1,4 +1,4 @@
-"""exports.runtime with real onnxruntime sessions: provider probing, OnnxModel, Prediction,
+"""exports.serving.runtime with real onnxruntime sessions: provider probing, OnnxModel, Prediction,
 agreement with PyTorch through the full image path, thread safety, bad model files."""
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,9 +17,10 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from exports.checkpoint_io import load_checkpoint
-from exports.images import ImageError
 from exports.parity import DEFAULT_DATA_DIR, load_parity_images
-from exports.runtime import (
+from exports.serving.cifar import CIFAR_MEAN_STD
+from exports.serving.images import ImageError
+from exports.serving.runtime import (
     CPU,
     ModelError,
     OnnxModel,
@@ -52,7 +52,7 @@ def cuda_really_available() -> bool:
 def test_provider_probe_on_a_cpu_machine_is_cpu_only_and_silent(onnx_bundle):
     """onnxruntime-gpu lists CUDA here but cannot create it; the probe must not log that."""
     code = (
-        "import onnxruntime as ort; from exports.runtime import select_providers, OnnxModel; "
+        "import onnxruntime as ort; from exports.serving.runtime import select_providers, OnnxModel; "
         "assert 'CUDAExecutionProvider' in ort.get_available_providers(); "
         "print(select_providers()); "
         f"m = OnnxModel({str(onnx_bundle / 'models' / 'resnet18.onnx')!r}); print(m.providers); "
@@ -67,7 +67,7 @@ def test_provider_probe_on_a_cpu_machine_is_cpu_only_and_silent(onnx_bundle):
 @pytest.mark.skipif(cuda_really_available(), reason="this check is about CPU-only machines")
 def test_provider_probe_without_torch_loaded_is_silent_too():
     """The probe path that asks the CUDA driver directly (torch not imported)."""
-    code = "import sys; from exports.runtime import select_providers; print(select_providers(), 'torch' in sys.modules)"
+    code = "import sys; from exports.serving.runtime import select_providers; print(select_providers(), 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['CPUExecutionProvider'] False" and result.stderr == ""
@@ -147,14 +147,13 @@ def test_concurrent_predictions_match_sequential_ones(onnx_bundle):
 # --------------------------------------------------------------------------------------
 # Normalisation and bad model files
 # --------------------------------------------------------------------------------------
-def test_normalization_prefers_the_card_then_training_data(monkeypatch):
+def test_normalization_prefers_the_card_then_the_dataset_constants():
     card = {"dataset": "cifar10", "normalize": {"mean": [0.1, 0.2, 0.3], "std": [1, 2, 3]}}
     assert normalization_for(card) == ((0.1, 0.2, 0.3), (1.0, 2.0, 3.0))
-    fake = types.ModuleType("training.data")
-    fake.CIFAR_MEAN_STD = {"cifar10": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))}
-    monkeypatch.setitem(sys.modules, "training", types.ModuleType("training"))
-    monkeypatch.setitem(sys.modules, "training.data", fake)
-    assert normalization_for({"dataset": "cifar10"}) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    # No card normalisation: the serving package's constants (the ones training uses).
+    assert normalization_for({"dataset": "cifar10"}) == CIFAR_MEAN_STD["cifar10"]
+    assert normalization_for({"dataset": "cifar100"}) == CIFAR_MEAN_STD["cifar100"]
+    assert normalization_for({}) == CIFAR_MEAN_STD["cifar10"]
     with pytest.raises(ModelError, match="no input normalisation"):
         normalization_for({"dataset": "imagenet"})
 

@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
+from .cifar import CIFAR_MEAN_STD
 from .images import ImageError, ImageSource, load_image
 
 __all__ = [
@@ -47,6 +48,8 @@ __all__ = [
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 INPUT_NAME = "input"
 LOGITS = "logits"
+#: The feature maps an exported graph may output, in forward order (the model's
+#: ``SpectralResNet.FEATURE_NAMES``); the one list the exporter and the dashboard use.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 _ORT_DEFAULT_SEVERITY = 2  # WARNING: onnxruntime's own default
 _QUIET = 3  # ERROR: hides "nodes not assigned to the preferred EP"-style warnings in sessions
@@ -151,17 +154,13 @@ def normalization_for(card: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple
     """``(mean, std)`` of the model's input normalisation.
 
     The card's ``normalize`` (what this model was trained with) wins; otherwise the
-    training package's ``CIFAR_MEAN_STD`` for the card's dataset.
+    standard ``CIFAR_MEAN_STD`` of the card's dataset (``exports.serving.cifar``).
     """
     norm = card.get("normalize") or {}
     if norm.get("mean") and norm.get("std"):
         return tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
-    try:
-        from training.data import CIFAR_MEAN_STD  # type: ignore[import-not-found]
-    except Exception:
-        CIFAR_MEAN_STD = None
     dataset = card.get("dataset", "cifar10")
-    if CIFAR_MEAN_STD and dataset in CIFAR_MEAN_STD:
+    if dataset in CIFAR_MEAN_STD:
         mean, std = CIFAR_MEAN_STD[dataset]
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
     raise ModelError(f"no input normalisation known for dataset {dataset!r}: the card has no 'normalize'")
@@ -249,7 +248,7 @@ def normalize_uint8(images: np.ndarray, mean: Sequence[float], std: Sequence[flo
 def preprocess(
     image: ImageSource, mean: Sequence[float], std: Sequence[float], size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An image (anything :func:`exports.images.load_image` accepts) -> model input.
+    """An image (anything :func:`exports.serving.images.load_image` accepts) -> model input.
 
     Steps: decode/validate, EXIF orientation, convert to RGB (see :func:`to_rgb`), centre
     crop to a square, resize to ``size`` x ``size`` with Lanczos, normalise.

@@ -1,6 +1,6 @@
 """The set of exported models a server offers: validated at start-up, loaded on first use.
 
-``ModelRegistry(models_dir)`` reads ``manifest.json`` (written by ``exports.export``) and
+``ModelRegistry(models_dir)`` reads ``manifest.json`` (see ``exports.serving.manifest``) and
 also picks up ``*.onnx`` files the manifest does not list. Each model is validated without
 starting onnxruntime (protobuf parse, ``onnx.checker``, SHA-256 against the manifest,
 embedded card against the graph's inputs/outputs); anything wrong lands in ``.skipped``
@@ -10,7 +10,6 @@ safe to use from several threads.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -20,11 +19,11 @@ from typing import Any, Sequence
 
 import onnx
 
+from .files import file_sha256
+from .manifest import MANIFEST
 from .runtime import ModelError, OnnxModel, card_problems
 
-__all__ = ["MANIFEST", "ModelEntry", "ModelRegistry", "file_sha256"]
-
-MANIFEST = "manifest.json"
+__all__ = ["ModelEntry", "ModelRegistry"]
 
 
 @dataclass(frozen=True)
@@ -47,16 +46,6 @@ class ModelEntry:
         out.pop("card")
         out["path"] = str(self.path)
         return out
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (models are tens of MB). Torch-free, so the
-    server and the torch-side exporter (``checkpoint_io`` re-exports it) share it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
