@@ -199,7 +199,7 @@ def test_training_endpoint(client: Client):
 
 
 def test_compare_refuses_models_of_different_datasets(start_app, mixed_models_dir: Path, cifar_images):
-    from training.data import CIFAR100_CLASSES
+    from exports.serving.cifar import CIFAR100_CLASSES
 
     client = Client(start_app(mixed_models_dir).url, verbose=False)
     info = client.predict(api_name="/models")
