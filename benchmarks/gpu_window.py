@@ -257,7 +257,7 @@ class Window:
             handle.write(line + "\n")
 
     def save(self) -> None:
-        from training.checkpoint import atomic_write_json
+        from exports.serving.files import atomic_write_json
 
         self.record["elapsed_s"] = round(self.elapsed(), 1)
         atomic_write_json(self.out / "window.json", self.record)
@@ -357,7 +357,7 @@ def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[di
     compression (same device, TF32 off). Returns ``(state, card, compression stats)``."""
     import torch
 
-    from exports.checkpoint_io import build_from_card
+    from training.checkpoint import build_from_card
     from exports.compact import SCHEME, dequantize_state_dict, quantize_state_dict
     from safetensors.torch import load_file
     from training.data import GpuLoader
@@ -509,7 +509,8 @@ def _finish_decode(window: Window, process: subprocess.Popen) -> tuple[int, int]
 
 def plan_grid(protocol: dict, done_dir: Path) -> list:
     """Undone points of the protocol grid, seed 0 first, then by stride tuple and variant."""
-    from training.checkpoint import is_finished, load_card
+    from exports.serving.cards import is_finished
+    from training.checkpoint import load_card
     from training.sweep import plan_runs
 
     def finished(run) -> bool:

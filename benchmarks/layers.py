@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from hybrid_model import DiffStride2d, SpectralPool2d
-from training.checkpoint import atomic_write_json
+from exports.serving.files import atomic_write_json
 
 from .timing import time_steps
 from .train_throughput import bench_variant

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from exports.checkpoint_io import fresh_checkpoint, load_checkpoint  # noqa: E402
+from training.checkpoint import fresh_checkpoint, load_checkpoint  # noqa: E402
 from exports.export import export_checkpoint  # noqa: E402
 from exports.quantize import quantize_model  # noqa: E402
 from exports.serving.runtime import CPU, OnnxModel  # noqa: E402

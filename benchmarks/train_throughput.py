@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrid_model import VARIANTS, build_model, model_cost
-from training.checkpoint import atomic_write_json
+from exports.serving.files import atomic_write_json
 from training.train import parameter_groups
 
 from .timing import time_steps

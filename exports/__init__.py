@@ -6,7 +6,7 @@
   :func:`load_image`, :func:`preprocess`, re-exported here
 
 Importing ``exports`` or ``exports.serving`` does not import torch; ``exports.export``,
-``exports.parity``'s CLI and ``exports.checkpoint_io`` do.
+``exports.parity``'s CLI and ``training.checkpoint`` do.
 """
 from .serving import (
     ImageError,

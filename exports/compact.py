@@ -67,7 +67,7 @@ def write_compact(path: str | os.PathLike, state: Mapping[str, torch.Tensor], ca
     """Quantize ``state`` and write it with ``card`` to ``path`` atomically."""
     from safetensors.torch import save
 
-    from .checkpoint_io import atomic_write_bytes
+    from .serving.files import atomic_write_bytes
 
     metadata = {"format": FORMAT, "card": json.dumps(card, separators=(",", ":"))}
     return atomic_write_bytes(path, save(quantize_state_dict(state), metadata=metadata))

@@ -36,7 +36,7 @@ from torch import nn
 
 from hybrid_model import describe_downsampling, freeze, model_cost
 
-from .checkpoint_io import CheckpointError, load_checkpoint, resolve_pair
+from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 from .serving.files import atomic_write_bytes, file_sha256
 from .serving.manifest import drop_from_manifest, precision_of, read_manifest, update_manifest  # noqa: F401 (exports.ingest imports them from here)
@@ -270,7 +270,7 @@ def export_fresh(
     latency measurements: the models are untrained (do not ship them).
     ``card_fields[variant]`` adds card keys (e.g. a placeholder ``test_acc``).
     """
-    from .checkpoint_io import fresh_checkpoint
+    from training.checkpoint import fresh_checkpoint
 
     directory = Path(directory)
     if (directory / "models").resolve() == BUNDLED_MODELS.resolve():

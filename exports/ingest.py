@@ -58,7 +58,8 @@ def read_windows(dirs: Sequence[Path]) -> list[dict]:
 def collect_cards(windows: Sequence[dict], results_dir: Path, log=print) -> list[dict]:
     """Write every finished card into ``results_dir`` (atomically); unfinished ones are skipped
     (a point interrupted by the end of a window is re-run later)."""
-    from training.checkpoint import atomic_write_json, is_finished
+    from exports.serving.cards import is_finished
+    from exports.serving.files import atomic_write_json
 
     written = []
     for window in windows:
@@ -142,7 +143,9 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
 
     from hybrid_model import learned_strides
 
-    from .checkpoint_io import atomic_write_bytes, build_from_card, file_sha256, save_checkpoint
+    from training.checkpoint import build_from_card, save_checkpoint
+
+    from .serving.files import atomic_write_bytes, file_sha256
     from .compact import read_compact
     from .export import _set_card, export_checkpoint, precision_of, update_manifest
 
@@ -233,7 +236,7 @@ def _swap(staging: Path, models_dir: Path, keep: Sequence[str]) -> None:
         if carried:
             manifest = read_manifest(staging)
             manifest["models"] = sorted(manifest["models"] + carried, key=lambda m: str(m.get("name")))
-            from .checkpoint_io import atomic_write_text
+            from .serving.files import atomic_write_text
 
             atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         old_dir = models_dir.parent / f".{models_dir.name}.old-{os.getpid()}"
@@ -311,7 +314,7 @@ def bench_markdown(windows: Sequence[dict]) -> str | None:
 def update_block(path: Path, name: str, body: str, log=print) -> None:
     from training.sweep import ConfigError, replace_block
 
-    from .checkpoint_io import atomic_write_text
+    from .serving.files import atomic_write_text
 
     try:
         text = replace_block(path.read_text(encoding="utf-8"), name, body)
@@ -342,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--limit-test must be >= 1, got {args.limit_test}")
     from training.sweep import ConfigError, load_config
 
-    from .checkpoint_io import CheckpointError
+    from training.checkpoint import CheckpointError
     from .runtime import ModelError
 
     if args.models_dir.resolve() == (REPO / "exports" / "models").resolve() and (REPO / ".git" / "gpu-window.json").exists():

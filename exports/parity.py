@@ -243,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help=f"CIFAR data folder (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--tolerance", type=float, default=None, help="override the logits tolerance")
     args = parser.parse_args(argv)
-    from .checkpoint_io import CheckpointError, file_sha256, load_checkpoint, resolve_pair
+    from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
+
+    from .serving.files import file_sha256
 
     try:
         if not args.onnx.is_file():

@@ -343,7 +343,7 @@ def quantize_model(
     Raises ``ModelError``/``FileNotFoundError``/``ValueError`` on bad input; when the gate
     fails nothing is written and ``result.path`` is None.
     """
-    from .checkpoint_io import atomic_write_bytes
+    from .serving.files import atomic_write_bytes
     from .serving.files import file_sha256
 
     source, out = Path(source), Path(out)

@@ -111,7 +111,7 @@ def cifar_images() -> list[CifarImage]:
 def _source_key() -> str:
     digest = hashlib.sha256(FIXTURE_VERSION.encode())
     sources = sorted((ROOT / "hybrid_model").glob("*.py")) + [
-        ROOT / "exports" / name for name in ("export.py", "checkpoint_io.py", "parity.py")]
+        ROOT / "exports" / name for name in ("export.py", "parity.py")] + [ROOT / "training" / "checkpoint.py"]
     for path in sources:
         if path.is_file():
             digest.update(path.name.encode())
@@ -143,7 +143,7 @@ def _synthetic_history(card_strides: dict[str, list[float]], final_acc: float, s
 
 def build_test_models(out: Path, variants=VARIANTS) -> Path:
     """Export one freshly initialised model per variant into ``out`` (with manifest)."""
-    from exports.checkpoint_io import fresh_checkpoint, load_card
+    from training.checkpoint import fresh_checkpoint, load_card
     from exports.export import export_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def _drop_stale_caches(keep: Path, max_age_s: float = 3600.0) -> None:
 def mixed_models_dir(models_dir: Path) -> Path:
     """Two datasets in one folder: ``resnet18`` (CIFAR-10, copied from ``models_dir``) and a
     fresh CIFAR-100 ``resnet18-c100`` (exported once, cached beside ``models_dir``)."""
-    from exports.checkpoint_io import fresh_checkpoint
+    from training.checkpoint import fresh_checkpoint
     from exports.export import export_checkpoint
 
     target = models_dir.parent / f"{models_dir.name}-c100"

@@ -89,7 +89,7 @@ def test_grid_order_and_coverage(tmp_path):
     todo = gpu_window.plan_grid(protocol, done)
     assert [(r.seed, r.variant, r.strides[-1]) for r in todo][:5] == [
         (0, "resnet18", 2), (0, "hybrid", 2), (0, "resnet18", 3), (0, "hybrid", 3), (1, "resnet18", 2)]
-    from training.checkpoint import atomic_write_json
+    from exports.serving.files import atomic_write_json
 
     finished = {"name": todo[0].name, "variant": "resnet18", "strides": [4, 1, 2, 2, 2], "seed": 0, "epoch": 1, "epochs": 1}
     atomic_write_json(done / f"{todo[0].name}.json", finished)

@@ -16,7 +16,7 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
-from exports.checkpoint_io import load_checkpoint
+from training.checkpoint import load_checkpoint
 from exports.parity import DEFAULT_DATA_DIR, load_parity_images
 from exports.serving.cifar import CIFAR_MEAN_STD
 from exports.serving.images import ImageError

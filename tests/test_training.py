@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 import hybrid_model
 from training import checkpoint as ckpt
 from training.data import CIFAR_MEAN_STD, CIFAR10_CLASSES, load_cifar, normalize
-from training.train import STALL_ENV, lr_lambda, main, param_checksum, resolution_penalty, run_name
+from training.train import lr_lambda, main, param_checksum, resolution_penalty, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = hybrid_model.PAPER_VARIANTS  # diffstride_scaled == hybrid: tests/test_head.py
@@ -42,6 +42,39 @@ def _env() -> dict[str, str]:
 def _train_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, env=env or _env(),
                           capture_output=True, text=True, **kwargs)
+
+
+# Trainers with an observer, through the public seam ``main(argv, Callbacks(...))``.
+#: ``python -c STALL_AT_STEP N MARKER TRAIN_ARGS...``: rank 0 stops after global step N, writes
+#: MARKER and waits to be killed (so a test can SIGKILL it at a known point mid-epoch).
+STALL_AT_STEP = """
+import sys, time
+from pathlib import Path
+from training.train import Callbacks, main
+
+def stall(step, rank, at=int(sys.argv[1]), marker=Path(sys.argv[2])):
+    if step == at and rank == 0:
+        marker.write_text(str(step))
+        while True:
+            time.sleep(60)
+
+sys.exit(main(sys.argv[3:], Callbacks(on_step=stall)))
+"""
+#: ``torchrun ... SCRIPT OUT TRAIN_ARGS...``: every rank writes OUT/rankR.json with the
+#: checksum of the model it finished with.
+CHECKSUMS = """
+import json, sys
+from pathlib import Path
+import torch.distributed as dist
+from training.train import Callbacks, main, param_checksum
+
+def write(model, rank, out=Path(sys.argv[1])):
+    out.mkdir(parents=True, exist_ok=True)
+    record = param_checksum(model) | {"rank": rank, "world_size": dist.get_world_size()}
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+
+sys.exit(main(sys.argv[2:], Callbacks(on_end=write)))
+"""
 
 
 # --------------------------------------------------------------------------------------
@@ -198,11 +231,10 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     # Stall rank 0 after global step 6 (epoch 2, step 2 of 4), then SIGKILL it from outside.
-    env = _env() | {STALL_ENV: "6"}
+    marker = tmp_path / "stalled"
     log = open(tmp_path / "killed.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "training.train", *_tiny_args(killed)], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    marker = killed / f"{name}.stalled"
+    process = subprocess.Popen([sys.executable, "-c", STALL_AT_STEP, "6", str(marker), *_tiny_args(killed)], cwd=ROOT,
+                               env=_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while not marker.exists():
         assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
@@ -273,9 +305,11 @@ def test_max_seconds_stops_at_an_epoch_boundary_and_resumes(tmp_path, capsys):
 # --------------------------------------------------------------------------------------
 def test_torchrun_two_ranks_agree(tmp_path):
     out, sums = tmp_path / "out", tmp_path / "checksums"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.train",
+    script = tmp_path / "train_with_checksums.py"
+    script.write_text(CHECKSUMS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(sums),
                "--variant", "diffstride", "--epochs", "1", "--limit-train", "256", "--limit-test", "64",
-               "--batch-size", "128", "--device", "cpu", "--out", str(out), "--checksum-dir", str(sums), *FAST]
+               "--batch-size", "128", "--device", "cpu", "--out", str(out), *FAST]
     result = subprocess.run(command, cwd=ROOT, env=_env() | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

@@ -1,44 +1,62 @@
-"""Checkpoint files of a training run: atomic writers, model cards, loading a trained model.
+"""The files of a training run, and loading a trained model from them (the torch side).
 
 A run named ``NAME`` in ``OUTDIR`` owns three files:
 
 * ``NAME.safetensors`` - the model's ``state_dict`` (weights, BN buffers, learned strides);
-* ``NAME.json`` - the model card (variant, strides, options, history, accuracy, provenance);
+* ``NAME.json`` - the model card (:class:`exports.serving.cards.RunCard`: variant, strides,
+  options, history, accuracy, provenance);
 * ``NAME.state.pt`` - everything ``--resume`` needs (model, optimizer, scheduler, RNG
   states); removed when the run finishes unless ``--keep-state``.
 
-Every write goes to a temporary file in the same directory followed by ``os.replace``, so
-a reader (or a process killed mid-write) only ever sees a complete old or new file.
+Every write is atomic (:mod:`exports.serving.files`), so a reader (or a process killed
+mid-write) only ever sees a complete old or new file. Every failure to read a checkpoint
+raises :class:`CheckpointError` with a one-line message that names the file and what is
+wrong with it, so command-line tools can print it without a traceback.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Mapping
 
 import torch
+from torch import nn
+
+import hybrid_model
+from exports.serving.cards import RunCard, default_class_names
+from exports.serving.cifar import CIFAR_MEAN_STD
+from exports.serving.files import atomic_write, atomic_write_bytes, atomic_write_json
 
 __all__ = [
+    "CheckpointError",
     "RunPaths",
-    "atomic_write",
-    "atomic_write_json",
+    "build_from_card",
     "code_version",
-    "find_cards",
-    "is_finished",
+    "fresh_checkpoint",
     "load_card",
     "load_checkpoint",
+    "make_card",
+    "resolve_pair",
+    "save_checkpoint",
     "save_safetensors",
     "save_torch",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+#: What is needed to rebuild the model; the rest is descriptive.
+REQUIRED_KEYS = ("variant", "strides")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint or card cannot be used; the message says which file and why."""
+
+
+# --------------------------------------------------------------------------------------
+# The files of a run (training.train writes them)
+# --------------------------------------------------------------------------------------
 class RunPaths:
     """The file names of run ``name`` in ``out_dir``."""
 
@@ -53,32 +71,6 @@ class RunPaths:
         return self.card.exists() or self.state.exists() or self.weights.exists()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path`` (same directory => atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 (and some writers recreate it): usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    atomic_write(path, write)
-
-
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
@@ -89,33 +81,6 @@ def save_safetensors(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def load_card(path: str | os.PathLike) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def is_finished(card: dict | None) -> bool:
-    """A card of a completed run (``epoch == epochs``)."""
-    return bool(card) and card.get("epoch") == card.get("epochs") and card.get("epochs") is not None
-
-
-def find_cards(directory: str | os.PathLike) -> list[dict]:
-    """Every model card (``*.json`` with a ``variant`` and ``history``) under ``directory``.
-
-    Each card gets a ``"_path"`` entry (its file), sorted by path.
-    """
-    cards = []
-    for path in sorted(Path(directory).rglob("*.json")):
-        try:
-            card = load_card(path)
-        except (OSError, ValueError):
-            continue
-        if isinstance(card, dict) and "variant" in card and "history" in card:
-            card["_path"] = str(path)
-            cards.append(card)
-    return cards
 
 
 def code_version() -> str:
@@ -130,20 +95,242 @@ def code_version() -> str:
     return sha if out.returncode == 0 and sha else "unknown"
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a trained model from its card and weights.
+# --------------------------------------------------------------------------------------
+# Cards
+# --------------------------------------------------------------------------------------
+def _normalize(dataset: str) -> dict[str, list[float]]:
+    """``{"mean": [3], "std": [3]}`` of a dataset (CIFAR-10's for an unknown one)."""
+    mean, std = CIFAR_MEAN_STD.get(dataset, CIFAR_MEAN_STD["cifar10"])
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
-    ``path``: ``NAME.json``, ``NAME.safetensors`` or ``OUTDIR/NAME``. Returns
-    ``(model in eval mode, card)``; the model expects :func:`training.data.normalize`\\ d input.
+
+def resolve_pair(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(NAME.safetensors, NAME.json)`` for a path to either file or to ``OUTDIR/NAME``."""
+    path = Path(path)
+    if path.suffix not in (".json", ".safetensors", ""):
+        raise CheckpointError(f"{path}: expected a .safetensors checkpoint or its .json card")
+    base = path.with_suffix("") if path.suffix else path
+    weights, card = base.parent / (base.name + ".safetensors"), base.parent / (base.name + ".json")
+    for candidate in (weights, card) if path.suffix != ".json" else (card, weights):
+        if not candidate.is_file():
+            what = "checkpoint" if candidate.suffix == ".safetensors" else "card"
+            raise CheckpointError(f"{candidate}: {what} file not found")
+    return weights, card
+
+
+def _validate_card(card: Any, where: str) -> dict:
+    """``card`` if it describes a model this project can build (one-sentence CheckpointError otherwise)."""
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{where}: card must be a JSON object, got {type(card).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in card]
+    if missing:
+        raise CheckpointError(f"{where}: card lacks required key(s) {', '.join(missing)}")
+    if card["variant"] not in hybrid_model.VARIANTS:
+        raise CheckpointError(
+            f"{where}: unknown variant {card['variant']!r}; expected one of {', '.join(sorted(hybrid_model.VARIANTS))}"
+        )
+    problems = RunCard.from_dict(card).problems()
+    if problems:
+        raise CheckpointError(f"{where}: {problems[0]}")
+    return card
+
+
+def load_card(path: str | os.PathLike) -> dict:
+    """Read and validate a card (JSON object with at least ``variant`` and ``strides``).
+
+    Missing optional keys are filled in: ``num_classes`` 10, ``dataset`` "cifar10",
+    ``options`` {}, ``class_names`` and ``normalize`` from the dataset defaults.
     """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: card file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot read card ({error})") from None
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: card is not valid JSON ({error})") from None
+    card = _validate_card(card, str(path))
+    card.setdefault("dataset", "cifar10")
+    card.setdefault("num_classes", 10)
+    card.setdefault("options", {})
+    if not card.get("class_names"):
+        card["class_names"] = default_class_names(card["dataset"], card["num_classes"])
+    if not card.get("normalize"):
+        card["normalize"] = _normalize(card["dataset"])
+    return card
+
+
+def make_card(
+    model: nn.Module,
+    variant: str,
+    strides: tuple[float, ...] | list[float] = (1, 1, 2, 2, 2),
+    *,
+    dataset: str = "cifar10",
+    num_classes: int = 10,
+    options: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> dict:
+    """A card for an untrained ``model`` (tests, smoke runs, tools that make checkpoints
+    outside ``training.train``); ``fields`` override any key (``test_acc``, ``history``, ...)."""
+    card: dict[str, Any] = {
+        "variant": variant,
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "class_names": default_class_names(dataset, num_classes),
+        "strides": [float(s) for s in strides],
+        "options": dict(options or {}),
+        "learned_strides": hybrid_model.learned_strides(model),
+        "epoch": 0,
+        "epochs": 0,
+        "history": [],
+        "test_acc": None,
+        "data": {"source": None, "n_train": 0, "n_test": 0},
+        "normalize": _normalize(dataset),
+        "command": None,
+        "code_version": None,
+        "seed": None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    card.update(fields)
+    return card
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints: card + weights
+# --------------------------------------------------------------------------------------
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    import hybrid_model
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint file is empty")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({reason})") from None
+
+
+def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """A one-line summary of key/shape differences between ``state`` and ``model``, or None."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[0]})")
+    return "; ".join(parts)
+
+
+def build_from_card(card: Mapping[str, Any], where: str = "card") -> nn.Module:
+    """``hybrid_model.build_from_card`` (variant, strides, num_classes, options), with a
+    :class:`CheckpointError` naming ``where`` when the card describes no buildable model."""
+    try:
+        return hybrid_model.build_from_card(card)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: cannot build the model described by the card ({error})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from ``NAME.json``, ``NAME.safetensors`` or ``OUTDIR/NAME``.
+
+    Returns ``(model in eval mode on device, card)``; the model expects
+    :func:`training.data.normalize`\\ d input. Raises :class:`CheckpointError` for a missing
+    file, an unreadable card or safetensors file, an unknown variant, or weights that do
+    not fit the model the card describes.
+    """
+    weights, card_path = resolve_pair(path)
+    card = load_card(card_path)
+    model = build_from_card(card, str(card_path))
+    state = _read_state_dict(weights)
+    mismatch = _mismatch_message(model, state)
+    if mismatch:
+        raise CheckpointError(
+            f"{weights}: weights do not match the card's model "
+            f"(variant {card['variant']!r}, num_classes {card['num_classes']}): {mismatch}"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), card
+
+
+def save_checkpoint(model: nn.Module, card: Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``PATH.safetensors`` + ``PATH.json`` atomically (``path`` may carry either suffix).
+
+    The card's ``learned_strides`` are refreshed from the model so they always agree with
+    the weights.
+    """
+    from safetensors.torch import save
 
     base = Path(path)
     if base.suffix in (".json", ".safetensors"):
         base = base.with_suffix("")
-    card = load_card(base.with_suffix(".json"))
-    model = hybrid_model.build_from_card(card)
-    model.load_state_dict(load_file(str(base.with_suffix(".safetensors")), device=str(device)))
-    return model.to(device).eval(), card
+    card = dict(card)
+    card["learned_strides"] = hybrid_model.learned_strides(model)
+    _validate_card(card, str(base) + ".json")
+    # Clone: safetensors refuses tensors that share storage or are not contiguous.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    weights = atomic_write_bytes(base.parent / (base.name + ".safetensors"), save(state))
+    card_path = atomic_write_json(base.parent / (base.name + ".json"), card)
+    return weights, card_path
+
+
+def fresh_checkpoint(
+    variant: str,
+    path: str | os.PathLike,
+    strides: tuple[float, ...] | list[float] = (1, 1, 2, 2, 2),
+    *,
+    seed: int = 0,
+    num_classes: int = 10,
+    options: Mapping[str, Any] | None = None,
+    calibration_images: Any = None,
+    **card_fields: Any,
+) -> tuple[Path, Path]:
+    """Write a freshly initialised checkpoint pair (tests, smoke runs, pipeline checks).
+
+    ``calibration_images``: optional ``(N, 32, 32, 3)`` uint8 images; when given, the
+    batch-norm running statistics are estimated on them (train-mode forwards, no weight
+    update), so activations and logits have the scale of a trained network instead of
+    the drift of untouched ``mean=0, var=1`` statistics.
+    """
+    import numpy as np
+
+    torch.manual_seed(seed)
+    model = hybrid_model.build_model(variant, tuple(strides), num_classes, **dict(options or {}))
+    dataset = card_fields.pop("dataset", "cifar10")
+    if calibration_images is not None:
+        norm = _normalize(dataset)
+        x = np.asarray(calibration_images, np.float32) / 255.0
+        x = (x - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
+        _calibrate_batchnorm(model, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    card = make_card(
+        model, variant, strides, dataset=dataset, num_classes=num_classes, options=options, seed=seed, **card_fields
+    )
+    return save_checkpoint(model.eval(), card, path)
+
+
+@torch.no_grad()
+def _calibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch: int = 64) -> None:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for start in range(0, len(x), batch):
+        model(x[start : start + batch])
+    for bn in norms:
+        bn.momentum = 0.1
+    model.eval()

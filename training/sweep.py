@@ -33,17 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from exports.serving.cards import is_finished
+
 from . import checkpoint as ckpt
 from . import report
-from .train import VARIANTS, parse_strides, run_name
+from .config import FLAGS, VARIANTS, parse_strides, run_name
 from .data import DATASETS
 
-__all__ = ["Run", "coverage", "flag_args", "load_config", "on_protocol", "plan_runs", "replace_block", "main"]
+__all__ = ["Run", "coverage", "flag_args", "load_config", "on_protocol", "plan_runs", "replace_block", "run_flags", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_KEYS = {"name", "out", "variants", "strides", "seeds", "datasets", "epochs", "args", "nproc", "data_dir", "description"}
-#: Flags the sweep sets itself (per grid point) and so refuses in ``args``.
-RESERVED_FLAGS = {"variant", "strides", "seed", "dataset", "epochs", "out", "resume", "overwrite", "name", "data-dir"}
 
 
 class ConfigError(ValueError):
@@ -114,7 +114,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: 'epochs' must be a positive integer")
     if not isinstance(config["args"], dict):
         raise ConfigError(f"{path}: 'args' must be an object of train flags, e.g. {{\"batch-size\": 128}}")
-    reserved = {k.lstrip("-").replace("_", "-") for k in config["args"]} & RESERVED_FLAGS
+    unknown = [k for k in config["args"] if _flag_name(k) not in FLAGS]
+    if unknown:
+        raise ConfigError(f"{path}: 'args' names unknown train flags {unknown}; see python -m training.train --help")
+    reserved = {_flag_name(k) for k in config["args"]} & RESERVED_FLAGS
     if reserved:
         raise ConfigError(f"{path}: 'args' may not set {sorted(reserved)}; the sweep sets them per run")
     if not isinstance(config["nproc"], int) or config["nproc"] < 1:
@@ -132,11 +135,22 @@ def plan_runs(config: dict[str, Any]) -> list[Run]:
     return runs
 
 
+def _flag_name(key: str) -> str:
+    """``"batch_size"``, ``"--batch-size"`` -> ``"batch-size"`` (a key of ``training.config.FLAGS``)."""
+    return key.lstrip("-").replace("_", "-")
+
+
 def flag_args(args: dict[str, Any]) -> list[str]:
-    """``{"batch-size": 128, "nesterov": true, "no-progress": true}`` -> CLI flags."""
+    """``{"batch-size": 128, "nesterov": true, "no-progress": true}`` -> CLI flags
+    (``true``: a switch; ``false``/``null``: left out; lists: comma-separated).
+
+    Every key must be a flag of ``python -m training.train`` (:data:`training.config.FLAGS`).
+    """
     out: list[str] = []
     for key, value in args.items():
-        flag = "--" + key.lstrip("-").replace("_", "-")
+        if _flag_name(key) not in FLAGS:
+            raise ConfigError(f"unknown train flag --{_flag_name(key)}")
+        flag = "--" + _flag_name(key)
         if value is True:
             out.append(flag)
         elif value is False or value is None:
@@ -152,22 +166,24 @@ def train_command(run: Run, config: dict[str, Any], out: Path, data_dir: str | N
     """The command line of one run (``torchrun`` when ``nproc > 1``)."""
     launcher = [sys.executable, "-m", "training.train"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "training.train"]
-    command = launcher + [
-        "--variant", run.variant, "--dataset", run.dataset, "--strides", _strides_arg(run.strides),
-        "--seed", str(run.seed), "--epochs", str(config["epochs"]), "--out", str(out), "--resume",
-    ]
-    if data_dir:
-        command += ["--data-dir", str(data_dir)]
-    return command + flag_args(config["args"])
+    return launcher + flag_args(run_flags(run, config, out, data_dir)) + flag_args(config["args"])
 
 
-_flag_args = flag_args  # the old private name
+def run_flags(run: Run, config: dict[str, Any], out: Path, data_dir: str | None) -> dict[str, Any]:
+    """The flags the sweep sets for one grid point (the config's ``args`` add the rest)."""
+    return {"variant": run.variant, "dataset": run.dataset, "strides": _strides_arg(run.strides), "seed": run.seed,
+            "epochs": config["epochs"], "out": str(out), "resume": True, "data-dir": str(data_dir) if data_dir else None}
+
+
+#: Flags the sweep sets itself (those of :func:`run_flags`; a grid point's name comes from
+#: them) and so refuses in ``args``.
+RESERVED_FLAGS = {*run_flags(Run("resnet18", (1,) * 5, 0, "cifar10", ""), {"epochs": 1}, Path(), "."), "overwrite", "name"}
 
 
 def on_protocol(card: dict, config: dict[str, Any]) -> bool:
     """A finished card trained under this config's protocol (its epochs; not marked
     ``off_protocol`` by a GPU window that had to shorten it): only these fill the table."""
-    return ckpt.is_finished(card) and card.get("epochs") == config["epochs"] and not card.get("off_protocol")
+    return is_finished(card) and card.get("epochs") == config["epochs"] and not card.get("off_protocol")
 
 
 def coverage(config: dict[str, Any], cards: Sequence[dict]) -> str:
@@ -242,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     failed: list[str] = []
     if not args.report_only:
-        todo = [r for r in runs if not ckpt.is_finished(_card(r.card_path(out)))]
+        todo = [r for r in runs if not is_finished(_card(r.card_path(out)))]
         print(f"sweep {config['name']}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run -> {out}", flush=True)
         for index, run in enumerate(todo, 1):
             command = train_command(run, config, out, data_dir, nproc)
@@ -265,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for card in cards:
         card["_path"] = str(out / f"{card['name']}.json")
     # Off-protocol cards (a shortened window) keep their curves but stay out of the table.
-    shown = [c for c in cards if not ckpt.is_finished(c) or on_protocol(c, config)]
+    shown = [c for c in cards if not is_finished(c) or on_protocol(c, config)]
     written = report.write_report(shown, out, title=f"Sweep {config['name']}")
     finished = sum(on_protocol(c, config) for c in cards)
     print(f"report: {finished}/{len(runs)} finished runs -> " + ", ".join(str(p) for k, p in written.items() if "/" not in k))
