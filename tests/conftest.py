@@ -1,16 +1,18 @@
 """Shared fixtures: exported test models, a real dashboard server, real CIFAR test images.
 
-* ``models_dir`` (session): freshly initialised checkpoints of every variant, exported to
-  ONNX with the project's exporter (``exports.export.export_checkpoint``), with cards that
-  carry a short synthetic training history (so the Training tab has something to draw).
-  Exporting all variants takes a minute or two on a 2-core CPU, so the folder is cached
-  under ``artifacts/test-models/<key>/``, keyed by the source of ``hybrid_model``, the
-  exporter and this file; ``DASHBOARD_TEST_MODELS=DIR`` uses a ready folder instead.
+* ``onnx_bundle`` (session): freshly initialised checkpoints of every variant
+  (``checkpoints/<variant>.json|.safetensors``) exported once with the project's exporter
+  (``exports.export.export_fresh``, parity checked on real CIFAR-10 test images) into
+  ``models/`` with a manifest; the cards carry a short synthetic training history (so the
+  Training tab has something to draw). One folder for the whole suite: the export, runtime,
+  registry, quantisation and dashboard tests all read it (copy before changing a file).
+  Exporting all variants takes about a minute on a 2-core CPU, so the folder is cached under
+  ``artifacts/test-models/<key>/``, keyed by the source of the model and export code, the
+  installed torch/onnx/onnxruntime versions and this file.
+* ``models_dir`` (session): ``onnx_bundle / "models"``, or ``DASHBOARD_TEST_MODELS=DIR``
+  (a ready folder of exported models) for the dashboard tests.
 * ``app_server`` (session): ``python app.py --port P --models-dir <models_dir>`` as a
-  subprocess on a free port, up once the page is served; ``start_app`` starts more.
-* ``export_bundle(variants)`` / ``onnx_bundle`` (session): fresh checkpoints exported once per
-  session with ``exports.export.export_fresh`` (parity checked on real CIFAR-10 test images),
-  shared by the export, runtime and registry tests.
+  subprocess on a free port, up once the page is served; ``run_app`` starts another.
 * ``cifar_images``: the PNGs in ``tests/assets`` (bit-exact CIFAR-10 test images, label in
   the file name).
 """
@@ -41,14 +43,15 @@ VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
 #: Synthetic test accuracies: makes the default ("best") model deterministic: hybrid.
 TEST_ACC = {"resnet18": 0.41, "spectral": 0.38, "diffstride": 0.44, "hybrid": 0.47, "diffstride2": 0.45}
 DEFAULT_MODEL = "hybrid"
-FIXTURE_VERSION = "2"
+FIXTURE_VERSION = "3"
+STRIDES = (1, 1, 2, 2, 2)
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
 # --------------------------------------------------------------------------------------
-# Exported models (export, runtime and registry tests)
+# Exported models: one folder for the whole suite
 # --------------------------------------------------------------------------------------
 PARITY_IMAGES = 8  # the CLI default is 64; 8 keeps the suite within budget on 2 cores
 
@@ -61,28 +64,53 @@ def calibration_images() -> np.ndarray:
         return data["x"][:32]
 
 
-def export_bundle(tmp_path_factory, variants=VARIANTS) -> Path:
-    """Export fresh checkpoints of ``variants`` once per test session into one folder."""
-    from exports import export as E
-
-    root = tmp_path_factory.getbasetemp() / "export_bundle"
-    missing = [v for v in variants if not (root / "models" / f"{v}.onnx").is_file()]
-    if missing:
-        E.export_fresh(
-            root,
-            missing,
-            calibration_images=calibration_images(),
-            card_fields={v: {"test_acc": 0.5 + 0.05 * i} for i, v in enumerate(VARIANTS)},  # placeholders
-            parity_images=PARITY_IMAGES,
-            log=lambda _: None,
-        )
-    return root
+@pytest.fixture(scope="session")
+def onnx_bundle() -> Path:
+    """Every variant exported (``onnx_bundle / "models" / "hybrid.onnx"``) with its
+    checkpoint (``onnx_bundle / "checkpoints" / "hybrid.json"``); see the module docstring."""
+    target = ARTIFACTS / "test-models" / _source_key()
+    if not (target / ".complete").is_file():
+        staging = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        build_test_models(staging)
+        (staging / ".complete").write_text("ok\n")
+        try:
+            staging.rename(target)
+        except OSError:  # another test session finished the same folder first: use that one
+            shutil.rmtree(staging, ignore_errors=True)
+        _drop_stale_caches(target)
+    return target
 
 
 @pytest.fixture(scope="session")
-def onnx_bundle(tmp_path_factory) -> Path:
-    """``resnet18`` and ``hybrid`` exported (``onnx_bundle / "models" / "hybrid.onnx"``)."""
-    return export_bundle(tmp_path_factory, ("resnet18", "hybrid"))
+def models_dir(onnx_bundle: Path) -> Path:
+    override = os.environ.get("DASHBOARD_TEST_MODELS")
+    return Path(override) if override else onnx_bundle / "models"
+
+
+def reference_prediction(onnx_path: Path, image_path: Path) -> dict[str, float]:
+    """``{class name: probability}`` of a 32x32 image through an exported model, computed
+    without the project's serving code (PIL, numpy and a bare onnxruntime session, with the
+    card's class names and mean/std): what the app's answers are checked against."""
+    import onnx
+    import onnxruntime as ort
+    from PIL import Image
+
+    model = onnx.load(str(onnx_path))
+    card = json.loads({p.key: p.value for p in model.metadata_props}["card"])
+    pixels = np.asarray(Image.open(image_path).convert("RGB"), np.float32) / 255.0
+    assert pixels.shape == (32, 32, 3), "a reference for CIFAR-sized images only (no resizing)"
+    mean, std = (np.asarray(card["normalize"][k], np.float32) for k in ("mean", "std"))
+    x = ((pixels - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": x})[0][0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    return dict(zip(card["class_names"], probs.tolist()))
+
+
+def top1(probs: dict[str, float]) -> str:
+    return max(probs, key=probs.get)
 
 
 # --------------------------------------------------------------------------------------
@@ -109,12 +137,20 @@ def cifar_images() -> list[CifarImage]:
 # Models
 # --------------------------------------------------------------------------------------
 def _source_key() -> str:
+    """A hash of what the exported files depend on: the model and export code (the serving
+    side's card checks and manifest included), the library versions and this file."""
+    from importlib.metadata import distributions
+
     digest = hashlib.sha256(FIXTURE_VERSION.encode())
-    sources = sorted((ROOT / "hybrid_model").glob("*.py")) + [
-        ROOT / "exports" / name for name in ("export.py", "parity.py")] + [ROOT / "training" / "checkpoint.py"]
+    names = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions()
+                   if str(d.metadata["Name"]).lower().startswith(("torch", "onnx")))  # onnxruntime(-gpu) too
+    digest.update(" ".join(names).encode())
+    sources = [*sorted((ROOT / "hybrid_model").rglob("*.py")), *sorted((ROOT / "exports" / "serving").rglob("*.py")),
+               *(ROOT / "exports" / name for name in ("export.py", "parity.py")), ROOT / "training" / "checkpoint.py",
+               ROOT / "training" / "data.py"]
     for path in sources:
         if path.is_file():
-            digest.update(path.name.encode())
+            digest.update(str(path.relative_to(ROOT)).encode())
             digest.update(path.read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
@@ -142,51 +178,25 @@ def _synthetic_history(card_strides: dict[str, list[float]], final_acc: float, s
 
 
 def build_test_models(out: Path, variants=VARIANTS) -> Path:
-    """Export one freshly initialised model per variant into ``out`` (with manifest)."""
-    from training.checkpoint import fresh_checkpoint, load_card
-    from exports.export import export_checkpoint
+    """``exports.export.export_fresh`` of ``variants`` into ``out`` (``checkpoints/``,
+    ``models/`` with manifest), each card with a synthetic history ending at ``TEST_ACC``."""
+    from exports.export import export_fresh
+    from hybrid_model import build_model, learned_strides
 
-    out.mkdir(parents=True, exist_ok=True)
-    calibration = np.load(ROOT.parent / "shared" / "data" / "cifar10_partial_test.npz")["x"][:128] \
-        if (ROOT.parent / "shared" / "data" / "cifar10_partial_test.npz").is_file() else None
-    checkpoints = out / "_checkpoints"
+    fields = {}
     for seed, variant in enumerate(variants):
-        base = checkpoints / variant
-        _, card_path = fresh_checkpoint(variant, base, seed=seed, calibration_images=calibration)
-        card = load_card(card_path)
-        history = _synthetic_history(card.get("learned_strides") or {}, TEST_ACC.get(variant, 0.3), seed)
-        card.update(
-            test_acc=history[-1]["test_acc"],
-            history=history,
-            epoch=len(history), epochs=len(history),
-            data={"source": "synthetic test card (untrained weights)", "n_train": 0, "n_test": 0},
-        )
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
-        export_checkpoint(card_path, out / f"{variant}.onnx", parity_images=4, log=lambda line: None)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+        start = learned_strides(build_model(variant, STRIDES))  # the fresh model's DiffStride layers
+        history = _synthetic_history(start, TEST_ACC[variant], seed)
+        fields[variant] = {"test_acc": history[-1]["test_acc"], "history": history, "epoch": len(history),
+                           "epochs": len(history),
+                           "data": {"source": "synthetic test card (untrained weights)", "n_train": 0, "n_test": 0}}
+    export_fresh(out, variants, STRIDES, calibration_images=calibration_images(), card_fields=fields,
+                 parity_images=PARITY_IMAGES, log=lambda _: None)
     return out
 
 
-@pytest.fixture(scope="session")
-def models_dir() -> Path:
-    override = os.environ.get("DASHBOARD_TEST_MODELS")
-    if override:
-        return Path(override)
-    target = ARTIFACTS / "test-models" / _source_key()
-    done = target / ".complete"
-    if not done.is_file():
-        staging = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        build_test_models(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-        done.write_text("ok\n")
-        _drop_stale_caches(target)
-    return target
-
-
 def _drop_stale_caches(keep: Path, max_age_s: float = 3600.0) -> None:
-    """Remove other cached model folders (~230 MB each) unused for an hour."""
+    """Remove other cached model folders (~460 MB each: models and checkpoints) unused for an hour."""
     now = time.time()
     for folder in keep.parent.iterdir():
         if folder.name.startswith(keep.name) or not folder.is_dir():

@@ -22,7 +22,7 @@ from exports.parity import main as parity_main
 from exports.serving.runtime import normalization_for, normalize_uint8
 from hybrid_model import build_model, describe_downsampling
 
-from conftest import PARITY_IMAGES, calibration_images, export_bundle
+from conftest import PARITY_IMAGES, calibration_images
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
@@ -33,8 +33,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory) -> Path:
-    return export_bundle(tmp_path_factory)
+def bundle(onnx_bundle) -> Path:
+    """Every variant, exported once for the suite (``conftest.onnx_bundle``)."""
+    return onnx_bundle
 
 
 def onnx_card(path: Path) -> dict:
