@@ -1,6 +1,6 @@
 """Gradio dashboard for the exported spectral-downsampling models (``python app.py``).
 
-``service`` (models, validation, caching; no Gradio), ``figures`` (Plotly figures),
+``service`` (models, validation, caching; no Gradio calls), ``figures`` (Plotly figures),
 ``handlers`` (event handlers behind the API endpoints), ``layout`` (the Blocks),
 ``components`` (the upload component), ``training_views`` (Training tab).
 """

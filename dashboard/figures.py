@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -150,7 +150,6 @@ class SpectrumPanel:
     title: str
     spectrum: np.ndarray
     box: CropBox | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _grid(n: int) -> tuple[int, int]:

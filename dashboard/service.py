@@ -1,4 +1,6 @@
-"""The dashboard's model-side logic, free of Gradio: loading, validation, caching, analysis.
+"""The dashboard's model-side logic: loading, validation, caching, analysis. It makes no Gradio
+calls (its :class:`UserError` becomes a ``gr.Error`` in ``handlers``), but importing it imports
+Gradio: the ``dashboard`` package and ``figures`` (Gradio's ``PlotData``) do.
 
 Everything the UI shows for one (image, model) pair comes from one compact :class:`Analysis`
 (top-5, the 32x32 input as the model saw it, map shapes, latency), computed once and kept in
@@ -149,10 +151,6 @@ class Analysis:
     @property
     def topk(self) -> list[tuple[str, float]]:
         return [(str(c), float(p)) for c, p in self.prediction.top_k]
-
-    @property
-    def top_class(self) -> str:
-        return self.topk[0][0]
 
     def map_shapes(self) -> dict[str, tuple[int, ...]]:
         """``{"input": (3, H, W), stage: (C, h, w), ...}``."""
