@@ -24,9 +24,7 @@ Command line (exit 1 when the tolerance is exceeded, 2 on bad input)::
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import pickle
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,46 +92,30 @@ class ParityReport:
 # --------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, n: int) -> np.ndarray:
-    from PIL import Image
-
-    images = [
-        np.asarray(Image.open(io.BytesIO(blob[offsets[k] : offsets[k + 1]].tobytes())).convert("RGB"))
-        for k in range(n)
-    ]
-    return np.stack(images)
+#: How each source of :func:`training.data.first_test_images` is described in a report.
+_SOURCE_WORDS = {"partial": ", bit-exact", "jpeg": " (JPEG copy)", "torchvision": " (torchvision files)"}
 
 
 def load_parity_images(n: int = DEFAULT_IMAGES, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """The first ``n`` CIFAR-10 test images as ``(uint8 (n, 32, 32, 3), labels, description)``.
 
-    Looks in ``data_dir`` (default ``shared/data``) for, in order: the bit-exact
-    ``cifar10_partial_test.npz``, the JPEG copy ``cifar10_test_jpeg.npz``, torchvision's
-    ``cifar-10-batches-py/test_batch``.
+    Read by :func:`training.data.first_test_images` from ``data_dir`` (default
+    ``shared/data``), bit-exact copies first: the partial arrays, then the JPEG copy, then
+    torchvision's files.
     """
+    from training.data import first_test_images
+
     root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     if n < 1:
         raise ValueError(f"need at least one parity image, got {n}")
-    exact, jpeg, batch = root / "cifar10_partial_test.npz", root / "cifar10_test_jpeg.npz", root / "cifar-10-batches-py" / "test_batch"
-    if exact.is_file():
-        with np.load(exact) as data:
-            if n <= len(data["y"]):
-                return data["x"][:n], data["y"][:n], f"CIFAR-10 test, bit-exact, first {n}"
-    if jpeg.is_file():
-        with np.load(jpeg) as data:
-            n_total = len(data["y"])
-            if n <= n_total:
-                return _decode_jpegs(data["jpeg"], data["offsets"], n), data["y"][:n], f"CIFAR-10 test (JPEG copy), first {n}"
-    if batch.is_file():
-        with open(batch, "rb") as handle:
-            raw = pickle.load(handle, encoding="bytes")
-        x = raw[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        if n <= len(x):
-            return x[:n], np.asarray(raw[b"labels"][:n], np.uint8), f"CIFAR-10 test (torchvision files), first {n}"
-    raise FileNotFoundError(
-        f"no CIFAR-10 test images (at least {n}) in {root}: expected cifar10_partial_test.npz, "
-        "cifar10_test_jpeg.npz or cifar-10-batches-py/test_batch (use --data-dir)"
-    )
+    try:
+        images, labels, source = first_test_images(n, root)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no CIFAR-10 test images (at least {n}) in {root}: expected cifar10_partial_test.npz, "
+            "cifar10_test_jpeg.npz or cifar-10-batches-py/test_batch (use --data-dir)"
+        ) from None
+    return images, labels, f"CIFAR-10 test{_SOURCE_WORDS[source]}, first {n}"
 
 
 # --------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import io
 import json
 import logging
 import os
@@ -68,28 +67,29 @@ _EVAL_BATCH = 256
 # --------------------------------------------------------------------------------------
 # Data: the CIFAR-10 JPEG copy (training images calibrate, test images gate)
 # --------------------------------------------------------------------------------------
-def _decode(blob: np.ndarray, offsets: np.ndarray, indices: Sequence[int]) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([
-        np.asarray(Image.open(io.BytesIO(blob[offsets[k] : offsets[k + 1]].tobytes())).convert("RGB")) for k in indices
-    ])
+#: Calibration images are drawn from the first 25,000 training images (the JPEG copy's
+#: first part: all classes, and only that part is decoded).
+CALIBRATION_POOL = 25_000
 
 
 def load_cifar10_jpeg(split: str, n: int, data_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(uint8 (n, 32, 32, 3), labels, description)`` from the CIFAR-10 JPEG copy.
+    """``(uint8 (n, 32, 32, 3), labels, description)`` from the CIFAR-10 JPEG copy, read by
+    :func:`training.data.load_cifar`.
 
     ``split="test"``: the first ``n`` test images. ``split="train"``: ``n`` images drawn
-    without replacement (seeded) from the first training part (25,000 images, all classes).
+    without replacement (seeded) from the first :data:`CALIBRATION_POOL` training images.
     """
+    from training.data import load_cifar
+
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-    name = {"test": "cifar10_test_jpeg.npz", "train": "cifar10_train_jpeg_part0.npz"}[split]
-    path = root / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the CIFAR-10 JPEG copy is needed (use --data-dir)")
-    with np.load(path) as data:
-        blob, offsets, labels = data["jpeg"], data["offsets"], data["y"]
-    total = len(labels)
+    try:
+        data = load_cifar("cifar10", root, source="jpeg", limit_train=CALIBRATION_POOL if split == "train" else 1)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{root}: the CIFAR-10 JPEG copy is needed (use --data-dir)") from None
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    total = len(y)
     if not 1 <= n <= total:
         raise ValueError(f"need 1..{total} CIFAR-10 {split} images, got {n}")
     if split == "test":
@@ -98,7 +98,7 @@ def load_cifar10_jpeg(split: str, n: int, data_dir: str | os.PathLike | None = N
     else:
         indices = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
         what = f"CIFAR-10 train (JPEG copy), {n} drawn from the first {total} (seed {seed})"
-    return _decode(blob, offsets, indices), labels[indices], what
+    return x.numpy()[indices], y.numpy()[indices], what
 
 
 # --------------------------------------------------------------------------------------

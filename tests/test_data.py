@@ -82,6 +82,23 @@ def test_limits_take_the_first_images(jpeg, shared_dir):
     assert torch.equal(small.x_train, jpeg.x_train[:300]) and torch.equal(small.y_test, jpeg.y_test[:40])
 
 
+def test_first_test_images_prefer_bit_exact_copies(partial, jpeg, shared_dir):
+    """The parity check's and the int8 gate's reader: the first N test images, bit-exact
+    partial arrays while they suffice, then the JPEG copy (the same images, same order)."""
+    x, y, source = D.first_test_images(5, shared_dir)
+    assert source == "partial" and x.dtype == np.uint8 and x.shape == (5, 32, 32, 3)
+    assert np.array_equal(x, partial.x_test[:5].numpy()) and np.array_equal(y, partial.y_test[:5].numpy())
+    n = partial.n_test + 1
+    x, y, source = D.first_test_images(n, shared_dir)
+    assert source == "jpeg" and np.array_equal(x, jpeg.x_test[:n].numpy()) and np.array_equal(y, jpeg.y_test[:n].numpy())
+    assert np.array_equal(y[: n - 1], partial.y_test.numpy())  # the same images in the same order
+    assert D.first_test_images(3, shared_dir, sources=("jpeg",))[2] == "jpeg"
+    with pytest.raises(FileNotFoundError, match="holds 10001 test images"):
+        D.first_test_images(jpeg.n_test + 1, shared_dir)
+    with pytest.raises(ValueError, match="at least one"):
+        D.first_test_images(0, shared_dir)
+
+
 @pytest.mark.parametrize("limit", [0, -3, 2.5, True])
 def test_bad_limits(limit, shared_dir):
     with pytest.raises(ValueError, match="positive integer"):

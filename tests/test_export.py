@@ -291,6 +291,9 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 
 
 def test_fresh_models_never_go_into_the_bundled_folder():
+    manifest = REPO / "exports" / "models" / "manifest.json"
+    before = manifest.read_bytes()
     with pytest.raises(ValueError, match="never write them into exports/models"):
         E.export_fresh(REPO / "exports", ["resnet18"])
-    assert json.loads((REPO / "exports" / "models" / "manifest.json").read_text())["models"] is not None
+    assert manifest.read_bytes() == before  # refused before anything was written
+    assert not (REPO / "exports" / "checkpoints").exists()

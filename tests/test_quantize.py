@@ -158,3 +158,18 @@ def test_cli_bad_input_is_one_line_exit_2(int8_hybrid, onnx_bundle, tmp_path, ar
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_calibration_and_gate_images_are_the_trainers_images():
+    """Read through training.data: the gate's first N test images and the seeded calibration
+    draw from the first CALIBRATION_POOL training images (same seed, same images)."""
+    from training.data import load_cifar
+
+    data = load_cifar("cifar10", DEFAULT_DATA_DIR, source="jpeg", limit_train=Q.CALIBRATION_POOL)
+    x, y, what = Q.load_cifar10_jpeg("train", 8, seed=1)
+    drawn = np.sort(np.random.default_rng(1).choice(Q.CALIBRATION_POOL, 8, replace=False))
+    assert np.array_equal(x, data.x_train.numpy()[drawn]) and np.array_equal(y, data.y_train.numpy()[drawn])
+    assert what == f"CIFAR-10 train (JPEG copy), 8 drawn from the first {Q.CALIBRATION_POOL} (seed 1)"
+    assert not np.array_equal(x, Q.load_cifar10_jpeg("train", 8, seed=2)[0])
+    x, y, what = Q.load_cifar10_jpeg("test", 8)
+    assert np.array_equal(x, data.x_test.numpy()[:8]) and what == "CIFAR-10 test (JPEG copy), first 8"

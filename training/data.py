@@ -44,6 +44,7 @@ __all__ = [
     "GpuLoader",
     "cache_dir",
     "candidate_data_dirs",
+    "first_test_images",
     "load_cifar",
     "normalize",
     "resolve_data_dir",
@@ -400,6 +401,28 @@ def load_cifar(
         source=description,
         exact=chosen != "jpeg",
     )
+
+
+def first_test_images(
+    n: int, data_dir: str | os.PathLike | None = None, sources: Sequence[str] = ("partial", "jpeg", "torchvision")
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The first ``n`` CIFAR-10 test images: ``(uint8 (n, 32, 32, 3), int64 labels (n,), source)``.
+
+    Read with :func:`load_cifar` from the first of ``sources`` in the data directory (see
+    :func:`resolve_data_dir`) that holds at least ``n`` test images; the default order puts
+    the bit-exact partial copy first (what the parity checks compare on). Raises
+    ``FileNotFoundError`` when none does, ``ValueError`` for ``n < 1``.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one test image, got {n}")
+    directory = resolve_data_dir(data_dir, "cifar10")
+    available = _available_sources(directory, "cifar10")
+    for source in sources:
+        if source in available:
+            data = load_cifar("cifar10", directory, source=source, limit_train=1, limit_test=n)
+            if data.n_test >= n:
+                return data.x_test.numpy(), data.y_test.numpy(), source
+    raise FileNotFoundError(f"no CIFAR-10 source among {', '.join(sources)} in {directory} holds {n} test images")
 
 
 # --------------------------------------------------------------------------------------
