@@ -362,7 +362,7 @@ class Handlers:
         for e in self.service.entries():
             entries.append({
                 "name": e.name, "variant": e.variant, "dataset": e.dataset, "test_acc": e.test_acc,
-                "size_bytes": e.size_bytes, "file": str(e.file), "training": budget(dict(e.card)),
+                "size_bytes": e.size_bytes, "file": str(e.file), "training": budget(e.card.to_dict()),
             })
         return {
             "models_dir": str(self.service.models_dir),

@@ -107,7 +107,7 @@ def _choices(service: DashboardService) -> list[tuple[str, str]]:
     """Dropdown entries: the name, the test accuracy and how the model was trained."""
     out = []
     for entry in service.entries():
-        card = dict(entry.card)
+        card = entry.card.to_dict()
         parts = [] if entry.variant == entry.name else [str(entry.variant)]
         if entry.test_acc is not None:
             parts.append(f"{100 * float(entry.test_acc):.1f}% test")

@@ -263,8 +263,10 @@ class DashboardService:
             raise UserError(f"Model '{name}' could not be loaded: {exc}") from None
 
     def card(self, name: str | None) -> dict:
-        """The model card (from the registry's validation; no session is created)."""
-        return dict(self.entry(name).card)
+        """The model card's JSON object (a copy; from the registry's validation, no session is
+        created): what ``training.report``'s tables and figures read, as from card files.
+        The typed card is ``self.entry(name).card``."""
+        return self.entry(name).card.to_dict()
 
     def entry(self, name: str | None) -> Any:
         if not self.names():
@@ -362,11 +364,11 @@ class DashboardService:
     def spectrum_panels(self, analysis: Analysis) -> list[SpectrumPanel]:
         """One panel per map (input image, then each stage's output), each with the crop box
         of the layer that downsamples that map (the next stage's layer), if spectral."""
-        card = self.card(analysis.model_name)
+        card = self.entry(analysis.model_name).card
         spectra = self.spectra(analysis)
         shapes = analysis.map_shapes()
         boxes: dict[str, tuple[dict, CropBox | None]] = {}
-        for layer in card.get("layers") or []:
+        for layer in card.layers:
             stage = layer.get("stage")
             target = PREVIOUS_MAP.get(stage)
             if target is None or target in boxes and boxes[target][1] is not None:

@@ -12,13 +12,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import CIFAR10_CLASSES, DEFAULT_MODEL, ROOT, VARIANTS
+from conftest import CIFAR10_CLASSES, DEFAULT_MODEL, ROOT, TEST_ACC, VARIANTS, reference_prediction, top1
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -97,14 +98,20 @@ def test_models_endpoint(client: Client, models_dir: Path):
         assert Path(entry["file"]).name == f"{entry['name']}.onnx"
 
 
-def test_classify_real_cifar_images_with_the_default_model(client: Client, cifar_images):
+def test_classify_real_cifar_images_with_the_default_model(client: Client, cifar_images, models_dir: Path):
     for image in cifar_images[:6]:
-        assert_label(classify(client, image.path))
+        expected = reference_prediction(models_dir / f"{DEFAULT_MODEL}.onnx", image.path)
+        assert assert_label(classify(client, image.path)) == top1(expected), image.path.name
 
 
 @pytest.mark.parametrize("model", VARIANTS)
-def test_classify_every_model(client: Client, cifar_images, model: str):
-    assert_label(classify(client, cifar_images[0].path, model))
+def test_classify_every_model(client: Client, cifar_images, models_dir: Path, model: str):
+    """Each model's answer is its own: the argmax and probabilities computed without the app."""
+    served = classify(client, cifar_images[0].path, model)
+    expected = reference_prediction(models_dir / f"{model}.onnx", cifar_images[0].path)
+    assert assert_label(served) == top1(expected)
+    for entry in served["confidences"]:
+        assert entry["confidence"] == pytest.approx(expected[entry["label"]], abs=1e-5)
 
 
 def test_classify_matches_the_runtime(client: Client, cifar_images, models_dir: Path):
@@ -125,7 +132,7 @@ def test_spectra_draws_each_layer_crop_on_the_map_it_reads(client: Client, cifar
     from exports.serving.runtime import OnnxModel
 
     card = OnnxModel(models_dir / "hybrid.onnx").card
-    spectral_layers = [layer for layer in card["layers"] if layer["crop"]]
+    spectral_layers = [layer for layer in card.layers if layer["crop"]]
     grid, features, table = client.predict(handle_file(str(cifar_images[1].path)), "hybrid", False, 3,
                                            api_name="/spectra")
     fig = figure(grid)
@@ -145,7 +152,7 @@ def test_spectra_draws_each_layer_crop_on_the_map_it_reads(client: Client, cifar
     assert (len(panel["z"]), len(panel["z"][0])) == tuple(layer2["in_size"])
     # feature maps only on demand
     assert not figure(features)["data"]
-    assert [row[0] for row in table["data"]] == [layer["name"] for layer in card["layers"]]
+    assert [row[0] for row in table["data"]] == [layer["name"] for layer in card.layers]
 
 
 def test_spectra_feature_maps_on_demand_and_conv_model(client: Client, cifar_images):
@@ -158,14 +165,14 @@ def test_spectra_feature_maps_on_demand_and_conv_model(client: Client, cifar_ima
     assert len(maps) == 5 * 3  # stem, layer1..4 x (mean + 2 channels)
 
 
-def test_compare_two_to_four_models(client: Client, cifar_images):
+def test_compare_two_to_four_models(client: Client, cifar_images, models_dir: Path):
     summary, table, strides, resolution = client.predict(
         handle_file(str(cifar_images[3].path)), ["hybrid", "resnet18", "diffstride"], api_name="/compare")
     models = summary["models"]
     assert [m["name"] for m in models] == ["hybrid", "resnet18", "diffstride"]
     for m in models:
-        assert m["topk"][0][0] in CIFAR10_CLASSES
-        assert m["flops"] > 0 and m["latency_ms"] > 0 and m["test_acc"] is not None
+        assert m["topk"][0][0] == top1(reference_prediction(models_dir / f"{m['name']}.onnx", cifar_images[3].path))
+        assert m["flops"] > 0 and m["latency_ms"] > 0 and m["test_acc"] == pytest.approx(TEST_ACC[m["name"]])
     assert models[1]["resolution"]["layer4"] == [4, 4]  # plain ResNet-18: 32 -> 4
     assert len(table["data"]) == 3
     bars = figure(strides)["data"]
@@ -198,18 +205,19 @@ def test_training_endpoint(client: Client):
     assert len(overview["data"]) == 2
 
 
-def test_compare_refuses_models_of_different_datasets(start_app, mixed_models_dir: Path, cifar_images):
+def test_compare_refuses_models_of_different_datasets(mixed_models_dir: Path, cifar_images):
     from exports.serving.cifar import CIFAR100_CLASSES
 
-    client = Client(start_app(mixed_models_dir).url, verbose=False)
-    info = client.predict(api_name="/models")
+    app = InProcessApp(mixed_models_dir)
+    info = app("models")
     assert {m["name"]: m["dataset"] for m in info["models"]} == {"resnet18": "cifar10", "resnet18-c100": "cifar100"}
-    with pytest.raises(AppError) as excinfo:
-        client.predict(handle_file(str(cifar_images[0].path)), ["resnet18", "resnet18-c100"], api_name="/compare")
+    with pytest.raises(gr.Error) as excinfo:
+        app("compare", str(cifar_images[0].path), ["resnet18", "resnet18-c100"])
     message = error_text(excinfo)
     assert "must share one dataset" in message and "resnet18-c100 (cifar100)" in message
-    top = classify(client, cifar_images[0].path, "resnet18-c100")
+    top = app("classify", str(cifar_images[0].path), "resnet18-c100")
     assert top["label"] in CIFAR100_CLASSES and len(top["confidences"]) == 5
+    assert top["label"] == top1(reference_prediction(mixed_models_dir / "resnet18-c100.onnx", cifar_images[0].path))
 
 
 # --------------------------------------------------------------------------------------
@@ -356,72 +364,93 @@ def test_upload_over_the_size_limit_is_refused(app_server, tmp_path: Path, cifar
 
 
 # --------------------------------------------------------------------------------------
-# Model folders with problems: the app still starts and says why
+# Model folders with problems: the app still builds and says why. In-process, no server:
+# the Blocks ``app.create_app`` makes for the folder, each endpoint's own function called
+# with what a client sends, its outputs as the client receives them.
 # --------------------------------------------------------------------------------------
-def test_broken_model_files_are_skipped_with_reasons(start_app, broken_models_dir: Path, cifar_images):
-    server = start_app(broken_models_dir)
-    client = Client(server.url, verbose=False)
-    info = client.predict(api_name="/models")
+class InProcessApp:
+    """``app.create_app(models)`` without a server: ``app("classify", path, model)``."""
+
+    def __init__(self, models: Path) -> None:
+        from app import create_app
+
+        self.demo, self.service = create_app(models)
+        self.endpoints = {fn.api_name: fn for fn in self.demo.fns.values() if fn.api_name}
+
+    def __call__(self, api_name: str, *args):
+        """The endpoint's answer (postprocessed by its output components, as served), or
+        the ``gr.Error`` the caller would see."""
+        endpoint = self.endpoints[api_name]
+        result = endpoint.fn(*args)
+        if not endpoint.outputs:  # gr.api: the value is the answer
+            return result
+        values = [result] if len(endpoint.outputs) == 1 else list(result)
+        served = [component.postprocess(value) for component, value in zip(endpoint.outputs, values)]
+        served = [v.model_dump() if hasattr(v, "model_dump") else v for v in served]
+        return served[0] if len(served) == 1 else served
+
+    def status(self) -> str:
+        """The status line at the top of the page (model count, or why there is none, and the skipped files)."""
+        return next(block.value for block in self.demo.blocks.values() if getattr(block, "elem_id", None) == "dash-status")
+
+
+def test_broken_model_files_are_skipped_with_reasons(broken_models_dir: Path, cifar_images):
+    app = InProcessApp(broken_models_dir)
+    info = app("models")
     assert [m["name"] for m in info["models"]] == ["resnet18"] and info["default"] == "resnet18"
     skipped = {Path(s["file"]).name: s["reason"] for s in info["skipped"]}
     assert set(skipped) == {"corrupt.onnx", "empty.onnx", "nocard.onnx"}
     assert all(reason.strip() for reason in skipped.values())
     assert "card" in skipped["nocard.onnx"].lower()
-    with urllib.request.urlopen(server.url, timeout=10) as page:
-        html = page.read().decode()
-    assert "corrupt.onnx" in html  # the skipped files are listed in the UI
-    assert_label(classify(client, cifar_images[0].path))
-    with pytest.raises(AppError) as excinfo:
-        classify(client, cifar_images[0].path, "corrupt")
+    assert "corrupt.onnx" in app.status()  # the skipped files are listed in the UI
+    assert_label(app("classify", str(cifar_images[0].path)))
+    with pytest.raises(gr.Error) as excinfo:
+        app("classify", str(cifar_images[0].path), "corrupt")
     assert "Unknown model 'corrupt'" in error_text(excinfo)
 
 
-def test_no_valid_model_still_starts(start_app, tmp_path_factory, cifar_images):
-    folder = tmp_path_factory.mktemp("no-models")
+def test_no_valid_model_still_builds(tmp_path: Path, cifar_images):
+    folder = tmp_path / "no-models"
+    folder.mkdir()
     (folder / "broken.onnx").write_bytes(b"not onnx at all")
-    server = start_app(folder)
-    client = Client(server.url, verbose=False)
-    info = client.predict(api_name="/models")
+    app = InProcessApp(folder)
+    info = app("models")
     assert info["models"] == [] and info["default"] is None
     assert [Path(s["file"]).name for s in info["skipped"]] == ["broken.onnx"]
-    with urllib.request.urlopen(server.url, timeout=10) as page:
-        html = page.read().decode()
-    assert "No valid model was found" in html and "broken.onnx" in html
-    for call in (lambda: classify(client, cifar_images[0].path),
-                 lambda: client.predict(handle_file(str(cifar_images[0].path)), api_name="/spectra"),
-                 lambda: client.predict(api_name="/training")):
-        with pytest.raises(AppError) as excinfo:
+    assert "No valid model was found" in app.status() and "broken.onnx" in app.status()
+    for call in (lambda: app("classify", str(cifar_images[0].path)),
+                 lambda: app("spectra", str(cifar_images[0].path)),
+                 lambda: app("training")):
+        with pytest.raises(gr.Error) as excinfo:
             call()
         message = error_text(excinfo)
         assert "No valid model was found" in message and "broken.onnx" in message
 
 
-def test_missing_models_folder_still_starts(start_app, tmp_path: Path, cifar_images):
-    server = start_app(tmp_path / "does-not-exist")
-    client = Client(server.url, verbose=False)
-    info = client.predict(api_name="/models")
+def test_missing_models_folder_still_builds(tmp_path: Path, cifar_images):
+    app = InProcessApp(tmp_path / "does-not-exist")
+    info = app("models")
     assert info["models"] == []
-    with pytest.raises(AppError) as excinfo:
-        classify(client, cifar_images[0].path)
+    with pytest.raises(gr.Error) as excinfo:
+        app("classify", str(cifar_images[0].path))
     assert "No valid model was found" in error_text(excinfo)
 
 
-def test_model_file_removed_while_serving(start_app, models_dir: Path, tmp_path: Path, cifar_images):
-    """A model file deleted after start-up (sessions are created on first use with
+def test_model_file_removed_while_serving(models_dir: Path, tmp_path: Path, cifar_images):
+    """A model file deleted after start-up (sessions are created on first use, as with
     --no-preload): a clear message for that model; the other models keep working."""
     folder = tmp_path / "models"
     folder.mkdir()
     for name in ("resnet18", "spectral"):
         shutil.copy(models_dir / f"{name}.onnx", folder / f"{name}.onnx")
-    server = start_app(folder, "--no-preload")
-    client = Client(server.url, verbose=False)
-    assert_label(classify(client, cifar_images[1].path, "resnet18"))
+    app = InProcessApp(folder)
+    assert_label(app("classify", str(cifar_images[1].path), "resnet18"))
     (folder / "spectral.onnx").unlink()
-    with pytest.raises(AppError) as excinfo:
-        classify(client, cifar_images[1].path, "spectral")
+    with pytest.raises(gr.Error) as excinfo:
+        app("classify", str(cifar_images[1].path), "spectral")
     message = error_text(excinfo)
     assert "Model 'spectral' could not be loaded" in message and "not found" in message
-    assert_label(classify(client, cifar_images[2].path, "resnet18"))
+    assert_label(app("classify", str(cifar_images[2].path), "resnet18"))
 
 
 # --------------------------------------------------------------------------------------

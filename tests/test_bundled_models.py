@@ -28,7 +28,7 @@ def test_every_bundled_model_is_valid(registry):
 
 def test_cards_carry_their_measured_accuracy_and_data(registry):
     for entry in registry.entries:
-        card = entry.card
+        card = entry.card.to_dict()
         assert card["dataset"] == "cifar10" and card["data"]["source"].startswith("CIFAR-10")
         assert card["data"]["n_test"] > 0 and card["history"], entry.name
         assert card["test_acc"] == card["history"][-1]["test_acc"]
@@ -40,7 +40,7 @@ def test_int8_models_passed_the_accuracy_gate(registry):
     int8 = [e for e in registry.entries if e.precision == "int8"]
     assert int8, "the bundle serves int8 models"
     for entry in int8:
-        card = entry.card
+        card = entry.card.to_dict()
         assert card["export"]["precision"] == "int8" and entry.file == f"{entry.name}.int8.onnx"
         gate = card["accuracy_gate"]
         assert gate["passed"] and gate["n_images"] >= 1000 and gate["source"].startswith("CIFAR-10 test (JPEG copy)")
@@ -48,7 +48,7 @@ def test_int8_models_passed_the_accuracy_gate(registry):
         assert "CIFAR-10 train" in card["export"]["quantization"]["calibration"]
         assert entry.size_bytes < 13_000_000  # int8: about a quarter of the float32 file (~45 MB)
     for entry in registry.entries:
-        assert entry.precision in ("int8", "fp16", "fp32") and entry.card["export"].get("precision", "fp16") == entry.precision
+        assert entry.precision in ("int8", "fp16", "fp32") and entry.card.export.get("precision", "fp16") == entry.precision
 
 
 def test_bundled_models_classify_a_real_cifar_image(registry):

@@ -177,9 +177,9 @@ def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
     assert registry.names() == ["hybrid"] and not registry.skipped
     for name in registry.names():
         entry = next(e for e in registry.entries if e.name == name)
-        bundled = entry.card["bundled_accuracy"]
+        bundled = entry.card.bundled_accuracy
         assert bundled["test_images"] == 32 and entry.test_acc == bundled["test_acc"]
-        assert entry.card["compression"]["scheme"] == compact.SCHEME
+        assert entry.card.compression["scheme"] == compact.SCHEME
         assert registry.get(name).predict(_image()).top_k
     assert [p.name for p in results.glob("*.json")] == ["hybrid_cifar10_s41222_seed0.json"]
 

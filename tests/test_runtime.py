@@ -3,7 +3,6 @@ agreement with PyTorch through the full image path, thread safety, bad model fil
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 import time
@@ -84,7 +83,7 @@ def test_select_providers_always_ends_with_cpu():
 # --------------------------------------------------------------------------------------
 def test_attributes(hybrid):
     assert hybrid.name == "hybrid"
-    assert hybrid.card["variant"] == "hybrid" and "layers" in hybrid.card and "parity" in hybrid.card
+    assert hybrid.card.variant == "hybrid" and hybrid.card.layers and "parity" in hybrid.card.to_dict()
     assert hybrid.class_names[:2] == ["airplane", "automobile"] and hybrid.num_classes == 10
     assert hybrid.feature_names == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     assert hybrid.providers == [CPU]
@@ -126,7 +125,7 @@ def test_prediction_fields(hybrid):
     assert pred.probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert len(pred.top_k) == 5 and [p for _, p in pred.top_k] == sorted((p for _, p in pred.top_k), reverse=True)
     assert pred.label == pred.top_k[0][0] and pred.confidence == pytest.approx(pred.probs.max())
-    shapes = {o["name"]: tuple(o["shape"][1:]) for o in hybrid.card["outputs"][1:]}
+    shapes = {o["name"]: tuple(o["shape"][1:]) for o in hybrid.card.outputs[1:]}
     assert {name: f.shape for name, f in pred.features.items()} == shapes
     assert pred.model_input.shape == (32, 32, 3) and pred.model_input.dtype == np.uint8
     # both timings measured (a 48x64 image is cropped and resized), and within the call's wall time
@@ -182,12 +181,12 @@ def test_card_problems_spots_mismatches(hybrid):
     inputs = [(i.name, list(i.shape)) for i in hybrid.session.get_inputs()]
     outputs = [(o.name, list(o.shape)) for o in hybrid.session.get_outputs()]
     assert card_problems(hybrid.card, inputs, outputs) == []
-    wrong_shape = json.loads(json.dumps(hybrid.card))
+    wrong_shape = hybrid.card.to_dict()  # a copy
     wrong_shape["outputs"][3]["shape"][2] = 16
     assert "layer2" in card_problems(wrong_shape, inputs, outputs)[0]
-    dropped = dict(hybrid.card, outputs=hybrid.card["outputs"][:-1])
+    dropped = dict(hybrid.card.to_dict(), outputs=hybrid.card.outputs[:-1])
     assert "card outputs" in card_problems(dropped, inputs, outputs)[0]
-    classes = dict(hybrid.card, num_classes=100)
+    classes = dict(hybrid.card.to_dict(), num_classes=100)
     assert "num_classes" in card_problems(classes, inputs, outputs)[0]
     assert card_problems([], inputs, outputs) == ["card is not a JSON object"]
 

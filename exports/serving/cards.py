@@ -53,6 +53,7 @@ __all__ = [
     "CardError",
     "RunCard",
     "RUN_FIELDS",
+    "as_card",
     "card_from_json",
     "default_class_names",
     "is_finished",
@@ -251,7 +252,7 @@ class RunCard:
     def output_problems(self) -> list[str]:
         """What is wrong with the ``outputs`` list an exported card must declare."""
         declared = self.outputs
-        if not declared or not isinstance(declared, list) or not all(isinstance(o, Mapping) and "name" in o for o in declared):
+        if not isinstance(declared, list) or not all(isinstance(o, Mapping) and "name" in o for o in declared):
             return ["card has no valid 'outputs' list"]
         return []
 
@@ -279,8 +280,8 @@ class RunCard:
         if names and counted and (not isinstance(names, list) or len(names) != num_classes):
             count = len(names) if isinstance(names, (list, tuple)) else names
             problems.append(f"{count} class_names for num_classes={num_classes}")
-        if self.format is not None:
-            problems.extend(self.output_problems())
+        if self.format is not None and (not self.outputs or self.output_problems()):
+            problems.append("card has no valid 'outputs' list")
         return problems
 
     def validate(self, where: str = "card") -> RunCard:
@@ -314,11 +315,15 @@ def default_class_names(dataset: str | None, num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
+def as_card(card: RunCard | Mapping[str, Any]) -> RunCard:
+    """``card`` itself if it is a :class:`RunCard`, else :meth:`RunCard.from_dict` of it
+    (for functions that take either while their callers move to the typed card)."""
+    return card if isinstance(card, RunCard) else RunCard.from_dict(card)
+
+
 def is_finished(card: RunCard | Mapping[str, Any] | None) -> bool:
     """A card (typed or its JSON object) of a completed run; ``False`` for ``None``/empty."""
-    if not card:
-        return False
-    return (card if isinstance(card, RunCard) else RunCard.from_dict(card)).is_finished
+    return bool(card) and as_card(card).is_finished
 
 
 def card_from_json(text: str | bytes) -> RunCard:

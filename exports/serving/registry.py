@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import onnx
 
+from .cards import CardError, RunCard, read_onnx_card
 from .files import file_sha256
 from .manifest import MANIFEST
 from .runtime import ModelError, OnnxModel, card_problems
@@ -37,13 +38,12 @@ class ModelEntry:
     test_acc: float | None
     size_bytes: int
     path: Path = field(repr=False)
-    card: dict = field(repr=False, compare=False)
+    card: RunCard = field(repr=False, compare=False)
     precision: str = "fp32"  # "int8", "fp16" (fp16-stored weights) or "fp32": the card's export.precision
 
     def to_dict(self) -> dict:
         """Plain summary (no card, no path object)."""
-        out = asdict(self)
-        out.pop("card")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "card"}
         out["path"] = str(self.path)
         return out
 
@@ -52,7 +52,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
 
 
-def _validate(path: Path, expected_sha256: str | None) -> dict:
+def _validate(path: Path, expected_sha256: str | None) -> RunCard:
     """The model's card, or ``ModelError`` saying why the file cannot be served."""
     if not path.is_file():
         raise ModelError("file not found")
@@ -70,13 +70,10 @@ def _validate(path: Path, expected_sha256: str | None) -> dict:
         onnx.checker.check_model(model)
     except Exception as error:
         raise ModelError(f"invalid ONNX graph ({str(error).splitlines()[0][:160]})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "card" not in meta:
-        raise ModelError("no model card in the ONNX metadata")
     try:
-        card = json.loads(meta["card"])
-    except json.JSONDecodeError:
-        raise ModelError("model card is not valid JSON") from None
+        card = read_onnx_card(model)
+    except CardError as error:
+        raise ModelError(str(error)) from None
     initializers = {i.name for i in model.graph.initializer}
     inputs = [(v.name, _dims(v)) for v in model.graph.input if v.name not in initializers]
     outputs = [(v.name, _dims(v)) for v in model.graph.output]
@@ -84,11 +81,6 @@ def _validate(path: Path, expected_sha256: str | None) -> dict:
     if problems:
         raise ModelError(f"card does not match the graph: {problems[0]}")
     return card
-
-
-def _precision(card: dict) -> str:
-    export = card.get("export") if isinstance(card.get("export"), dict) else {}
-    return str(export.get("precision") or ("fp16" if export.get("fp16_weights") else "fp32"))
 
 
 def _twin_name(entries: list[ModelEntry], name: str, precision: str) -> str:
@@ -180,8 +172,8 @@ class ModelRegistry:
             except ModelError as error:
                 skipped.append((file, str(error)))
                 continue
-            name = str(row.get("name") or card.get("name") or path.stem)
-            precision = _precision(card)
+            name = str(row.get("name") or card.name or path.stem)
+            precision = card.precision
             name = _twin_name(entries, name, precision)
             if any(e.name == name for e in entries):
                 skipped.append((file, f"duplicate model name {name!r}"))
@@ -190,9 +182,9 @@ class ModelRegistry:
                 ModelEntry(
                     name=name,
                     file=file,
-                    variant=str(card.get("variant")),
-                    dataset=card.get("dataset"),
-                    test_acc=card.get("test_acc"),
+                    variant=str(card.variant),
+                    dataset=card.dataset,
+                    test_acc=card.test_acc,
                     size_bytes=path.stat().st_size,
                     path=path,
                     card=card,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
-from .cifar import CIFAR_MEAN_STD
+from .cards import CardError, RunCard, as_card, read_onnx_card
 from .images import ImageError, ImageSource, load_image
 
 __all__ = [
@@ -150,20 +149,16 @@ def default_threads() -> int:
 # --------------------------------------------------------------------------------------
 # Preprocessing
 # --------------------------------------------------------------------------------------
-def normalization_for(card: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` of the model's input normalisation.
+def normalization_for(card: RunCard | Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of the model's input normalisation (:meth:`RunCard.mean_std`).
 
     The card's ``normalize`` (what this model was trained with) wins; otherwise the
     standard ``CIFAR_MEAN_STD`` of the card's dataset (``exports.serving.cifar``).
     """
-    norm = card.get("normalize") or {}
-    if norm.get("mean") and norm.get("std"):
-        return tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
-    dataset = card.get("dataset", "cifar10")
-    if dataset in CIFAR_MEAN_STD:
-        mean, std = CIFAR_MEAN_STD[dataset]
-        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    raise ModelError(f"no input normalisation known for dataset {dataset!r}: the card has no 'normalize'")
+    try:
+        return as_card(card).mean_std()
+    except CardError as error:
+        raise ModelError(str(error)) from None
 
 
 def _lab_to_rgb(image: Image.Image) -> Image.Image:
@@ -277,20 +272,22 @@ def _dims_agree(card_shape: Shape, graph_shape: Shape) -> bool:
 
 
 def card_problems(
-    card: Any, inputs: Sequence[tuple[str, Shape]], outputs: Sequence[tuple[str, Shape]]
+    card: RunCard | Mapping[str, Any] | Any, inputs: Sequence[tuple[str, Shape]], outputs: Sequence[tuple[str, Shape]]
 ) -> list[str]:
-    """Why a card does not describe a graph (empty list: it does).
+    """Why a card (typed, or its JSON object) does not describe a graph (empty list: it does).
 
     ``inputs``/``outputs``: ``(name, shape)`` of the graph, dims as ints or symbolic names.
-    Checks the single ``input`` (B, 3, H, W), the output names and order against
-    ``card["outputs"]``, their static dims, and ``num_classes``/``class_names``.
+    Checks the card's own ``outputs`` list (:meth:`RunCard.output_problems`), the single
+    ``input`` (B, 3, H, W), the output names and order against the card's, their static
+    dims, and ``num_classes``/``class_names``.
     """
-    if not isinstance(card, dict):
+    if not isinstance(card, (RunCard, Mapping)):
         return ["card is not a JSON object"]
-    problems = []
-    declared = card.get("outputs")
-    if not isinstance(declared, list) or not all(isinstance(o, dict) and "name" in o for o in declared):
-        return ["card has no valid 'outputs' list"]
+    card = as_card(card)
+    problems = card.output_problems()
+    if problems:
+        return problems
+    declared = card.outputs
     if [name for name, _ in inputs] != [INPUT_NAME] or len(inputs[0][1]) != 4 or inputs[0][1][1] != 3:
         problems.append(f"graph input must be one '{INPUT_NAME}' of shape (B, 3, H, W), got {list(inputs)}")
     card_names, graph_names = [o["name"] for o in declared], [name for name, _ in outputs]
@@ -304,10 +301,10 @@ def card_problems(
         problems.append(f"the first output must be '{LOGITS}', got {graph_names[:1]}")
     elif isinstance(outputs[0][1][-1], int):
         classes = outputs[0][1][-1]
-        if card.get("num_classes") != classes:
-            problems.append(f"card num_classes {card.get('num_classes')} != logits width {classes}")
-        if len(card.get("class_names") or []) != classes:
-            problems.append(f"card has {len(card.get('class_names') or [])} class_names for {classes} logits")
+        if card.num_classes != classes:
+            problems.append(f"card num_classes {card.num_classes} != logits width {classes}")
+        if len(card.class_names or []) != classes:
+            problems.append(f"card has {len(card.class_names or [])} class_names for {classes} logits")
     unknown = [name for name in graph_names[1:] if name not in STAGES]
     if unknown:
         problems.append(f"unknown feature outputs {unknown}")
@@ -377,7 +374,8 @@ class OnnxModel:
         providers: execution providers; default :func:`select_providers`.
         intra_op_threads: threads per run; default :func:`default_threads`.
 
-    Attributes: ``name``, ``path``, ``card`` (the embedded model card, a dict),
+    Attributes: ``name``, ``path``, ``card`` (the embedded model card, a
+    :class:`~exports.serving.cards.RunCard`),
     ``class_names``, ``feature_names`` (stage outputs in graph order), ``output_names``,
     ``providers`` (as the session actually uses them), ``input_size`` ``(H, W)``,
     ``mean``/``std`` (input normalisation).
@@ -398,8 +396,8 @@ class OnnxModel:
         problems = card_problems(self.card, inputs, outputs)
         if problems:
             raise ModelError(f"{self.path.name}: card does not match the graph: {problems[0]}")
-        self.name: str = str(self.card.get("name") or self.path.stem)
-        self.class_names: list[str] = list(self.card["class_names"])
+        self.name: str = str(self.card.name or self.path.stem)
+        self.class_names: list[str] = list(self.card.class_names)
         self.output_names: list[str] = [name for name, _ in outputs]
         self.feature_names: list[str] = self.output_names[1:]
         self.input_size: tuple[int, int] = (int(inputs[0][1][2]), int(inputs[0][1][3]))
@@ -407,7 +405,7 @@ class OnnxModel:
         self.providers: list[str] = list(self.session.get_providers())
 
     def __repr__(self) -> str:
-        return f"OnnxModel(name={self.name!r}, variant={self.card.get('variant')!r}, providers={self.providers})"
+        return f"OnnxModel(name={self.name!r}, variant={self.card.variant!r}, providers={self.providers})"
 
     def _open_session(self, providers: Sequence[str] | None, threads: int | None) -> ort.InferenceSession:
         try:
@@ -418,17 +416,11 @@ class OnnxModel:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelError(f"{self.path.name}: not a loadable ONNX model ({reason[:200]})") from None
 
-    def _read_card(self) -> dict:
-        text = self.session.get_modelmeta().custom_metadata_map.get("card")
-        if text is None:
-            raise ModelError(f"{self.path.name}: no model card in the ONNX metadata (not written by exports.export?)")
+    def _read_card(self) -> RunCard:
         try:
-            card = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ModelError(f"{self.path.name}: model card is not valid JSON ({error})") from None
-        if not isinstance(card, dict):
-            raise ModelError(f"{self.path.name}: model card is not a JSON object")
-        return card
+            return read_onnx_card(self.session)  # the session's metadata: no second parse of the file
+        except CardError as error:
+            raise ModelError(f"{self.path.name}: {error}") from None
 
     @property
     def num_classes(self) -> int:
