@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 import hybrid_model
+from exports.serving.cards import is_finished
 from training import checkpoint as ckpt
 from training.data import CIFAR_MEAN_STD, CIFAR10_CLASSES, load_cifar, normalize
 from training.train import lr_lambda, main, param_checksum, resolution_penalty, run_name
@@ -126,7 +127,7 @@ def test_card_and_checkpoint_contents(trained):
 
     # Learned strides: the four DiffStride layers of the hybrid, as stored in the weights.
     weights = load_file(str(path.with_suffix(".safetensors")))
-    assert set(card["learned_strides"]) == {"stem_pool", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"}
+    assert set(card["learned_strides"]) == {"stem_pool", "layer2.0.spectral_pool", "layer3.0.spectral_pool", "layer4.0.spectral_pool"}
     for layer, (s_h, s_w) in card["learned_strides"].items():
         stored = weights[f"{layer}.stride"]
         assert stored.tolist() == pytest.approx([s_h, s_w])
@@ -288,7 +289,7 @@ def test_max_seconds_stops_at_an_epoch_boundary_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "stopping after epoch 1/3" in out and "done, test_acc" not in out
     card = ckpt.load_card(budgeted / f"{name}.json")
-    assert card["epoch"] == 1 and not ckpt.is_finished(card)
+    assert card["epoch"] == 1 and not is_finished(card)
     assert (budgeted / f"{name}.state.pt").exists()  # resumable
 
     # A budget that is never reached changes nothing; the resumed run equals a straight one.

@@ -2,10 +2,13 @@
 
 * ``training.data`` - CIFAR-10/100 loading (torchvision folders, the shared JPEG copy, the
   bit-exact partial arrays), ``normalize`` and the on-device ``GpuLoader``;
+* ``training.config`` - ``TrainConfig``: every training setting, typed; the CLI, the resume
+  check, the card's ``config`` and the sweep's flags derive from it;
 * ``training.train`` - ``python -m training.train``: one run (SGD, piecewise / one-cycle
   schedules, DDP under torchrun, atomic checkpoints, exact ``--resume``);
 * ``training.sweep`` - ``python -m training.sweep --config X.json``: grids of runs and the
   papers' results table;
 * ``training.report`` - tables and plotly figures from model cards (shared with the dashboard);
-* ``training.checkpoint`` - the files of a run and ``load_checkpoint``.
+* ``training.checkpoint`` - the files of a run (card + weights + resume state), ``load_checkpoint``,
+  ``save_checkpoint`` and ``fresh_checkpoint``.
 """
