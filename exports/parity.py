@@ -24,7 +24,6 @@ Command line (exit 1 when the tolerance is exceeded, 2 on bad input)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .serving.cards import CardError, RunCard, read_onnx_card
 from .serving.runtime import CPU, ModelError, normalization_for, normalize_uint8
 
 __all__ = [
@@ -164,7 +164,7 @@ def _limit(scale: float, fp16: bool, override: float | None) -> tuple[float, str
 def check_parity(
     torch_model,
     onnx_model: str | Path | bytes,
-    card: Mapping[str, Any],
+    card: RunCard | Mapping[str, Any],
     n_images: int = DEFAULT_IMAGES,
     data_dir: str | Path | None = None,
     fp16_weights: bool = False,
@@ -206,17 +206,6 @@ def check_parity(
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
-def _read_onnx_card(path: Path) -> dict:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:
-        raise ModelError(f"{path.name}: not an ONNX file ({type(error).__name__})") from None
-    meta = {p.key: p.value for p in model.metadata_props}
-    return json.loads(meta["card"]) if "card" in meta else {}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exports.parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("onnx", type=Path, help="exported .onnx model")
@@ -232,14 +221,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.onnx.is_file():
             raise ModelError(f"{args.onnx}: model file not found")
-        onnx_card = _read_onnx_card(args.onnx)
+        try:  # a file without a card is checked as fp32 weights
+            onnx_card = read_onnx_card(args.onnx, missing_ok=True)
+        except CardError as error:
+            raise ModelError(f"{args.onnx.name}: {error}") from None
         model, card = load_checkpoint(args.checkpoint)
-        fp16 = bool(onnx_card.get("export", {}).get("fp16_weights", False))
-        report = check_parity(model, args.onnx, card, args.images, args.data_dir, fp16, args.tolerance)
+        report = check_parity(model, args.onnx, card, args.images, args.data_dir, onnx_card.fp16_weights, args.tolerance)
     except (CheckpointError, ModelError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    source_sha = onnx_card.get("source_checkpoint_sha256")
+    source_sha = onnx_card.source_checkpoint_sha256
     if source_sha and source_sha != file_sha256(resolve_pair(args.checkpoint)[0]):
         print("note: the ONNX card names a different source checkpoint (sha256 differs)")
     print("\n".join(report.lines()))

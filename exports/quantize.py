@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import logging
 import os
 import sys
@@ -41,6 +40,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .parity import DEFAULT_DATA_DIR
+from .serving.cards import CardError, RunCard, embed_card, read_onnx_card
 from .serving.runtime import CPU, ModelError, card_problems, normalization_for, normalize_uint8
 
 __all__ = [
@@ -287,12 +287,12 @@ class QuantizeResult:
     sha256: str | None
 
 
-def _read_card(model: onnx.ModelProto, path: Path) -> dict:
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "card" not in meta:
-        raise ModelError(f"{path.name}: no model card in the ONNX metadata (not written by exports.export)")
-    card = json.loads(meta["card"])
-    if card.get("export", {}).get("precision") == "int8":
+def _read_card(model: onnx.ModelProto, path: Path) -> RunCard:
+    try:
+        card = read_onnx_card(model)
+    except CardError as error:
+        raise ModelError(f"{path.name}: {error}") from None
+    if card.precision == "int8":
         raise ModelError(f"{path.name} is already int8: quantise the float model")
     return card
 
@@ -306,20 +306,19 @@ def _load(path: Path) -> onnx.ModelProto:
         raise ModelError(f"{path.name}: not an ONNX model ({type(error).__name__})") from None
 
 
-def _int8_card(card: dict, *, name: str, source: Path, source_sha: str, settings: dict, report: AccuracyReport) -> dict:
-    out = json.loads(json.dumps(card))
-    out["name"] = name
-    out["parity"] = None  # no bit-level reference for int8: the accuracy gate replaces parity
-    out["float_parity"] = card.get("parity")  # the float export's parity with PyTorch
-    out["accuracy_gate"] = report.to_dict()
-    export = dict(out.get("export") or {})
-    export.update(
-        precision="int8",
-        fp16_weights=False,
-        quantization={**settings, "source_file": source.name, "source_sha256": source_sha},
-        quantized=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
-    out["export"] = export
+def _int8_card(card: RunCard, *, name: str, source: Path, source_sha: str, settings: dict, report: AccuracyReport) -> RunCard:
+    out = RunCard.from_dict(card.to_dict())  # a copy
+    out.name = name
+    out.parity = None  # no bit-level reference for int8: the accuracy gate replaces parity
+    out.float_parity = card.parity  # the float export's parity with PyTorch
+    out.accuracy_gate = report.to_dict()
+    out.export = {
+        **(out.export or {}),
+        "precision": "int8",
+        "fp16_weights": False,
+        "quantization": {**settings, "source_file": source.name, "source_sha256": source_sha},
+        "quantized": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     return out
 
 
@@ -375,17 +374,17 @@ def quantize_model(
         "stem_and_classifier": "float" if keep_ends_float else "int8",
         "float_ops": "BatchNormalization (after spectral layers)",
     }
-    full_card = _int8_card(card, name=name or card.get("name") or source.stem, source=source, source_sha=file_sha256(source),
+    int8_card = _int8_card(card, name=name or card.name or source.stem, source=source, source_sha=file_sha256(source),
                            settings=settings, report=report)
     initializers = {i.name for i in quantized.graph.initializer}
     inputs = [(v.name, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]) for v in quantized.graph.input if v.name not in initializers]
     outputs = [(v.name, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]) for v in quantized.graph.output]
-    problems = card_problems(full_card, inputs, outputs)
+    problems = card_problems(int8_card, inputs, outputs)
     if problems:  # would be a bug here: never ship a model the registry rejects
         raise ModelError(f"quantised card does not match the graph: {problems[0]}")
-    del quantized.metadata_props[:]
-    onnx.helper.set_model_props(quantized, {"card": json.dumps(full_card, separators=(",", ":"))})
-    quantized.doc_string = f"{full_card['name']}: {full_card['variant']} ResNet-18, int8 (see metadata 'card')"
+    del quantized.metadata_props[:]  # the float model's card
+    embed_card(quantized, int8_card, f"{int8_card.name}: {int8_card.variant} ResNet-18, int8 (see metadata 'card')")
+    full_card = int8_card.to_dict()
     data = quantized.SerializeToString()
     if not report.passed:
         return QuantizeResult(None, full_card, report, len(data), None)

@@ -15,6 +15,7 @@ from exports.serving.cards import (
     RunCard,
     card_from_json,
     default_class_names,
+    embed_card,
     is_finished,
     read_onnx_card,
 )
@@ -67,6 +68,19 @@ def test_read_onnx_card_takes_a_path_bytes_a_proto_or_a_session():
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for source in (str(path), path.read_bytes(), onnx.load(str(path), load_external_data=False), session):
         assert read_onnx_card(source).to_dict() == expected
+
+
+def test_embed_card_replaces_the_card_and_keeps_other_metadata():
+    proto = onnx.load(str(BUNDLED[0]), load_external_data=False)
+    onnx.helper.set_model_props(proto, {"other": "kept", "card": "{}"})  # now two cards and one other key
+    card = read_onnx_card(BUNDLED[0])
+    card.name = "renamed"
+    embed_card(proto, card, doc_string="renamed: a test")
+    assert [p.key for p in proto.metadata_props].count("card") == 1
+    assert {p.key: p.value for p in proto.metadata_props}["other"] == "kept"
+    assert read_onnx_card(proto).to_dict() == card.to_dict() and proto.doc_string == "renamed: a test"
+    embed_card(proto, {"variant": "resnet18"})  # a plain JSON object works too; doc string unchanged
+    assert read_onnx_card(proto).variant == "resnet18" and proto.doc_string == "renamed: a test"
 
 
 def test_legacy_card_without_newer_fields_loads_and_round_trips():

@@ -22,6 +22,7 @@ Read one (anything)::
 
     card = RunCard.from_dict(json.loads(text))      # a card file, legacy cards included
     card = read_onnx_card("exports/models/hybrid.int8.onnx")   # an exported model
+    embed_card(proto, card, doc_string="...")       # the one writer of the ONNX metadata
     card.variant, card.test_acc, card.precision, card.mean_std(), card.labels()
     card.validate("runs/hybrid.json")               # CardError: one sentence, or nothing
     card.is_finished
@@ -56,6 +57,7 @@ __all__ = [
     "as_card",
     "card_from_json",
     "default_class_names",
+    "embed_card",
     "is_finished",
     "read_onnx_card",
 ]
@@ -358,11 +360,27 @@ def _metadata(source: Any) -> Mapping[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def read_onnx_card(source: str | os.PathLike | bytes | Any) -> RunCard:
+def read_onnx_card(source: str | os.PathLike | bytes | Any, *, missing_ok: bool = False) -> RunCard:
     """The card embedded in an exported model (path, bytes, ``onnx.ModelProto`` or
-    onnxruntime session). Raises :class:`CardError` when there is none or it is not a JSON
-    object; the message does not name the file (callers prefix it)."""
+    onnxruntime session). Raises :class:`CardError` when the file is not ONNX, has no card
+    (unless ``missing_ok``: an empty ``RunCard()``) or its card is not a JSON object; the
+    message does not name the file (callers prefix it)."""
     text = _metadata(source).get(CARD_KEY)
     if text is None:
+        if missing_ok:
+            return RunCard()
         raise CardError("no model card in the ONNX metadata (not written by exports.export?)")
     return card_from_json(text)
+
+
+def embed_card(proto: Any, card: RunCard | Mapping[str, Any], doc_string: str | None = None) -> None:
+    """Write ``card`` (compact JSON) into an ``onnx.ModelProto``'s metadata under
+    :data:`CARD_KEY`, replacing an earlier card (other metadata is kept); set the model's
+    ``doc_string`` when given."""
+    text = json.dumps(card.to_dict() if isinstance(card, RunCard) else card, separators=(",", ":"))
+    for prop in [p for p in proto.metadata_props if p.key == CARD_KEY]:
+        proto.metadata_props.remove(prop)
+    prop = proto.metadata_props.add()
+    prop.key, prop.value = CARD_KEY, text
+    if doc_string is not None:
+        proto.doc_string = doc_string
