@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -88,21 +89,27 @@ def models_dir(onnx_bundle: Path) -> Path:
     return Path(override) if override else onnx_bundle / "models"
 
 
+@functools.lru_cache(maxsize=4)
+def _reference_session(onnx_path: Path) -> tuple[object, dict]:
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    card = json.loads({p.key: p.value for p in model.metadata_props}["card"])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), card
+
+
 def reference_prediction(onnx_path: Path, image_path: Path) -> dict[str, float]:
     """``{class name: probability}`` of a 32x32 image through an exported model, computed
     without the project's serving code (PIL, numpy and a bare onnxruntime session, with the
     card's class names and mean/std): what the app's answers are checked against."""
-    import onnx
-    import onnxruntime as ort
     from PIL import Image
 
-    model = onnx.load(str(onnx_path))
-    card = json.loads({p.key: p.value for p in model.metadata_props}["card"])
+    session, card = _reference_session(Path(onnx_path))
     pixels = np.asarray(Image.open(image_path).convert("RGB"), np.float32) / 255.0
     assert pixels.shape == (32, 32, 3), "a reference for CIFAR-sized images only (no resizing)"
     mean, std = (np.asarray(card["normalize"][k], np.float32) for k in ("mean", "std"))
     x = ((pixels - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": x})[0][0].astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
@@ -324,15 +331,3 @@ def client(app_server: AppServer):
     from gradio_client import Client
 
     return Client(app_server.url, verbose=False)
-
-
-@pytest.fixture(scope="session")
-def start_app(tmp_path_factory):
-    """Start extra app servers (other models folders) for the rest of the session."""
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        def start(models: Path, *extra_args: str) -> AppServer:
-            return stack.enter_context(run_app(models, tmp_path_factory.mktemp("app-logs"), extra_args=extra_args))
-
-        yield start

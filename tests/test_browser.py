@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import ARTIFACTS, ASSETS, CIFAR10_CLASSES
+from conftest import ARTIFACTS, ASSETS, DEFAULT_MODEL, reference_prediction, top1
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -165,7 +165,7 @@ def assert_spectra_readable(page) -> int:
 
 
 # ----------------------------------------------------------------------------- tests
-def test_classify_spectra_layers_and_true_label(browser, client):
+def test_classify_spectra_layers_and_true_label(browser, client, models_dir):
     """Classify shows the API's answer with the example's true label and the training
     budget; Spectra has one shared colour scale, effective strides and no overlapping
     text; the layer table is there before any upload; no server path on the page."""
@@ -183,7 +183,7 @@ def test_classify_spectra_layers_and_true_label(browser, client):
         label = page.locator("#top5-label [data-testid=label-output-value]").first.inner_text().strip()
         from gradio_client import handle_file
 
-        assert label in CIFAR10_CLASSES
+        assert label == top1(reference_prediction(models_dir / f"{DEFAULT_MODEL}.onnx", ASSETS / "0001_ship.png"))
         assert label == client.predict(handle_file(str(ASSETS / "0001_ship.png")), api_name="/classify")["label"]
         summary = page.locator("#classify-summary").inner_text()
         assert "True label: ship" in summary and "epoch" in summary and "train" in summary
