@@ -38,6 +38,7 @@ from hybrid_model import describe_downsampling, freeze, model_cost
 
 from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
+from .serving.cards import RunCard, as_card, embed_card
 from .serving.files import atomic_write_bytes, file_sha256
 from .serving.manifest import drop_from_manifest, precision_of, read_manifest, update_manifest  # noqa: F401 (exports.ingest imports them from here)
 from .serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems
@@ -153,7 +154,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def build_card(
-    card: Mapping[str, Any],
+    card: RunCard | Mapping[str, Any],
     model: nn.Module,
     proto: onnx.ModelProto,
     *,
@@ -162,39 +163,35 @@ def build_card(
     fp16: bool,
     parity: ParityReport | None,
 ) -> dict:
-    """The training card plus what the export knows: layers, cost, outputs, parity, provenance."""
+    """The training card plus what the export knows: layers, cost, outputs, parity, provenance
+    (the card's export stage, :class:`~exports.serving.cards.RunCard`), as its JSON object."""
     _, outputs = graph_io(proto)
-    full = dict(card)
-    full.update(
-        name=name,
-        format=CARD_FORMAT,
-        input_size=list(INPUT_SIZE),
-        layers=[info.to_dict() for info in describe_downsampling(model, INPUT_SIZE)],
-        cost=model_cost(model, INPUT_SIZE),
-        source_checkpoint_sha256=checkpoint_sha256,
-        outputs=[{"name": n, "shape": shape} for n, shape in outputs],
-        parity=None if parity is None else parity.to_dict(),
-        export={
-            "opset": OPSET,
-            "exporter": "torch.onnx.export(dynamo=True)",
-            "fp16_weights": fp16,
-            # what the weights are stored as: "fp32", "fp16" (computed in float32) or "int8"
-            # (exports.quantize); the registry and the dashboard read it from here.
-            "precision": "fp16" if fp16 else "fp32",
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        },
-    )
-    return _json_safe(full)
+    full = RunCard.from_dict(card)  # a copy
+    full.name = name
+    full.format = CARD_FORMAT
+    full.input_size = list(INPUT_SIZE)
+    full.layers = [info.to_dict() for info in describe_downsampling(model, INPUT_SIZE)]
+    full.cost = model_cost(model, INPUT_SIZE)
+    full.source_checkpoint_sha256 = checkpoint_sha256
+    full.outputs = [{"name": n, "shape": shape} for n, shape in outputs]
+    full.parity = None if parity is None else parity.to_dict()
+    full.export = {
+        "opset": OPSET,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "fp16_weights": fp16,
+        # what the weights are stored as: "fp32", "fp16" (computed in float32) or "int8"
+        # (exports.quantize); the registry and the dashboard read it from here.
+        "precision": "fp16" if fp16 else "fp32",
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return _json_safe(full.to_dict())
 
 
-def _set_card(proto: onnx.ModelProto, card: Mapping[str, Any]) -> None:
-    for prop in list(proto.metadata_props):
-        if prop.key == "card":
-            proto.metadata_props.remove(prop)
-    onnx.helper.set_model_props(proto, {"card": json.dumps(card, separators=(",", ":"))})
-    proto.doc_string = f"{card['name']}: {card['variant']} ResNet-18 on {card.get('dataset')} (see metadata 'card')"
+def _set_card(proto: onnx.ModelProto, card: RunCard | Mapping[str, Any]) -> None:
+    typed = as_card(card)
+    embed_card(proto, card, f"{typed.name}: {typed.variant} ResNet-18 on {typed.dataset} (see metadata 'card')")
 
 
 # --------------------------------------------------------------------------------------
@@ -231,7 +228,7 @@ def export_checkpoint(
     if fp16:
         proto = fp16_weights(proto)
     onnx.checker.check_model(proto, full_check=True)
-    log(f"exported {card['variant']} ({len(features)} feature outputs, opset {OPSET}) in {time.perf_counter() - started:.1f}s")
+    log(f"exported {as_card(card).variant} ({len(features)} feature outputs, opset {OPSET}) in {time.perf_counter() - started:.1f}s")
     report = None
     if parity_images > 0:
         report = check_parity(model, proto.SerializeToString(), card, parity_images, data_dir, fp16, tolerance)
