@@ -40,7 +40,7 @@ from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 from .serving.cards import RunCard, as_card, embed_card
 from .serving.files import atomic_write_bytes, file_sha256
-from .serving.manifest import drop_from_manifest, precision_of, read_manifest, update_manifest  # noqa: F401 (exports.ingest imports them from here)
+from .serving.manifest import update_manifest
 from .serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems
 
 __all__ = ["ExportResult", "OPSET", "export_checkpoint", "export_fresh", "fp16_weights", "main"]

@@ -88,7 +88,7 @@ def onnx_accuracy(path: Path, images, labels, normalize: dict, threads: int | No
     import numpy as np
     import onnxruntime as ort
 
-    from .runtime import INPUT_NAME, LOGITS, normalize_uint8
+    from .serving.runtime import INPUT_NAME, LOGITS, normalize_uint8
 
     options = ort.SessionOptions()
     if threads:
@@ -119,7 +119,7 @@ def _bundle_file(fp16_path: Path, variant: str, int8: bool, images, labels, card
     """
     if not int8:
         return fp16_path, onnx_accuracy(fp16_path, images, labels, card["normalize"], threads), {}
-    from .export import drop_from_manifest
+    from .serving.manifest import drop_from_manifest
     from .quantize import quantize_model
 
     quantized = quantize_model(fp16_path, fp16_path.with_name(f"{variant}.int8.onnx"), test_images=len(labels),
@@ -147,7 +147,8 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
 
     from .serving.files import atomic_write_bytes, file_sha256
     from .compact import read_compact
-    from .export import _set_card, export_checkpoint, precision_of, update_manifest
+    from .export import _set_card, export_checkpoint
+    from .serving.manifest import precision_of, update_manifest
 
     files = [(Path(w["_dir"]) / e["file"], e) for w in windows for e in w.get("runs", []) if e.get("file")]
     if not files:
@@ -225,7 +226,7 @@ def _ort_version() -> str:
 def _swap(staging: Path, models_dir: Path, keep: Sequence[str]) -> None:
     """``staging`` becomes ``models_dir``; models of the old folder that were not replaced are
     carried over (with their manifest rows), so ingesting fewer models never drops one."""
-    from .export import read_manifest
+    from .serving.manifest import read_manifest
 
     if models_dir.is_dir():
         new_rows = {m["file"] for m in read_manifest(staging)["models"]}
@@ -346,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.sweep import ConfigError, load_config
 
     from training.checkpoint import CheckpointError
-    from .runtime import ModelError
+    from .serving.runtime import ModelError
 
     if args.models_dir.resolve() == (REPO / "exports" / "models").resolve() and (REPO / ".git" / "gpu-window.json").exists():
         print("error: the repository is still on the GPU-window scratch branch: run "
