@@ -102,12 +102,6 @@ def onnx_accuracy(path: Path, images, labels, normalize: dict, threads: int | No
     return correct / len(labels)
 
 
-def _card_of(path: Path) -> str:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}["card"]
-
-
 def _bundle_file(fp16_path: Path, variant: str, int8: bool, images, labels, card: dict, data_dir: str | None,
                  threads: int | None, log=print) -> tuple[Path, float, dict]:
     """The file the dashboard will serve, and its accuracy on ``images``.
@@ -147,7 +141,8 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
 
     from .serving.files import atomic_write_bytes, file_sha256
     from .compact import read_compact
-    from .export import _set_card, export_checkpoint
+    from .export import export_checkpoint
+    from .serving.cards import embed_card, read_onnx_card
     from .serving.manifest import precision_of, update_manifest
 
     files = [(Path(w["_dir"]) / e["file"], e) for w in windows for e in w.get("runs", []) if e.get("file")]
@@ -182,7 +177,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
                                                     threads, log)
             seconds = time.perf_counter() - started
             delta = None if reference is None else 100 * (acc - reference)
-            full = dict(json.loads(_card_of(bundled_path)))
+            full = read_onnx_card(bundled_path).to_dict()
             full["training_test_acc"] = card.get("test_acc")
             full["test_acc"] = acc
             full["bundled_accuracy"] = {
@@ -192,7 +187,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
                 "within_target": None if delta is None else abs(delta) <= TARGET_DELTA_POINTS, "seconds": round(seconds, 1),
             }
             proto = onnx.load(str(bundled_path))
-            _set_card(proto, full)
+            embed_card(proto, full)  # the doc string the exporter / quantiser wrote stays
             atomic_write_bytes(bundled_path, proto.SerializeToString())
             update_manifest(bundled_path, full, file_sha256(bundled_path))
             rows.append({"variant": variant, "test_acc": acc, "reference": reference, "delta_points": delta,
