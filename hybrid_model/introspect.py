@@ -1,6 +1,6 @@
-"""Looking inside a model: its downsampling layers, per-stage spectra, cost, and freezing.
+"""Looking inside a model: its downsampling layers, head, feature maps, cost, and freezing.
 
-Used by the dashboard, the export command and the results tables.
+Used by the exporter (layer table, cost, frozen copy) and the training cards (head, transforms).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layers import DiffStride2d, FixedSeparable2d, SpectralPool2d
+from .layers import DiffStride2d, FixedSeparable2d, SpectralGain2d, SpectralPool2d, spectral_gain
 from .spectral import AxisCrop
 
 __all__ = [
@@ -121,8 +121,6 @@ def layer_transforms(model: nn.Module) -> dict[str, str]:
     """``{layer name: transform}`` of every spectral layer: ``"fourier"`` for DiffStride
     (rfft2), the pooling's own transform for :class:`SpectralPool2d`, and for the
     ``diffstride_scaled`` ablation's gain the transform of the head it stands in for."""
-    from .resnet import SpectralGain2d  # resnet imports this module's siblings only
-
     transforms = {}
     for name, module in model.named_modules():
         if isinstance(module, DiffStride2d):
@@ -163,8 +161,6 @@ def describe_head(model: nn.Module, input_size: tuple[int, int] = (32, 32)) -> d
             model(_probe_input(model, input_size))
     finally:
         hook.remove()
-    from .resnet import spectral_gain
-
     in_size, out_size = tuple(seen["in"].shape[-2:]), tuple(seen["out"].shape[-2:])
     if isinstance(head, DiffStride2d):  # Fourier normalisation of its crop
         kind, gain = "diffstride", in_size[0] * in_size[1] / (out_size[0] * out_size[1])

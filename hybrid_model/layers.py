@@ -2,10 +2,13 @@
 
 Semantics: ``docs/layers.md``. Both layers run the fast separable-matmul
 path by default (``impl="matmul"``); ``impl="fft"`` runs the plain ``torch.fft``
-reference (same numbers, used by tests and benchmarks).
+reference (same numbers, used by tests and benchmarks). ``SpectralGain2d`` is the constant a
+``SpectralPool2d`` head gives global average pooling (an ablation); ``FixedSeparable2d`` a
+spectral layer frozen for export.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -13,7 +16,7 @@ from torch import Tensor, nn
 
 from . import spectral
 
-__all__ = ["DiffStride2d", "SpectralPool2d", "FixedSeparable2d"]
+__all__ = ["DiffStride2d", "SpectralPool2d", "SpectralGain2d", "FixedSeparable2d", "spectral_gain"]
 
 _IMPLS = ("matmul", "fft")
 
@@ -205,6 +208,45 @@ class SpectralPool2d(nn.Module):
                 pool = spectral.fourier_pool_fft if self.transform == "fourier" else spectral.hartley_pool_fft
                 return pool(x, self.stride)
             return spectral.apply_separable(x, *self.operators((x.shape[-2], x.shape[-1]), dtype, x.device))
+
+
+def spectral_gain(size: tuple[int, int], stride: tuple[float, float], transform: str) -> float:
+    """``GAP(SpectralPool2d(x)) / GAP(x)`` for an ``H x W`` input: the pooling's DC gain.
+
+    Only the DC bin reaches the mean and it passes the crop unchanged, so the ratio is the
+    normalisation alone: ``HW/(h*w)`` for Fourier (unscaled ``rfft2``, ``1/(h*w)``
+    ``irfft2``) and ``sqrt(HW/(h*w))`` for Hartley (orthonormal DHT both ways), with
+    ``(h, w)`` the pooled size. Plain Python (traceable); ``tests/test_head.py`` checks it
+    against the layer.
+    """
+    h_out, w_out = SpectralPool2d(stride, transform=transform).output_size(size)
+    ratio = size[0] * size[1] / (h_out * w_out)
+    return ratio if transform == "fourier" else math.sqrt(ratio)
+
+
+class SpectralGain2d(nn.Module):
+    """Multiply by the gain a :class:`SpectralPool2d` head would give global average pooling.
+
+    ``y = c(H, W) * x`` with ``c = GAP(SpectralPool2d(stride, transform)(x)) / GAP(x)``, a
+    constant per input size (4.5 for Fourier and 2.0 for Hartley at 18x18, stride 2). Put
+    before global average pooling, it gives the classifier exactly what a spectral pooling
+    head would, without the pooling: the ``diffstride_scaled`` ablation. No parameters.
+    Shape: ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, stride: float | Sequence[float] = 2.0, transform: str = "hartley") -> None:
+        super().__init__()
+        pool = SpectralPool2d(stride, transform=transform)  # validates both arguments
+        self.stride, self.transform = pool.stride, pool.transform
+
+    def gain(self, size: tuple[int, int]) -> float:
+        return spectral_gain((int(size[0]), int(size[1])), self.stride, self.transform)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, transform={self.transform!r}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gain(tuple(x.shape[-2:]))
 
 
 class FixedSeparable2d(nn.Module):

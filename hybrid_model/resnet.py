@@ -1,9 +1,15 @@
-"""CIFAR ResNet-18 with configurable downsampling (strided conv, spectral pooling, DiffStride).
+"""CIFAR ResNet-18 built from injected downsampling layers (strided conv, spectral pooling, DiffStride).
+
+As torchvision's ``resnet.py`` injects ``norm_layer`` and timm's ``BasicBlock`` an
+``aa_layer``, :class:`SpectralResNet` takes layer factories: ``pool_layer(stride)`` builds
+the spectral layer of each downsampling point (``None``: strided convolutions) and
+``head_layer(stride)`` an optional layer before global average pooling. :data:`VARIANTS`
+names the layer classes of each variant; :func:`build_model` binds their options.
 
 Placement follows ``docs/layers.md``: a stride 5-tuple
 ``(stem, stage1, stage2, stage3, stage4)``; DiffStride layers sit after the stem and in the
 first block of stages 2-4 (one instance shared by the main branch and the 1x1 shortcut),
-even when their entry is 1; an optional head layer sits before global average pooling.
+even when their entry is 1.
 
 What a head does to the classifier (proved in ``tests/test_head.py``): global average
 pooling reads only the DC bin, which fixed spectral pooling keeps, so
@@ -15,36 +21,62 @@ does with :class:`SpectralGain2d` and no head layer; ``diffstride2`` is ``diffst
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Sequence
+import re
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .layers import DiffStride2d, SpectralPool2d
+from .layers import DiffStride2d, SpectralGain2d, SpectralPool2d
 
 __all__ = [
-    "VARIANTS", "PAPER_VARIANTS", "HEAD_KINDS", "PAPER_STRIDES", "SpectralGain2d", "SpectralResNet", "build_model",
-    "spectral_gain", "stride_parameters", "learned_strides", "build_from_card",
+    "VARIANTS", "PAPER_VARIANTS", "PAPER_STRIDES", "BLOCKS", "BasicBlock", "PreActBlock", "SpectralResNet", "Variant",
+    "build_model", "build_from_card", "learned_strides", "parse_strides", "stride_parameters", "upgrade_state_dict",
+    "validate_strides",
 ]
 
-#: variant -> (downsampling kind, head kind)
-VARIANTS: dict[str, tuple[str, str | None]] = {
-    "resnet18": ("conv", None),
-    "spectral": ("spectral", None),
-    "diffstride": ("diffstride", None),
-    "hybrid": ("diffstride", "spectral"),
-    "diffstride2": ("diffstride", "diffstride"),
+#: ``factory(stride) -> layer``: a layer class, or a ``functools.partial`` of one with its options bound.
+LayerFactory = Callable[[float], nn.Module]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The layer classes of one variant.
+
+    ``pool`` sits at each downsampling point (``None``: strided convolutions), ``head``
+    before global average pooling (``None``: no layer); ``paper``: one of the five variants
+    of the papers' tables (else an ablation).
+    """
+
+    pool: type[nn.Module] | None
+    head: type[nn.Module] | None = None
+    paper: bool = True
+
+    @property
+    def head_has_transform(self) -> bool:
+        """Whether the head takes ``head_transform`` (spectral pooling, or its gain)."""
+        return self.head in (SpectralPool2d, SpectralGain2d)
+
+
+#: The one list of variants, in table order.
+VARIANTS: dict[str, Variant] = {
+    "resnet18": Variant(pool=None),
+    "spectral": Variant(pool=SpectralPool2d),
+    "diffstride": Variant(pool=DiffStride2d),
+    "hybrid": Variant(pool=DiffStride2d, head=SpectralPool2d),
+    "diffstride2": Variant(pool=DiffStride2d, head=DiffStride2d),
     # Ablation: the hybrid's head replaced by the constant it multiplies GAP's output by.
-    "diffstride_scaled": ("diffstride", "scale"),
+    "diffstride_scaled": Variant(pool=DiffStride2d, head=SpectralGain2d, paper=False),
 }
 #: The five variants of the papers' tables (the others are ablations).
-PAPER_VARIANTS: tuple[str, ...] = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
-#: Head kinds: an extra layer before global average pooling (``None``: none).
-HEAD_KINDS = (None, "spectral", "diffstride", "scale")
+PAPER_VARIANTS: tuple[str, ...] = tuple(name for name, variant in VARIANTS.items() if variant.paper)
 TRANSFORMS = ("fourier", "hartley")
 #: The hybrid paper's Algorithm 1 defines its spectral pooling with the Hartley transform.
 DEFAULT_HEAD_TRANSFORM = "hartley"
+#: The head transform of cards written before Hartley became the default (they name none).
+LEGACY_HEAD_TRANSFORM = "fourier"
 
 #: The stride tuples of the papers' tables.
 PAPER_STRIDES: tuple[tuple[int, ...], ...] = (
@@ -56,10 +88,47 @@ PAPER_STRIDES: tuple[tuple[int, ...], ...] = (
     (1, 1, 3, 2, 3),
 )
 
-DOWNSAMPLING_KINDS = ("conv", "spectral", "diffstride")
 STAGE_CHANNELS = (64, 128, 256, 512)
+MAX_STRIDE = 64.0
 
 
+# --------------------------------------------------------------------------------------
+# Strides: one validator for the model, the training CLI and the checkpoint reader
+# --------------------------------------------------------------------------------------
+def validate_strides(strides: Sequence[float], integer: bool = False) -> tuple[float, ...]:
+    """``strides`` as the 5-tuple ``(stem, stage1, stage2, stage3, stage4)`` of floats in ``[1, 64)``.
+
+    ``integer``: strided convolutions need whole numbers. Raises ``ValueError`` (one sentence).
+    """
+    try:
+        if isinstance(strides, (str, bytes)):  # "11222" would pass as five digits
+            raise TypeError
+        values = tuple(float(s) for s in strides)
+    except (TypeError, ValueError):
+        raise ValueError(f"strides must be 5 numbers (stem, stage1..stage4), got {strides!r}") from None
+    if len(values) != 5:
+        raise ValueError(f"strides must be 5 numbers (stem, stage1..stage4), got {len(values)}: {strides!r}")
+    if not all(1.0 <= s < MAX_STRIDE for s in values):  # false for NaN and inf too
+        raise ValueError(f"every stride must be a number in [1, 64), got {strides!r}")
+    if integer and not all(s.is_integer() for s in values):
+        raise ValueError(f"strided convolutions need integer strides, got {strides!r}")
+    return values
+
+
+def parse_strides(text: str) -> tuple[float, ...]:
+    """``"1,1,2,2,2"`` -> ``(1.0, 1.0, 2.0, 2.0, 2.0)``, checked by :func:`validate_strides`."""
+    try:
+        values = [float(part) for part in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"strides must be 5 comma-separated numbers like 1,1,2,2,2, got {text!r}") from None
+    if len(values) != 5:
+        raise ValueError(f"strides must be 5 comma-separated numbers (stem,stage1..stage4), got {len(values)} in {text!r}")
+    return validate_strides(values)
+
+
+# --------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
 
@@ -68,18 +137,53 @@ def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
+#: What the block's spectral layer was called in checkpoints written before it became
+#: ``spectral_pool`` (torchvision's ``downsample`` is the 1x1 shortcut, here ``shortcut``).
+_LEGACY_NAME = "downsample"
+
+
+def upgrade_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A state dict with old keys (``layer2.0.downsample.stride``) renamed to the current ones
+    (``layer2.0.spectral_pool.stride``); other keys unchanged. ``load_state_dict`` does this
+    by itself; for code that compares keys before loading."""
+    return {re.sub(rf"(^|\.){_LEGACY_NAME}\.", r"\1spectral_pool.", key): value for key, value in state.items()}
+
+
+def _load_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook of a block: ``<prefix>downsample.*`` -> ``<prefix>spectral_pool.*``."""
+    old = f"{prefix}{_LEGACY_NAME}."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[f"{prefix}spectral_pool.{key[len(old):]}"] = state_dict.pop(key)
+
+
+class _SpectralBlock(nn.Module):
+    """What both blocks share: an optional spectral layer feeding both branches."""
+
+    #: Pre-activation blocks need a stem without BN-ReLU and a final BN-ReLU.
+    preactivation = False
+    spectral_pool: nn.Module | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_pre_hook(_load_legacy_keys)
+
+    def _resample(self, x: Tensor) -> Tensor:
+        return x if self.spectral_pool is None else self.spectral_pool(x)
+
+
+class BasicBlock(_SpectralBlock):
     """Post-activation basic block (He et al. 2016a), as in both papers.
 
-    ``downsample`` (a spectral layer or ``None``) follows the first 3x3 conv and also feeds
-    the shortcut, so both branches have identical sizes; ``conv_stride`` is used by the plain
-    strided-conv model instead. Shape: ``(B, in_ch, H, W) -> (B, out_ch, h, w)``.
+    ``spectral_pool`` (a spectral downsampling layer or ``None``) follows the first 3x3 conv
+    and also feeds the shortcut, so both branches have identical sizes; ``conv_stride`` is
+    used by the plain strided-conv model instead. ``shortcut`` is the 1x1 projection
+    (torchvision's ``downsample``). Shape: ``(B, in_ch, H, W) -> (B, out_ch, h, w)``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, conv_stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, in_ch: int, out_ch: int, conv_stride: int = 1, spectral_pool: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_ch, out_ch, conv_stride)
-        self.downsample = downsample
+        self.spectral_pool = spectral_pool
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
         self.bn2 = nn.BatchNorm2d(out_ch)
@@ -87,9 +191,6 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module | None = None
         if conv_stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(conv1x1(in_ch, out_ch, conv_stride), nn.BatchNorm2d(out_ch))
-
-    def _resample(self, x: Tensor) -> Tensor:
-        return x if self.downsample is None else self.downsample(x)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self._resample(self.conv1(x))))
@@ -102,23 +203,22 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(_SpectralBlock):
     """Pre-activation basic block (He et al. 2016b), as the public DiffStride code uses today."""
 
-    def __init__(self, in_ch: int, out_ch: int, conv_stride: int = 1, downsample: nn.Module | None = None) -> None:
+    preactivation = True
+
+    def __init__(self, in_ch: int, out_ch: int, conv_stride: int = 1, spectral_pool: nn.Module | None = None) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = conv3x3(in_ch, out_ch, conv_stride)
-        self.downsample = downsample
+        self.spectral_pool = spectral_pool
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
         self.relu = nn.ReLU(inplace=False)
         self.shortcut: nn.Module | None = None
         if conv_stride != 1 or in_ch != out_ch:
             self.shortcut = conv1x1(in_ch, out_ch, conv_stride)
-
-    def _resample(self, x: Tensor) -> Tensor:
-        return x if self.downsample is None else self.downsample(x)
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.relu(self.bn1(x))
@@ -131,151 +231,77 @@ class PreActBlock(nn.Module):
         return out + identity
 
 
-def spectral_gain(size: tuple[int, int], stride: tuple[float, float], transform: str) -> float:
-    """``GAP(SpectralPool2d(x)) / GAP(x)`` for an ``H x W`` input: the pooling's DC gain.
-
-    Only the DC bin reaches the mean and it passes the crop unchanged, so the ratio is the
-    normalisation alone: ``HW/(h*w)`` for Fourier (unscaled ``rfft2``, ``1/(h*w)``
-    ``irfft2``) and ``sqrt(HW/(h*w))`` for Hartley (orthonormal DHT both ways), with
-    ``(h, w)`` the pooled size. Plain Python (traceable); ``tests/test_head.py`` checks it
-    against the layer.
-    """
-    h_out, w_out = SpectralPool2d(stride, transform=transform).output_size(size)
-    ratio = size[0] * size[1] / (h_out * w_out)
-    return ratio if transform == "fourier" else math.sqrt(ratio)
+#: ``block`` option -> block class.
+BLOCKS: dict[str, type[_SpectralBlock]] = {"post": BasicBlock, "pre": PreActBlock}
 
 
-class SpectralGain2d(nn.Module):
-    """Multiply by the gain a :class:`SpectralPool2d` head would give global average pooling.
-
-    ``y = c(H, W) * x`` with ``c = GAP(SpectralPool2d(stride, transform)(x)) / GAP(x)``, a
-    constant per input size (4.5 for Fourier and 2.0 for Hartley at 18x18, stride 2). Put
-    before global average pooling, it gives the classifier exactly what a spectral pooling
-    head would, without the pooling: the ``diffstride_scaled`` ablation. No parameters.
-    Shape: ``(B, C, H, W) -> (B, C, H, W)``.
-    """
-
-    def __init__(self, stride: float | Sequence[float] = 2.0, transform: str = "hartley") -> None:
-        super().__init__()
-        pool = SpectralPool2d(stride, transform=transform)  # validates both arguments
-        self.stride, self.transform = pool.stride, pool.transform
-
-    def gain(self, size: tuple[int, int]) -> float:
-        return spectral_gain((int(size[0]), int(size[1])), self.stride, self.transform)
-
-    def extra_repr(self) -> str:
-        return f"stride={self.stride}, transform={self.transform!r}"
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gain(tuple(x.shape[-2:]))
-
-
-def _check_strides(strides: Sequence[float]) -> tuple[float, ...]:
-    try:
-        values = tuple(float(s) for s in strides)
-    except (TypeError, ValueError):
-        raise ValueError(f"strides must be 5 numbers (stem, stage1..stage4), got {strides!r}") from None
-    if len(values) != 5:
-        raise ValueError(f"strides must be 5 numbers (stem, stage1..stage4), got {len(values)}: {strides!r}")
-    if not all(1.0 <= s < 64 for s in values):
-        raise ValueError(f"every stride must be in [1, 64), got {strides!r}")
-    return values
-
-
+# --------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------
 class SpectralResNet(nn.Module):
     """CIFAR ResNet-18 (3x3 stem, stages of 64/128/256/512 channels, two blocks each).
 
     Args:
-        strides: ``(stem, stage1, stage2, stage3, stage4)``.
-        downsampling: ``"conv"`` (strided convs; strides must be integers), ``"spectral"``
-            (fixed spectral pooling) or ``"diffstride"``.
-        head: ``None``, ``"spectral"``, ``"diffstride"`` or ``"scale"``: an extra layer before
-            global average pooling with stride ``head_stride`` (``"scale"``: no layer, only
-            the constant a spectral head would multiply GAP's output by, :class:`SpectralGain2d`).
-        block: ``"post"`` (standard, default) or ``"pre"`` (pre-activation).
-        smoothness, shared_stride, lower_limit, upper_limit: DiffStride options.
-        spectral_transform: ``"fourier"`` (default, the DiffStride paper's baseline) or
-            ``"hartley"``: the transform of the body's fixed spectral pooling.
-        head_transform: ``"hartley"`` (default, the hybrid paper's Algorithm 1) or
-            ``"fourier"``: the transform of a spectral (or ``"scale"``) head. Separate from
-            ``spectral_transform`` because the two papers define the two layers differently.
+        strides: ``(stem, stage1, stage2, stage3, stage4)`` (:func:`validate_strides`).
+        num_classes: outputs of the classifier.
+        pool_layer: builds the spectral layer of a downsampling point from its stride
+            (``DiffStride2d``, ``partial(SpectralPool2d, transform="hartley")``, ...);
+            ``None``: strided convolutions (the strides must then be integers).
+        pool_at_unit_stride: also place ``pool_layer`` after the stem and in stages 2-4
+            where their stride is 1: a learned stride needs a layer to move from 1.
+            Stage 1 gets a layer only where its entry is not 1.
+        head_layer: builds a layer before global average pooling from ``head_stride``
+            (``None``: no layer).
+        block: :class:`BasicBlock` (post-activation, default) or :class:`PreActBlock`.
+        in_channels: channels of the input images.
 
-    ``forward(x)``: ``(B, 3, H, W) -> (B, num_classes)``; ``forward_features(x)`` also
-    returns the feature map of each stage (``FEATURE_NAMES``).
+    ``forward(x)``: ``(B, in_channels, H, W) -> (B, num_classes)``; ``forward_features(x)``
+    also returns the feature map of each stage (``FEATURE_NAMES``).
     """
+
+    FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 
     def __init__(
         self,
         strides: Sequence[float] = (1, 1, 2, 2, 2),
         num_classes: int = 10,
-        downsampling: str = "diffstride",
-        head: str | None = None,
+        pool_layer: LayerFactory | None = None,
+        pool_at_unit_stride: bool = False,
+        head_layer: LayerFactory | None = None,
         head_stride: float = 2.0,
-        block: str = "post",
-        smoothness: float = 4.0,
-        shared_stride: bool = False,
-        lower_limit: float = 1.0,
-        upper_limit: float | None = None,
-        spectral_transform: str = "fourier",
-        head_transform: str = DEFAULT_HEAD_TRANSFORM,
+        block: type[_SpectralBlock] = BasicBlock,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        self.strides = _check_strides(strides)
-        if downsampling not in DOWNSAMPLING_KINDS:
-            raise ValueError(f"downsampling must be one of {DOWNSAMPLING_KINDS}, got {downsampling!r}")
-        if head not in HEAD_KINDS:
-            raise ValueError(f"head must be one of {HEAD_KINDS}, got {head!r}")
-        for option, value in (("spectral_transform", spectral_transform), ("head_transform", head_transform)):
-            if value not in TRANSFORMS:
-                raise ValueError(f"{option} must be one of {TRANSFORMS}, got {value!r}")
-        if block not in ("post", "pre"):
-            raise ValueError(f"block must be 'post' or 'pre', got {block!r}")
-        if downsampling == "conv" and not all(s.is_integer() for s in self.strides):
-            raise ValueError(f"strided convolutions need integer strides, got {strides!r}")
+        self.strides = validate_strides(strides, integer=pool_layer is None)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         self.in_channels = in_channels
-        self.downsampling, self.head_kind, self.block = downsampling, head, block
-        diffstride_kwargs = dict(
-            smoothness=smoothness, shared_stride=shared_stride, lower_limit=lower_limit, upper_limit=upper_limit
-        )
 
-        def spectral_layer(kind: str, stride: float, transform: str = spectral_transform) -> nn.Module:
-            if kind == "diffstride":
-                return DiffStride2d(stride, **diffstride_kwargs)
-            if kind == "scale":
-                return SpectralGain2d(stride, transform)
-            return SpectralPool2d(stride, transform=transform)
-
-        def resampler(stride: float, always: bool) -> nn.Module | None:
-            """The downsampling layer of one point (``None`` for strided convs or stride 1)."""
-            if downsampling == "conv" or (stride == 1 and not (always and downsampling == "diffstride")):
+        def pool(stride: float, always: bool) -> nn.Module | None:
+            """The spectral layer of one downsampling point (``None``: strided convs, or stride 1)."""
+            if pool_layer is None or (stride == 1 and not (always and pool_at_unit_stride)):
                 return None
-            return spectral_layer(downsampling, stride)
+            return pool_layer(stride)
 
-        stem_stride = int(self.strides[0]) if downsampling == "conv" else 1
+        def conv_stride(stride: float) -> int:
+            return int(stride) if pool_layer is None else 1
+
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, stride=stem_stride, padding=1, bias=False),
-            *([] if block == "pre" else [nn.BatchNorm2d(64), nn.ReLU(inplace=True)]),
+            nn.Conv2d(in_channels, 64, 3, stride=conv_stride(self.strides[0]), padding=1, bias=False),
+            *([] if block.preactivation else [nn.BatchNorm2d(64), nn.ReLU(inplace=True)]),
         )
-        self.stem_pool = resampler(self.strides[0], always=True)
-        block_cls: Callable[..., nn.Module] = BasicBlock if block == "post" else PreActBlock
+        self.stem_pool = pool(self.strides[0], always=True)
         in_ch = 64
         for index, (out_ch, stride) in enumerate(zip(STAGE_CHANNELS, self.strides[1:]), start=1):
-            # Stage 1 keeps its size unless its entry asks otherwise; stages 2-4 always hold
-            # a DiffStride layer in the DiffStride model, even at stride 1.
-            conv_stride = int(stride) if downsampling == "conv" else 1
-            first = block_cls(in_ch, out_ch, conv_stride, resampler(stride, always=index > 1))
-            setattr(self, f"layer{index}", nn.Sequential(first, block_cls(out_ch, out_ch)))
+            first = block(in_ch, out_ch, conv_stride(stride), pool(stride, always=index > 1))
+            setattr(self, f"layer{index}", nn.Sequential(first, block(out_ch, out_ch)))
             in_ch = out_ch
-        self.final_act = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU(inplace=True)) if block == "pre" else nn.Identity()
-        self.head_pool = None if head is None else spectral_layer(head, head_stride, head_transform)
+        self.final_act = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU(inplace=True)) if block.preactivation else nn.Identity()
+        self.head_pool = None if head_layer is None else head_layer(head_stride)
         self.pool = nn.AdaptiveAvgPool2d(1)  # adaptive: DiffStride's map sizes vary with the strides
         self.fc = nn.Linear(512, num_classes)
         self._init_weights()
-
-    FEATURE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -315,30 +341,76 @@ class SpectralResNet(nn.Module):
         return self.forward_features(x)[0]
 
 
-def build_model(variant: str, strides: Sequence[float] = (1, 1, 2, 2, 2), num_classes: int = 10, **options) -> SpectralResNet:
+# --------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------
+def _check_choice(option: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ValueError(f"{option} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _bind(layer: type[nn.Module], transform: str, diffstride_options: dict[str, Any]) -> LayerFactory:
+    """``layer`` with its options bound: DiffStride takes the DiffStride options, the
+    spectral pooling and its gain a transform."""
+    if layer is DiffStride2d:
+        return partial(DiffStride2d, **diffstride_options)
+    return partial(layer, transform=transform)
+
+
+def build_model(
+    variant: str,
+    strides: Sequence[float] = (1, 1, 2, 2, 2),
+    num_classes: int = 10,
+    *,
+    block: str = "post",
+    head_stride: float = 2.0,
+    spectral_transform: str = "fourier",
+    head_transform: str = DEFAULT_HEAD_TRANSFORM,
+    smoothness: float = 4.0,
+    shared_stride: bool = False,
+    lower_limit: float = 1.0,
+    upper_limit: float | None = None,
+    in_channels: int = 3,
+    **fixed: Any,
+) -> SpectralResNet:
     """Build a named variant: ``resnet18``, ``spectral``, ``diffstride``, ``hybrid``, ``diffstride2``.
 
     ``diffstride_scaled`` is the ablation ``diffstride`` + :class:`SpectralGain2d` (what the
-    hybrid's head does to the classifier, without the head). ``options`` are passed to
-    :class:`SpectralResNet` (``smoothness``, ``block``, ``head_stride``,
-    ``spectral_transform``, ``head_transform``, ``shared_stride``, ...).
+    hybrid's head does to the classifier, without the head). Options: ``block`` (``"post"``
+    or ``"pre"``), ``head_stride``; ``spectral_transform`` (``"fourier"``, the DiffStride
+    paper's baseline, or ``"hartley"``) of the body's fixed spectral pooling and
+    ``head_transform`` (``"hartley"``, the hybrid paper's Algorithm 1, or ``"fourier"``)
+    of a spectral head, separate because the two papers define the two layers differently;
+    ``smoothness``, ``shared_stride``, ``lower_limit``, ``upper_limit`` of DiffStride.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    for fixed in ("downsampling", "head"):
-        if fixed in options:
-            raise ValueError(f"option {fixed!r} is set by the variant name; use SpectralResNet directly to override it")
-    downsampling, head = VARIANTS[variant]
-    model = SpectralResNet(strides, num_classes, downsampling=downsampling, head=head, **options)
+    for option in fixed:
+        if option in ("downsampling", "head", "pool_layer", "head_layer"):
+            raise ValueError(f"option {option!r} is set by the variant name; build a SpectralResNet to choose its layers")
+        raise TypeError(f"build_model() got an unexpected keyword argument {option!r}")
+    _check_choice("spectral_transform", spectral_transform, TRANSFORMS)
+    _check_choice("head_transform", head_transform, TRANSFORMS)
+    _check_choice("block", block, tuple(BLOCKS))
+    diffstride_options = dict(
+        smoothness=smoothness, shared_stride=shared_stride, lower_limit=lower_limit, upper_limit=upper_limit
+    )
+    layers = VARIANTS[variant]
+    model = SpectralResNet(
+        strides,
+        num_classes,
+        pool_layer=None if layers.pool is None else _bind(layers.pool, spectral_transform, diffstride_options),
+        pool_at_unit_stride=layers.pool is DiffStride2d,  # a learned stride starts anywhere, 1 included
+        head_layer=None if layers.head is None else _bind(layers.head, head_transform, diffstride_options),
+        head_stride=head_stride,
+        block=BLOCKS[block],
+        in_channels=in_channels,
+    )
     model.variant = variant
     return model
 
 
-#: The head transform of cards written before Hartley became the default (they name none).
-LEGACY_HEAD_TRANSFORM = "fourier"
-
-
-def build_from_card(card: dict) -> SpectralResNet:
+def build_from_card(card: Mapping[str, Any]) -> SpectralResNet:
     """:func:`build_model` from a run card's ``variant``, ``strides``, ``num_classes``, ``options``.
 
     A card of a spectral-head variant that names no ``head_transform`` predates the Hartley
@@ -346,7 +418,8 @@ def build_from_card(card: dict) -> SpectralResNet:
     trained classifier sees (4.5x vs 2x at 18x18).
     """
     options = dict(card.get("options") or {})
-    if VARIANTS.get(card["variant"], (None, None))[1] == "spectral":
+    variant = VARIANTS.get(card["variant"])
+    if variant is not None and variant.head is SpectralPool2d:
         options.setdefault("head_transform", LEGACY_HEAD_TRANSFORM)
     return build_model(card["variant"], tuple(card["strides"]), card.get("num_classes", 10), **options)
 

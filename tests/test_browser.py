@@ -172,7 +172,7 @@ def test_classify_spectra_layers_and_true_label(browser, client, models_dir):
     with open_page(browser) as page:
         open_tab(page, "Spectra")
         page.locator("#layers-table").get_by_text("half spectrum").first.wait_for()
-        page.locator("#layers-table").get_by_text("layer4.0.downsample").first.wait_for()  # before any upload
+        page.locator("#layers-table").get_by_text("layer4.0.spectral_pool").first.wait_for()  # before any upload
         overflow = page.evaluate("() => { const v = document.querySelector('#layers-table .virtual-table-viewport');"
                                  " return v.scrollWidth - v.clientWidth; }")
         assert overflow <= 2, f"the layer table is cut off by {overflow}px on a desktop"

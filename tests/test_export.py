@@ -268,12 +268,12 @@ def test_parity_cli_rejects_a_non_onnx_file(small_checkpoint, tmp_path, capsys):
 def test_checkpoint_round_trip_keeps_learned_strides(tmp_path):
     model = build_model("diffstride", (1, 1, 2, 2, 2))
     with torch.no_grad():
-        model.layer2[0].downsample.stride.fill_(2.7)
+        model.layer2[0].spectral_pool.stride.fill_(2.7)
     card = make_card(model, "diffstride", (1, 1, 2, 2, 2), test_acc=0.5)
     save_checkpoint(model, card, tmp_path / "d")
     loaded, loaded_card = load_checkpoint(tmp_path / "d.safetensors")
-    assert loaded.layer2[0].downsample.stride.tolist() == pytest.approx([2.7, 2.7])
-    assert loaded_card["learned_strides"]["layer2.0.downsample"] == pytest.approx([2.7, 2.7])
+    assert loaded.layer2[0].spectral_pool.stride.tolist() == pytest.approx([2.7, 2.7])
+    assert loaded_card["learned_strides"]["layer2.0.spectral_pool"] == pytest.approx([2.7, 2.7])
     assert set(loaded_card) >= {"variant", "dataset", "num_classes", "class_names", "strides", "options", "history",
                                 "test_acc", "data", "normalize", "command", "code_version", "seed", "created"}
 

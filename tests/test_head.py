@@ -12,8 +12,7 @@ import math
 import pytest
 import torch
 
-from hybrid_model import DiffStride2d, SpectralPool2d, build_model
-from hybrid_model.resnet import SpectralGain2d, spectral_gain
+from hybrid_model import DiffStride2d, SpectralGain2d, SpectralPool2d, build_model, spectral_gain
 
 
 def gap(x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from hybrid_model.layers import DiffStride2d, FixedSeparable2d
 def test_describe_lists_sizes_that_chain_through_the_network():
     model = build_model("hybrid", (1, 1, 2, 2, 2))
     infos = describe_downsampling(model)
-    assert [i.name for i in infos] == ["stem_pool", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample", "head_pool"]
+    assert [i.name for i in infos] == ["stem_pool", "layer2.0.spectral_pool", "layer3.0.spectral_pool", "layer4.0.spectral_pool", "head_pool"]
     assert [i.kind for i in infos] == ["diffstride"] * 4 + ["spectral-hartley"]  # Algorithm 1: Hartley head
     assert [i.in_size for i in infos] == [(32, 32), (32, 32), (24, 24), (20, 20), (18, 18)]
     assert [i.out_size for i in infos] == [(32, 32), (24, 24), (20, 20), (18, 18), (9, 9)]
@@ -117,8 +117,8 @@ def test_head_description_and_transforms_for_the_cards():
     head = describe_head(hybrid)
     assert head["kind"] == "spectral" and head["transform"] == "hartley"
     assert head["in_size"] == [18, 18] and head["out_size"] == [9, 9] and head["gap_gain"] == pytest.approx(2.0)
-    assert layer_transforms(hybrid) == {"stem_pool": "fourier", "layer2.0.downsample": "fourier",
-                                        "layer3.0.downsample": "fourier", "layer4.0.downsample": "fourier",
+    assert layer_transforms(hybrid) == {"stem_pool": "fourier", "layer2.0.spectral_pool": "fourier",
+                                        "layer3.0.spectral_pool": "fourier", "layer4.0.spectral_pool": "fourier",
                                         "head_pool": "hartley"}
     # A DiffStride head that crops 20x20 to 18x18 scales GAP by 400/324; the ablation by the Hartley gain.
     assert describe_head(build_model("diffstride2", (1, 1, 1, 3, 1)))["gap_gain"] == pytest.approx(400 / 324)

@@ -1,4 +1,7 @@
-"""The ResNet-18 variants: placement of the layers, every stride tuple, training steps, errors."""
+"""The ResNet-18 variants: placement of the layers, every stride tuple, training steps, errors,
+the injected layers, the stride validator, and loading checkpoints from before the rename."""
+from functools import partial
+
 import pytest
 import torch
 
@@ -7,11 +10,17 @@ from hybrid_model import (
     VARIANTS,
     PAPER_VARIANTS,
     DiffStride2d,
+    SpectralGain2d,
     SpectralPool2d,
+    SpectralResNet,
     build_model,
     learned_strides,
+    parse_strides,
     stride_parameters,
+    upgrade_state_dict,
+    validate_strides,
 )
+from hybrid_model.resnet import PreActBlock
 
 
 @pytest.mark.parametrize("strides", PAPER_STRIDES)
@@ -37,7 +46,7 @@ def test_every_variant_and_stride_tuple_trains_with_strides_changing(variant, st
         loss.backward()
         optimizer.step()
     assert not torch.equal(first_weight, weights[0])
-    has_diffstride = VARIANTS[variant][0] == "diffstride"
+    has_diffstride = VARIANTS[variant].pool is DiffStride2d
     assert bool(stride_params) == has_diffstride
     after = learned_strides(model)
     for name, value in after.items():
@@ -62,18 +71,18 @@ def test_diffstride_placement_follows_the_note():
     model = build_model("diffstride", (1, 1, 1, 3, 1))
     names = [n for n, m in model.named_modules() if isinstance(m, DiffStride2d)]
     # After the stem and in the first block of stages 2-4, even where the entry is 1.
-    assert names == ["stem_pool", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"]
-    assert learned_strides(model)["layer3.0.downsample"] == [3.0, 3.0]
+    assert names == ["stem_pool", "layer2.0.spectral_pool", "layer3.0.spectral_pool", "layer4.0.spectral_pool"]
+    assert learned_strides(model)["layer3.0.spectral_pool"] == [3.0, 3.0]
     block = model.layer2[0]
     assert block.shortcut is not None and block.conv1.stride == (1, 1)
-    assert model.layer1[0].downsample is None and model.layer1[0].shortcut is None
+    assert model.layer1[0].spectral_pool is None and model.layer1[0].shortcut is None
 
 
 def test_one_layer_instance_serves_main_branch_and_shortcut():
     model = build_model("diffstride", (1, 1, 2, 2, 2)).eval()
     block = model.layer2[0]
     calls = []
-    block.downsample.register_forward_hook(lambda m, i, o: calls.append(o.shape[-2:]))
+    block.spectral_pool.register_forward_hook(lambda m, i, o: calls.append(o.shape[-2:]))
     model(torch.randn(1, 3, 32, 32))
     assert calls == [(24, 24), (24, 24)]  # main branch (128 ch) and shortcut (64 ch)
 
@@ -135,3 +144,103 @@ def test_bad_model_inputs():
         model(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match="at least 8x8"):
         model(torch.randn(1, 3, 4, 4))
+
+
+# --- one list of variants ---------------------------------------------------------------
+def test_the_variant_names_have_one_list():
+    """``training.report`` stays torch-free, so it keeps its own tuple: checked here."""
+    from training.report import VARIANT_LABELS, VARIANT_ORDER
+
+    assert VARIANT_ORDER == tuple(VARIANTS)
+    assert set(VARIANT_LABELS) == set(VARIANTS)
+    assert PAPER_VARIANTS == ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+    assert [name for name in VARIANTS if VARIANTS[name].head_has_transform] == ["hybrid", "diffstride_scaled"]
+
+
+# --- injected layers ----------------------------------------------------------------------
+def test_the_network_takes_its_layers_as_factories():
+    model = SpectralResNet(
+        (1, 1, 2, 1, 2), pool_layer=partial(SpectralPool2d, transform="hartley"),
+        head_layer=partial(SpectralGain2d, transform="fourier"), head_stride=3.0, block=PreActBlock,
+    )
+    pools = {n: m for n, m in model.named_modules() if isinstance(m, SpectralPool2d)}
+    # Fixed pooling only where the stride is not 1 (no pool_at_unit_stride).
+    assert list(pools) == ["layer2.0.spectral_pool", "layer4.0.spectral_pool"]
+    assert all(m.transform == "hartley" for m in pools.values())
+    assert model.head_pool.stride == (3.0, 3.0) and model.head_pool.transform == "fourier"
+    assert isinstance(model.layer1[0], PreActBlock) and len(model.stem) == 1  # no BN-ReLU before pre-activation blocks
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    learned = SpectralResNet((1, 1, 2, 1, 2), pool_layer=DiffStride2d, pool_at_unit_stride=True)
+    assert list(learned_strides(learned)) == ["stem_pool", "layer2.0.spectral_pool", "layer3.0.spectral_pool",
+                                              "layer4.0.spectral_pool"]
+    plain = SpectralResNet((2, 1, 2, 2, 2))  # no pool_layer: strided convolutions
+    assert plain.stem[0].stride == (2, 2) and not any(isinstance(m, SpectralPool2d) for m in plain.modules())
+
+
+# --- the stride validator (model, training CLI, checkpoint reader) -------------------------
+def test_parse_and_validate_strides():
+    assert parse_strides("1,1,2,2,2") == (1.0, 1.0, 2.0, 2.0, 2.0)
+    assert parse_strides(" 1, 1.5,2 ,2,63.5") == (1.0, 1.5, 2.0, 2.0, 63.5)
+    assert validate_strides([1, 1, 2, 2, 3]) == (1.0, 1.0, 2.0, 2.0, 3.0)
+    assert validate_strides((2, 1, 2, 2, 2), integer=True) == (2.0, 1.0, 2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: parse_strides("1,1,2,2"), "5 comma-separated numbers"),
+        (lambda: parse_strides("1,1,x,2,2"), "5 comma-separated numbers"),
+        (lambda: parse_strides("0.5,1,2,2,2"), r"\[1, 64\)"),
+        (lambda: parse_strides("1,1,2,2,nan"), r"\[1, 64\)"),
+        (lambda: parse_strides("1,1,2,2,inf"), r"\[1, 64\)"),
+        (lambda: validate_strides("11222"), "5 numbers"),  # a string is not five numbers
+        (lambda: validate_strides(None), "5 numbers"),
+        (lambda: validate_strides((1, 1, 2, 2, 64)), r"\[1, 64\)"),
+        (lambda: validate_strides((1, 1, 1.5, 2, 2), integer=True), "integer strides"),
+    ],
+)
+def test_bad_strides(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# --- checkpoints from before the block's layer was named spectral_pool ----------------------
+def _old_style(state: dict) -> dict:
+    """``state`` as checkpoints wrote it when the block's spectral layer was ``downsample``."""
+    return {k.replace(".spectral_pool.", ".downsample."): v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("variant, block", [("hybrid", "post"), ("spectral", "post"), ("diffstride2", "pre")])
+def test_old_checkpoints_still_load(variant, block):
+    torch.manual_seed(0)
+    trained = build_model(variant, (1, 1, 2, 3, 2), block=block).eval()
+    with torch.no_grad():
+        for parameter in stride_parameters(trained):
+            parameter.add_(0.3)  # learned strides differ from the fresh model's
+    old = _old_style(trained.state_dict())
+    if variant != "spectral":  # fixed pooling has no state
+        assert "layer2.0.downsample.stride" in old and "layer2.0.spectral_pool.stride" not in old
+    upgraded, current = upgrade_state_dict(old), trained.state_dict()
+    assert list(upgraded) == list(current) and all(torch.equal(upgraded[k], current[k]) for k in current)
+    torch.manual_seed(1)
+    fresh = build_model(variant, (1, 1, 2, 3, 2), block=block).eval()
+    result = fresh.load_state_dict(old, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert learned_strides(fresh) == learned_strides(trained)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), trained(x), rtol=0, atol=0)
+    # A wrapper's prefix (e.g. torch.compile's ``_orig_mod.``) is honoured too.
+    wrapped = torch.nn.Sequential(build_model(variant, (1, 1, 2, 3, 2), block=block))
+    wrapped.load_state_dict({f"0.{k}": v for k, v in old.items()})
+    assert learned_strides(wrapped[0]) == learned_strides(trained)
+
+
+def test_new_keys_and_bad_old_keys_are_not_renamed():
+    model = build_model("diffstride")
+    state = model.state_dict()
+    upgraded = upgrade_state_dict(state)
+    assert list(upgraded) == list(state) and all(upgraded[k] is state[k] for k in state)
+    # A key that is not a block's old layer name still fails as before.
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        model.load_state_dict({**state, "layer2.1.downsample.stride": torch.ones(2)})

@@ -256,7 +256,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     weights, card_path = resolve_pair(path)
     card = load_card(card_path)
     model = build_from_card(card, str(card_path))
-    state = _read_state_dict(weights)
+    state = hybrid_model.upgrade_state_dict(_read_state_dict(weights))  # keys from before the block-layer rename
     mismatch = _mismatch_message(model, state)
     if mismatch:
         raise CheckpointError(
