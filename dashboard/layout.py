@@ -69,12 +69,6 @@ def example_images(folder: Path = ASSETS_DIR) -> list[Path]:
     return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
 
-def _example_label(path: Path) -> str:
-    stem = path.stem
-    index, _, label = stem.partition("_")
-    return f"{label} #{int(index)}" if index.isdigit() else stem
-
-
 def _shown_path(path: Path) -> str:
     """A folder as the page names it: relative to the project, else only its name (the
     server's absolute paths are not the visitor's business)."""
