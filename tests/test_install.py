@@ -154,7 +154,8 @@ def test_serving_path_imports_only_what_requirements_txt_installs():
 def test_blocker_catches_a_training_import():
     """The harness can fail: a serving process that imports torch is caught."""
     done = subprocess.run(
-        [sys.executable, "-c", SERVE_SCRIPT.replace("import app\n", "import app\nimport torch\n"),
+        # the import comes first: the blocker is what is checked, so Gradio need not load (~10 s)
+        [sys.executable, "-c", SERVE_SCRIPT.replace("import app\n", "import torch\nimport app\n"),
          json.dumps(["torch"]), str(REPO / "exports" / "models"), "unused.png"],
         cwd=REPO, capture_output=True, text=True, timeout=200,
     )
