@@ -371,7 +371,7 @@ def build_model(
     lower_limit: float = 1.0,
     upper_limit: float | None = None,
     in_channels: int = 3,
-    **fixed: Any,
+    **other: Any,
 ) -> SpectralResNet:
     """Build a named variant: ``resnet18``, ``spectral``, ``diffstride``, ``hybrid``, ``diffstride2``.
 
@@ -385,10 +385,11 @@ def build_model(
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    for option in fixed:
-        if option in ("downsampling", "head", "pool_layer", "head_layer"):
-            raise ValueError(f"option {option!r} is set by the variant name; build a SpectralResNet to choose its layers")
-        raise TypeError(f"build_model() got an unexpected keyword argument {option!r}")
+    set_by_variant = [option for option in other if option in ("downsampling", "head", "pool_layer", "head_layer")]
+    if set_by_variant:
+        raise ValueError(f"option {set_by_variant[0]!r} is set by the variant name; build a SpectralResNet to choose its layers")
+    if other:
+        raise TypeError(f"build_model() got unexpected keyword argument(s) {', '.join(map(repr, other))}")
     _check_choice("spectral_transform", spectral_transform, TRANSFORMS)
     _check_choice("head_transform", head_transform, TRANSFORMS)
     _check_choice("block", block, tuple(BLOCKS))

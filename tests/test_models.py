@@ -136,6 +136,11 @@ def test_bad_model_arguments(call, message):
         call()
 
 
+def test_an_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="'foo'"):
+        build_model("hybrid", foo=1)
+
+
 def test_bad_model_inputs():
     model = build_model("hybrid")
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
