@@ -5,6 +5,7 @@
 * ``manifest`` - ``manifest.json`` of a models folder (read, update, drop rows)
 * ``images`` - :func:`load_image`: uploads to RGB images, with clear errors
 * ``spectra`` - :func:`log_spectrum` (numpy)
+* ``cards`` - :class:`RunCard`: the one typed run card (trainer, sweep, exporter, registry, dashboard)
 * ``cifar`` - CIFAR-10/100 class names and input mean/std
 * ``files`` - atomic writes and ``file_sha256``
 
