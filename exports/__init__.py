@@ -8,26 +8,5 @@
 Importing ``exports`` or ``exports.serving`` does not import torch; ``exports.export``,
 ``exports.parity``'s CLI and ``training.checkpoint`` do.
 """
-from .serving import (
-    ImageError,
-    ModelEntry,
-    ModelError,
-    ModelRegistry,
-    OnnxModel,
-    Prediction,
-    load_image,
-    preprocess,
-    select_providers,
-)
-
-__all__ = [
-    "ImageError",
-    "ModelEntry",
-    "ModelError",
-    "ModelRegistry",
-    "OnnxModel",
-    "Prediction",
-    "load_image",
-    "preprocess",
-    "select_providers",
-]
+from .serving import *  # noqa: F403 (the torch-free serving API, re-exported as is)
+from .serving import __all__  # noqa: F401
