@@ -34,7 +34,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from hybrid_model import describe_downsampling, freeze, model_cost
+from hybrid_model import PAPER_VARIANTS, describe_downsampling, freeze, model_cost
 
 from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
@@ -254,7 +254,7 @@ def export_checkpoint(
 
 def export_fresh(
     directory: str | os.PathLike,
-    variants: Sequence[str] = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2"),
+    variants: Sequence[str] = PAPER_VARIANTS,
     strides: Sequence[float] = (1, 1, 2, 2, 2),
     *,
     calibration_images: np.ndarray | None = None,

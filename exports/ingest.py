@@ -248,8 +248,10 @@ def _swap(staging: Path, models_dir: Path, keep: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------
 def models_markdown(rows: Sequence[dict], window: dict) -> str:
     """The bundled-model table (README and RESULTS.md) with the targets' verdicts."""
-    rows = sorted(rows, key=lambda r: ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2").index(r["variant"])
-                  if r["variant"] in ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2") else 9)
+    from hybrid_model import VARIANTS
+
+    order = list(VARIANTS)
+    rows = sorted(rows, key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
     hardware = sorted({str(r.get("hardware")) for r in rows})
     epochs = sorted({f"{r['epoch']}/{r['epochs']}" for r in rows})
     n_train = sorted({f"{r['n_train']:,}" for r in rows if r.get("n_train")})

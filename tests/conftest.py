@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(__file__).resolve().parent / "assets"
 ARTIFACTS = ROOT / "artifacts"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")  # hybrid_model.PAPER_VARIANTS; conftest stays torch-free
 #: Synthetic test accuracies: makes the default ("best") model deterministic: hybrid.
 TEST_ACC = {"resnet18": 0.41, "spectral": 0.38, "diffstride": 0.44, "hybrid": 0.47, "diffstride2": 0.45}
 DEFAULT_MODEL = "hybrid"

@@ -148,7 +148,7 @@ def test_is_finished():
     assert not RunCard().is_finished  # epochs unknown: never finished
     assert is_finished({"epoch": 5, "epochs": 5}) and not is_finished({"epoch": 4, "epochs": 5})
     assert not is_finished(None) and not is_finished({}) and not is_finished({"epoch": None, "epochs": None})
-    assert is_finished(RunCard(epoch=0, epochs=0))  # a zero-epoch card (exports.checkpoint_io.make_card)
+    assert is_finished(RunCard(epoch=0, epochs=0))  # a zero-epoch card (training.checkpoint.make_card)
 
 
 def test_normalisation_and_class_name_defaults():

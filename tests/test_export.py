@@ -16,6 +16,7 @@ import torch
 from onnx import numpy_helper
 
 from exports import export as E
+from hybrid_model import PAPER_VARIANTS
 from training.checkpoint import CheckpointError, fresh_checkpoint, load_checkpoint, make_card, save_checkpoint
 from exports.parity import DEFAULT_DATA_DIR, FP16_TOLERANCE, FP32_TOLERANCE, check_parity, load_parity_images
 from exports.parity import main as parity_main
@@ -25,7 +26,7 @@ from hybrid_model import build_model, describe_downsampling
 from conftest import PARITY_IMAGES, calibration_images
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+VARIANTS = PAPER_VARIANTS
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_DATA_DIR / "cifar10_partial_test.npz").is_file(), reason=f"CIFAR-10 test images not in {DEFAULT_DATA_DIR}"
@@ -263,7 +264,7 @@ def test_parity_cli_rejects_a_non_onnx_file(small_checkpoint, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------
-# checkpoint_io on its own
+# training.checkpoint on its own
 # --------------------------------------------------------------------------------------
 def test_checkpoint_round_trip_keeps_learned_strides(tmp_path):
     model = build_model("diffstride", (1, 1, 2, 2, 2))

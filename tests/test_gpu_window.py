@@ -47,6 +47,7 @@ def test_protocol_is_table1_grid():
     assert config["out"] == "results/table1" and config["seeds"] == [0, 1, 2]
     assert [tuple(s) for s in config["strides"]] == [tuple(map(float, s)) for s in hybrid_model.PAPER_STRIDES]
     assert set(gpu_window.DASHBOARD_VARIANTS) <= set(config["variants"])
+    assert gpu_window.DASHBOARD_VARIANTS == hybrid_model.PAPER_VARIANTS  # the window trains exactly the paper variants
     assert config["args"]["schedule"] == "onecycle" and "epochs" not in config["args"]
 
 

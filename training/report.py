@@ -19,6 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from exports.serving.files import atomic_write_text
+
 __all__ = [
     "VARIANT_ORDER",
     "VARIANT_LABELS",
@@ -251,16 +253,6 @@ def stride_figure(card: dict, title: str | None = None):
 # --------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------
-def _atomic_text(path: Path, text: str) -> None:
-    from .checkpoint import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    atomic_write(path, write)
-
-
 def _write_html(fig, path: Path) -> None:
     # 'directory': one shared plotly.min.js next to the pages (works offline, small pages).
     from .checkpoint import atomic_write
@@ -269,7 +261,7 @@ def _write_html(fig, path: Path) -> None:
     if not (path.parent / "plotly.min.js").exists():
         from plotly.offline import get_plotlyjs
 
-        _atomic_text(path.parent / "plotly.min.js", get_plotlyjs())
+        atomic_write_text(path.parent / "plotly.min.js", get_plotlyjs())
 
 
 def results_markdown(cards: Sequence[dict], metric: str = "test_acc", title: str | None = None) -> str:
@@ -302,7 +294,7 @@ def write_report(cards: Sequence[dict], out_dir: str | os.PathLike, title: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    _atomic_text(out / "results.md", results_markdown(cards, title=title))
+    atomic_write_text(out / "results.md", results_markdown(cards, title=title))
     written["markdown"] = out / "results.md"
     datasets = sorted({c.get("dataset") for c in cards}, key=lambda d: (d != "cifar10", d))
     # Same columns for every dataset, so the CSV has one header.
@@ -312,7 +304,7 @@ def write_report(cards: Sequence[dict], out_dir: str | os.PathLike, title: str |
         text = table_csv(results_table(cards, dataset=dataset, variants=variants, keep_empty=True), dataset=dataset)
         csv_text += text if index == 0 else text.split("\n", 1)[1]
     csv_text = csv_text or table_csv([])
-    _atomic_text(out / "results.csv", csv_text)
+    atomic_write_text(out / "results.csv", csv_text)
     written["csv"] = out / "results.csv"
     for dataset in datasets:
         subset = [c for c in cards if c.get("dataset") == dataset]

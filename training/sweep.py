@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from exports.serving.cards import is_finished
+from exports.serving.files import atomic_write_text
 
 from . import checkpoint as ckpt
 from . import report
@@ -294,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ConfigError) as error:
             print(f"error: {args.readme}: {error}", file=sys.stderr)
             return 2
-        report._atomic_text(readme, text)
+        atomic_write_text(readme, text)
         print(f"updated the {config['name']} block of {readme}")
     if failed:
         print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)

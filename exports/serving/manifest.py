@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from .cards import as_card
 from .files import atomic_write_text
 
 __all__ = ["MANIFEST", "drop_from_manifest", "precision_of", "read_manifest", "update_manifest"]
@@ -39,9 +40,8 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 def precision_of(card: Mapping[str, Any]) -> str:
-    """``"int8"``, ``"fp16"`` or ``"fp32"`` (cards from before the field: from ``fp16_weights``)."""
-    export = card.get("export") or {}
-    return str(export.get("precision") or ("fp16" if export.get("fp16_weights") else "fp32"))
+    """``"int8"``, ``"fp16"`` or ``"fp32"``: :attr:`RunCard.precision` of a card's JSON object."""
+    return as_card(card).precision
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
