@@ -58,7 +58,7 @@ SCRATCH_BRANCH = "gpu-window"
 MODELS_DIR = "exports/models"
 EXCLUDE_LINE = "/exports/models/"
 STATE_FILE = "gpu-window.json"  # inside .git
-DASHBOARD_VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+DASHBOARD_VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")  # = hybrid_model.PAPER_VARIANTS (tested; torch is not imported to plan a window)
 RESERVE_S = 45.0  # kept at the end of a call: compression, evaluation, packing
 START_OVERHEAD_S = 20.0  # per training process: import, data from the cache, cudnn autotune
 
