@@ -3,10 +3,10 @@
 Here (before the window; then after it, in this order; every step in docs/gpu-window.md)::
 
     python -m benchmarks.gpu_window prepare    # scratch branch without exports/models, data/, size check
-    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 500 --out $OUT",
+    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 560 --out $OUT",
     #                      carry=["data"], timeout_s=600)       then: cp -r FILES_AT artifacts/window/call1
-    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window extra --budget 150 --out $OUT",
-    #                      carry=["data"], timeout_s=200)       then: cp -r FILES_AT artifacts/window/call2
+    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window grid --budget 200 --done results/table1 runs/gpu_window/models --out $OUT",
+    #                      carry=["data"], timeout_s=240)       then: cp -r FILES_AT artifacts/window/call2
     python -m benchmarks.gpu_window restore    # back to the branch you were on
     python -m exports.ingest artifacts/window/call1 artifacts/window/call2
 
@@ -507,19 +507,25 @@ def _finish_decode(window: Window, process: subprocess.Popen) -> tuple[int, int]
     return int(words[1]), int(words[2])
 
 
-def plan_grid(protocol: dict, done_dir: Path) -> list:
-    """Undone points of the protocol grid, seed 0 first, then by stride tuple and variant."""
+def plan_grid(protocol: dict, done: Path | Sequence[Path]) -> list:
+    """Undone points of the protocol grid, seed 0 first, then by stride tuple and variant.
+    A point is done when any folder of ``done`` holds its finished on-protocol card (a later
+    call of the same window passes the earlier call's work folder too: cards not yet ingested)."""
+    done_dirs = [done] if isinstance(done, Path) else list(done)
     from exports.serving.cards import is_finished
     from training.checkpoint import load_card
     from training.sweep import plan_runs
 
-    def finished(run) -> bool:
-        path = run.card_path(done_dir)
+    def finished_in(run, folder: Path) -> bool:
+        path = run.card_path(folder)
         try:
             card = load_card(path) if path.exists() else None
         except (OSError, ValueError):
             return False
         return bool(card) and is_finished(card) and card.get("epochs") == protocol["epochs"] and not card.get("off_protocol")
+
+    def finished(run) -> bool:
+        return any(finished_in(run, folder) for folder in done_dirs)
 
     runs = [r for r in plan_runs(protocol) if not finished(r)]
     return sorted(runs, key=lambda r: r.seed)  # stable: table order within a seed
@@ -640,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--variants", default=",".join(DASHBOARD_VARIANTS))
             q.add_argument("--epochs", default="auto", help="auto: the protocol's, or fewer if the probe says they do not fit")
         else:
-            q.add_argument("--done", type=Path, default=None, help="finished cards (default: the protocol's out)")
+            q.add_argument("--done", type=Path, nargs="+", default=None,
+                           help="folders of finished cards (default: the protocol's out); a point finished in any is done")
             q.add_argument("--max-points", type=int, default=5, help="at most this many grid points")
         if mode == "extra":
             q.add_argument("--bench-seconds", type=float, default=None, help="bench share (default: all but 0 s if the grid cannot fit)")
@@ -692,7 +699,7 @@ def _device_main(args) -> int:
             if args.mode == "extra":
                 bench = args.bench_seconds if args.bench_seconds is not None else window.left() - RESERVE_S
                 mode_bench(window, bench, args.device)
-            done = args.done or (REPO / protocol["out"])
+            done = args.done or [REPO / protocol["out"]]
             points = plan_grid(protocol, done)[: args.max_points]
             window.record["grid_undone"] = len(plan_grid(protocol, done))
             if not points:
@@ -734,11 +741,11 @@ def summary(window: Window) -> None:
 
 RUN_CALLS = """
 Next (docs/gpu-window.md), the device calls; the repository root is this checkout, now on the scratch branch:
-  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 500 --out $OUT",
+  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 560 --out $OUT",
               carry=["data"], timeout_s=600)
           then at once: mkdir -p artifacts/window && cp -r FILES_AT artifacts/window/call1
-  call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window extra --budget 150 --out $OUT",
-              carry=["data"], timeout_s=200)
+  call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window grid --budget 200 --done results/table1 runs/gpu_window/models --out $OUT",
+              carry=["data"], timeout_s=240)
           then: cp -r FILES_AT artifacts/window/call2; give_back
 Then here:
   python -m benchmarks.gpu_window restore

@@ -97,6 +97,11 @@ def test_grid_order_and_coverage(tmp_path):
     atomic_write_json(done / f"{todo[1].name}.json", dict(finished, name=todo[1].name, variant="hybrid", off_protocol=True))
     left = gpu_window.plan_grid(protocol, done)
     assert todo[0].name not in {r.name for r in left} and left[0].name == todo[1].name  # off-protocol: re-run
+    # a later call of the same window also reads the earlier call's (not yet ingested) cards
+    earlier = tmp_path / "earlier-call"
+    atomic_write_json(earlier / f"{todo[1].name}.json", dict(finished, name=todo[1].name, variant="hybrid"))
+    both = gpu_window.plan_grid(protocol, [done, earlier])
+    assert [r.name for r in both] == [r.name for r in left[1:]]
     cards = [json.loads(p.read_text()) for p in done.glob("*.json")]
     assert sweep.coverage(protocol, cards) == "1 / 4 points, seed 0; 0 / 4, seed 1"
 
