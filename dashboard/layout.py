@@ -110,6 +110,15 @@ def _choices(service: DashboardService) -> list[tuple[str, str]]:
     return out
 
 
+def _stride_default(service: DashboardService) -> str | None:
+    """The default model if it learned strides, else the best model that did (a trajectory
+    to look at, rather than "no learnable strides")."""
+    default = service.default_name()
+    ranked = sorted(service.entries(), key=lambda e: (e.test_acc is None, -(e.test_acc or 0.0), e.name))
+    learners = [e.name for e in ranked if e.card.learned_strides]
+    return default if default in learners or not learners else learners[0]
+
+
 def _compare_default(service: DashboardService) -> list[str]:
     """Up to four models of the default model's dataset, the default first."""
     default = service.default_name()
@@ -224,7 +233,7 @@ def build_demo(service: DashboardService) -> gr.Blocks:
                         with gr.Row():
                             training_models = gr.CheckboxGroup(choices=choices, value=names, label="Models",
                                                                scale=3, elem_id="training-models")
-                            stride_model = gr.Dropdown(choices=choices, value=default,
+                            stride_model = gr.Dropdown(choices=choices, value=_stride_default(service),
                                                        label="Stride trajectories of", scale=2,
                                                        allow_custom_value=True)
                         curves_plot = gr.Plot(label="Accuracy and loss per epoch", elem_id="training-curves")

@@ -640,3 +640,24 @@ def test_shutdown_deletes_the_uploads(guarded, cifar_images, tmp_path: Path):
     left = [f for f in files_in(uploads) if hashlib.sha256(f.read_bytes()).digest() not in examples]
     assert not left, f"uploads left after shutdown: {left[:5]}"
     assert "Traceback" not in server.log()
+
+
+def test_stride_trajectory_defaults_to_a_model_that_learned_strides():
+    """The Training tab opens on a stride trajectory: the default model if it learned strides,
+    else the most accurate model that did (the GPU bundle's best model is `spectral`)."""
+    from types import SimpleNamespace
+
+    from dashboard.layout import _stride_default
+
+    def entry(name, acc, learned):
+        return SimpleNamespace(name=name, test_acc=acc, card=SimpleNamespace(learned_strides=learned))
+
+    def service(*entries):
+        best = max(entries, key=lambda e: e.test_acc).name
+        return SimpleNamespace(default_name=lambda: best, entries=lambda: list(entries))
+
+    strides = {"stem_pool": [1.14, 1.14]}
+    assert _stride_default(service(entry("spectral", 0.89, {}), entry("hybrid", 0.87, strides),
+                                   entry("diffstride", 0.88, strides))) == "diffstride"
+    assert _stride_default(service(entry("spectral", 0.85, {}), entry("hybrid", 0.87, strides))) == "hybrid"
+    assert _stride_default(service(entry("spectral", 0.89, {}), entry("resnet18", 0.87, {}))) == "spectral"
