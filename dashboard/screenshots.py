@@ -1,7 +1,7 @@
 """Screenshots of every dashboard tab with a real Chromium (Playwright), for the docs.
 
     python -m dashboard.screenshots --url http://127.0.0.1:7860/ --out docs/screenshots \
-        [--image tests/assets/0001_ship.png] [--chromium /usr/bin/chromium] [--phone]
+        [--image tests/assets/0001_ship.png] [--model hybrid] [--chromium /usr/bin/chromium] [--phone]
 
 Uploads one image, waits for the prediction, then captures the Classify, Spectra (with
 feature maps), Compare and Training tabs as ``<tab>.png`` (1440x900), and with ``--phone``
@@ -67,9 +67,19 @@ def wait_for_plot(page, selector: str, timeout_ms: int = 60_000) -> None:
 PHONE = (390, 844)
 
 
+def choose_model(page, name: str) -> None:
+    """Pick ``name`` in the Classify tab's model dropdown (typed, then chosen from the list)."""
+    box = page.locator("#model-select input")
+    box.click()
+    box.fill(name)
+    page.get_by_role("option", name=name).first.click()
+    page.wait_for_function("(n) => document.querySelector('#model-select input').value.startsWith(n)", arg=name)
+
+
 def capture_all(url: str, out: Path, image: Path, executable: str | None = None, width: int = 1440,
-                height: int = 900, prefix: str = "") -> dict[str, Path]:
-    """Screenshots of the four tabs at ``width`` x ``height`` as ``<prefix><tab>.png``."""
+                height: int = 900, prefix: str = "", model: str | None = None) -> dict[str, Path]:
+    """Screenshots of the four tabs at ``width`` x ``height`` as ``<prefix><tab>.png``
+    (``model``: the model to show instead of the default)."""
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -86,6 +96,8 @@ def capture_all(url: str, out: Path, image: Path, executable: str | None = None,
         page.set_default_timeout(120_000)
         page.goto(url, wait_until="load")
         page.wait_for_selector("#input-image input[type=file]", state="attached")
+        if model:
+            choose_model(page, model)
         upload_and_wait(page, image)
         wait_for_plot(page, "#top5-bar")
         page.wait_for_function("() => document.querySelector('#classify-summary')?.innerText.includes('Prediction')")
@@ -117,15 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:7860/")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--image", type=Path, default=ROOT / "tests" / "assets" / "0001_ship.png")
+    parser.add_argument("--model", default=None, help="model to show (default: the dashboard's default)")
     parser.add_argument("--chromium", default=None)
     parser.add_argument("--width", type=int, default=1440)
     parser.add_argument("--height", type=int, default=900)
     parser.add_argument("--phone", action="store_true",
                         help=f"also capture phone_<tab>.png at {PHONE[0]}x{PHONE[1]}")
     args = parser.parse_args(argv)
-    shots = capture_all(args.url, args.out, args.image, args.chromium, args.width, args.height)
+    shots = capture_all(args.url, args.out, args.image, args.chromium, args.width, args.height, model=args.model)
     if args.phone:
-        shots.update(capture_all(args.url, args.out, args.image, args.chromium, *PHONE, prefix="phone_"))
+        shots.update(capture_all(args.url, args.out, args.image, args.chromium, *PHONE, prefix="phone_", model=args.model))
     for name, path in shots.items():
         print(f"{name}: {path}")
     return 0
