@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = REPO / "training" / "sweeps" / "short_cifar10.json"

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .data import NUM_CLASSES, GpuLoader, load_cifar
-from .train import VARIANTS, build_optimizer, evaluate, model_options, parse_args, train_step
+from .config import VARIANTS
+from .train import build_optimizer, evaluate, model_options, parse_args, train_step
 
 __all__ = ["probe", "is_stable", "main"]
 

@@ -36,9 +36,8 @@ from exports.serving.cards import RunCard, is_finished
 from exports.serving.files import atomic_write_json
 
 from . import checkpoint as ckpt
-from .config import (  # noqa: F401  (re-exported: the CLI's names live on here)
-    DEFAULT_GRAD_CLIP, PIECEWISE_FACTORS, RESUME_KEYS, SCHEDULES, VARIANTS, TrainConfig, build_parser, model_options,
-    parse_args, parse_strides, run_name,
+from .config import (  # noqa: F401  (build_parser/parse_args/... re-exported: the CLI's public names)
+    PIECEWISE_FACTORS, RESUME_KEYS, TrainConfig, build_parser, model_options, parse_args, parse_strides, run_name,
 )
 from .data import NUM_CLASSES, CifarData, GpuLoader, load_cifar
 
