@@ -83,23 +83,14 @@ def _test_split(data_dir: str | None, limit_test: int | None):
     return data.x_test.numpy(), data.y_test.numpy(), data.source
 
 
-def onnx_accuracy(path: Path, images, labels, normalize: dict, threads: int | None = None, batch: int = 250) -> float:
+def onnx_accuracy(path: Path, images, labels, normalize: dict, threads: int | None = None) -> float:
     """Top-1 accuracy of an exported ``.onnx`` file with onnxruntime (CPU) on uint8 NHWC images."""
     import numpy as np
-    import onnxruntime as ort
 
-    from .serving.runtime import INPUT_NAME, LOGITS, normalize_uint8
+    from .quantize import predictions
+    from .serving.runtime import normalize_uint8
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    correct = 0
-    for start in range(0, len(labels), batch):
-        x = normalize_uint8(images[start:start + batch], normalize["mean"], normalize["std"])
-        logits = session.run([LOGITS], {INPUT_NAME: x})[0]
-        correct += int((np.argmax(logits, 1) == labels[start:start + batch]).sum())
-    return correct / len(labels)
+    return float(np.mean(predictions(path, normalize_uint8(images, normalize["mean"], normalize["std"]), threads) == labels))
 
 
 def _bundle_file(fp16_path: Path, variant: str, int8: bool, images, labels, card: dict, data_dir: str | None,

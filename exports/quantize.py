@@ -240,9 +240,9 @@ def _session(model: onnx.ModelProto | str | Path, threads: int | None = None):
         raise ModelError(f"not a loadable ONNX model ({reason[:200]})") from None
 
 
-def predictions(model: onnx.ModelProto | str | Path, x: np.ndarray) -> np.ndarray:
+def predictions(model: onnx.ModelProto | str | Path, x: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Top-1 class of every row of the normalised batch ``x`` (onnxruntime CPU)."""
-    session = _session(model)
+    session = _session(model, threads)
     return np.concatenate([
         session.run(["logits"], {"input": x[s : s + _EVAL_BATCH]})[0].argmax(1) for s in range(0, len(x), _EVAL_BATCH)
     ])

@@ -215,3 +215,22 @@ def _image():
     from PIL import Image
 
     return Image.new("RGB", (32, 32), (120, 30, 200))
+
+
+def test_onnx_accuracy_of_a_bundled_file_matches_the_serving_runtime():
+    """``ingest --precision fp16`` scores the bundled file with ``onnx_accuracy``: the same
+    answers as the runtime the dashboard serves with, image by image."""
+    import numpy as np
+    from PIL import Image
+
+    from exports.serving.registry import ModelRegistry
+    from training.data import load_cifar
+
+    data = load_cifar("cifar10", str(DATA), limit_train=1, limit_test=48)
+    images, labels = data.x_test.numpy(), data.y_test.numpy()
+    registry = ModelRegistry(ROOT / "exports" / "models")
+    entry = next(e for e in registry.entries if e.name == "resnet18")
+    model = registry.get("resnet18")
+    served = np.array([model.card.labels().index(model.predict(Image.fromarray(image)).label) for image in images])
+    acc = ingest.onnx_accuracy(ROOT / "exports" / "models" / entry.file, images, labels, entry.card.normalize)
+    assert acc == float(np.mean(served == labels)) and acc > 0.5
