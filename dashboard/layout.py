@@ -5,6 +5,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from exports.serving.registry import by_accuracy
+
 from .components import RawImage
 from .handlers import COMPARE_HEADERS, LAYER_HEADERS, MAX_COMPARE, Handlers
 from .service import DashboardService
@@ -114,8 +116,7 @@ def _stride_default(service: DashboardService) -> str | None:
     """The default model if it learned strides, else the best model that did (a trajectory
     to look at, rather than "no learnable strides")."""
     default = service.default_name()
-    ranked = sorted(service.entries(), key=lambda e: (e.test_acc is None, -(e.test_acc or 0.0), e.name))
-    learners = [e.name for e in ranked if e.card.learned_strides]
+    learners = [e.name for e in by_accuracy(service.entries()) if e.card.learned_strides]
     return default if default in learners or not learners else learners[0]
 
 

@@ -15,7 +15,7 @@ import os
 import threading
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import onnx
 
@@ -24,7 +24,7 @@ from .files import file_sha256
 from .manifest import MANIFEST
 from .runtime import ModelError, OnnxModel, card_problems
 
-__all__ = ["ModelEntry", "ModelRegistry"]
+__all__ = ["ModelEntry", "ModelRegistry", "by_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,11 @@ def _twin_name(entries: list[ModelEntry], name: str, precision: str) -> str:
         if other.precision == "int8":
             return f"{name}-{precision}"
     return name
+
+
+def by_accuracy(entries: Iterable[ModelEntry]) -> list[ModelEntry]:
+    """Best test accuracy first (unknown accuracy last; ties by name): the dashboard's order."""
+    return sorted(entries, key=lambda e: (e.test_acc is None, -(e.test_acc or 0.0), e.name))
 
 
 class ModelRegistry:
@@ -219,10 +224,8 @@ class ModelRegistry:
 
     def default_name(self) -> str | None:
         """The model with the highest test accuracy (unknown accuracy ranks last); None if empty."""
-        if not self.entries:
-            return None
-        ranked = sorted(self.entries, key=lambda e: (e.test_acc is None, -(e.test_acc or 0.0), e.name))
-        return ranked[0].name
+        ranked = by_accuracy(self.entries)
+        return ranked[0].name if ranked else None
 
     def __contains__(self, name: object) -> bool:
         return any(e.name == name for e in self.entries)
