@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from exports.serving.files import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 TREE_LIMIT = 64 * MiB
@@ -141,9 +143,7 @@ def copy_data(repo: Path, source: Path) -> Path:
             raise WindowError(f"{src} not found: pass --data-src, the folder with the CIFAR-10 JPEG copy ({', '.join(DATA_FILES)})")
         dst = target / name
         if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
     if subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", f"{DATA_DIR}/{DATA_FILES[0]}"]).returncode != 0:
         raise WindowError(f"{DATA_DIR}/ is not git-ignored here: it would travel twice (add /{DATA_DIR}/ to .gitignore)")
     return target

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor
 
 from exports.serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, DATASETS, NUM_CLASSES
+from exports.serving.files import atomic_write
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -235,16 +235,13 @@ def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as handle:
+    """Readers see the old cache file or the complete new one."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.save would append ".npy" to a bare name
             np.save(handle, array)
-        os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_jpeg_npz(path: str | os.PathLike, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
