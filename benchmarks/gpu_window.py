@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from exports.serving.cards import RunCard
 from exports.serving.files import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,7 +353,7 @@ def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
         process.wait()
 
 
-def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[dict, dict, dict]:
+def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[dict, RunCard, dict]:
     """Load ``run_dir/NAME``; accuracy on the whole test split in float32 before and after int8
     compression (same device, TF32 off). Returns ``(state, card, compression stats)``."""
     import torch
@@ -362,10 +363,10 @@ def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[di
     from safetensors.torch import load_file
     from training.data import GpuLoader
 
-    card = json.loads((run_dir / f"{name}.json").read_text())
+    card = RunCard.from_dict(json.loads((run_dir / f"{name}.json").read_text()))
     state = load_file(str(run_dir / f"{name}.safetensors"), device="cpu")
     dev = torch.device(device)
-    loader = GpuLoader(data.x_test, data.y_test, 1000, train=False, device=dev, dataset=card["dataset"])
+    loader = GpuLoader(data.x_test, data.y_test, 1000, train=False, device=dev, dataset=card.dataset)
     cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -434,21 +435,21 @@ def run_points(window: Window, points: list, epochs: int, protocol: dict, data_d
                 entry["status"] = "failed"
                 window.save()
                 continue
-            card = json.loads(card_path.read_text())
-            card["off_protocol"] = off_protocol
-            entry["card"] = card
-            entry["status"] = "finished" if card.get("epoch") == card.get("epochs") else "unfinished"
+            card = RunCard.from_dict(json.loads(card_path.read_text()))
+            card.off_protocol = off_protocol
+            entry["card"] = card.to_dict()
+            entry["status"] = "finished" if card.is_finished else "unfinished"
             if compress:
                 if data is None:
                     from training.data import load_cifar
 
                     data = load_cifar("cifar10", data_dir, limit_test=_limit(protocol, "limit-test"))
                 state, card, stats = evaluate_compressed(work, name, data, device)
-                card["compression"] = stats
-                card["off_protocol"] = off_protocol
-                entry["card"] = card
+                card.compression = stats
+                card.off_protocol = off_protocol
+                entry["card"] = card.to_dict()
                 entry["file"] = f"{name}.int8.safetensors"
-                write_compact(window.out / entry["file"], state, card)
+                write_compact(window.out / entry["file"], state, card.to_dict())
                 window.log(f"{name}: test acc float32 {stats['test_acc_float32']:.4f}, int8 {stats['test_acc_int8']:.4f} "
                            f"(agreement {stats['top1_agreement']:.4f}) -> {entry['file']}")
             window.save()
@@ -512,9 +513,8 @@ def plan_grid(protocol: dict, done: Path | Sequence[Path]) -> list:
     A point is done when any folder of ``done`` holds its finished on-protocol card (a later
     call of the same window passes the earlier call's work folder too: cards not yet ingested)."""
     done_dirs = [done] if isinstance(done, Path) else list(done)
-    from exports.serving.cards import is_finished
     from training.checkpoint import load_card
-    from training.sweep import plan_runs
+    from training.sweep import on_protocol, plan_runs
 
     def finished_in(run, folder: Path) -> bool:
         path = run.card_path(folder)
@@ -522,7 +522,7 @@ def plan_grid(protocol: dict, done: Path | Sequence[Path]) -> list:
             card = load_card(path) if path.exists() else None
         except (OSError, ValueError):
             return False
-        return bool(card) and is_finished(card) and card.get("epochs") == protocol["epochs"] and not card.get("off_protocol")
+        return card is not None and on_protocol(card, protocol)
 
     def finished(run) -> bool:
         return any(finished_in(run, folder) for folder in done_dirs)
@@ -728,13 +728,13 @@ def _device_main(args) -> int:
 def summary(window: Window) -> None:
     lines = ["| run | status | epochs | test acc | int8 acc | s/epoch | total s |", "|---|---|---:|---:|---:|---:|---:|"]
     for entry in window.record["runs"]:
-        card = entry.get("card") or {}
-        history = card.get("history") or []
+        card = RunCard.from_dict(entry.get("card") or {})
+        history = card.history or []
         seconds = sum(h.get("seconds", 0) for h in history)
-        comp = card.get("compression") or {}
+        comp = card.compression or {}
         int8 = f"{comp['test_acc_int8']:.4f}" if comp else "–"
-        acc = f"{card['test_acc']:.4f}" if card.get("test_acc") is not None else "–"
-        lines.append(f"| {entry['name']} | {entry['status']} | {card.get('epoch', 0)}/{entry['epochs']} | {acc} | {int8} | "
+        acc = f"{card.test_acc:.4f}" if card.test_acc is not None else "–"
+        lines.append(f"| {entry['name']} | {entry['status']} | {card.epoch or 0}/{entry['epochs']} | {acc} | {int8} | "
                      f"{seconds / max(len(history), 1):.1f} | {seconds:.0f} |")
     window.log("summary (window.json has everything):\n" + "\n".join(lines))
 

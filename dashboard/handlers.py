@@ -21,6 +21,7 @@ import gradio as gr
 import numpy as np
 
 from exports.serving import STAGES
+from exports.serving.cards import RunCard
 
 from . import figures
 from .service import Analysis, DashboardService, UserError
@@ -143,8 +144,8 @@ class Handlers:
             verdict = "correct" if truth.split(" ")[0] == top else "wrong"
             lines.append(f"**True label: {truth}** · {verdict}")
         lines.append(
-            f"Model `{analysis.model_name}` ({card.get('variant', '?')}): {card.get('dataset', '?')} test accuracy "
-            f"{_percent(card.get('test_acc'))}; trained {budget(card)}"
+            f"Model `{analysis.model_name}` ({card.variant or '?'}): {card.dataset or '?'} test accuracy "
+            f"{_percent(card.test_acc)}; trained {budget(card)}"
         )
         lines.append(f"Model run time for this image: {float(analysis.prediction.latency_ms):.1f} ms (ONNX Runtime, CPU)")
         lines.append("Model input: the image as the model sees it, 32×32 (centre crop, resized), shown enlarged ×8.")
@@ -205,7 +206,7 @@ class Handlers:
         stride (in/out, below S for DiffStride: its ramp keeps extra bins), and the kept
         frequencies (the width axis is the half spectrum of the real FFT: size//2 + 1 bins)."""
         rows = []
-        for layer in self.service.card(name).get("layers") or []:
+        for layer in self.service.card(name).layers or []:
             stride = layer.get("stride") or [1, 1]
             size_in, size_out = layer.get("in_size"), layer.get("out_size")
             sizes = f"{_size(size_in)} → {_size(size_out)}"
@@ -233,7 +234,7 @@ class Handlers:
         if not 2 <= len(names) <= MAX_COMPARE:
             raise UserError(f"Choose between 2 and {MAX_COMPARE} models to compare (got {len(names)}).")
         cards = {n: self.service.card(n) for n in names}
-        datasets = {n: str(c.get("dataset")) for n, c in cards.items()}
+        datasets = {n: str(c.dataset) for n, c in cards.items()}
         if len(set(datasets.values())) > 1:
             listing = ", ".join(f"{n} ({d})" for n, d in datasets.items())
             raise UserError(f"Models to compare must share one dataset; got {listing}.")
@@ -244,23 +245,23 @@ class Handlers:
             shapes = analysis.map_shapes()
             resolution = {s: [int(shapes[s][1]), int(shapes[s][2])] for s in STAGES if s in shapes}
             per_stage = _stage_strides(card)
-            cost = card.get("cost") or {}
+            cost = card.cost or {}
             top, prob = analysis.topk[0]
-            variant = card.get("variant")
+            variant = card.variant
             results.append({
-                "name": name, "variant": variant, "dataset": card.get("dataset"),
+                "name": name, "variant": variant, "dataset": card.dataset,
                 "topk": [[c, round(p, 6)] for c, p in analysis.topk[:TOP_K]],
                 # one run of this image (the first time this model saw it): not a benchmark,
                 # so the page does not show it; see benchmarks/ for measured latencies
                 "latency_ms": round(float(analysis.prediction.latency_ms), 3),
                 "flops": cost.get("flops"), "params": cost.get("params"),
-                "test_acc": card.get("test_acc"), "training": budget(card),
+                "test_acc": card.test_acc, "training": budget(card),
                 "strides": {s: list(v) for s, v in per_stage.items()}, "resolution": resolution,
             })
             table.append([
                 name if variant in (None, name) else f"{name} ({variant})",
                 f"{top} ({100 * prob:.1f})",
-                None if card.get("test_acc") is None else round(100 * float(card["test_acc"]), 2),
+                None if card.test_acc is None else round(100 * float(card.test_acc), 2),
                 budget(card, short=True),
                 None if cost.get("flops") is None else round(cost["flops"] / 1e9, 2),
                 None if cost.get("params") is None else round(cost["params"] / 1e6, 2),
@@ -362,7 +363,7 @@ class Handlers:
         for e in self.service.entries():
             entries.append({
                 "name": e.name, "variant": e.variant, "dataset": e.dataset, "test_acc": e.test_acc,
-                "size_bytes": e.size_bytes, "file": str(e.file), "training": budget(e.card.to_dict()),
+                "size_bytes": e.size_bytes, "file": str(e.file), "training": budget(e.card),
             })
         return {
             "models_dir": str(self.service.models_dir),
@@ -383,10 +384,10 @@ def _ratio(size_in: Any, size_out: Any) -> str:
         return "?"
 
 
-def _stage_strides(card: dict) -> dict[str, tuple[float, float]]:
+def _stage_strides(card: RunCard) -> dict[str, tuple[float, float]]:
     """{stage: (s_h, s_w)} from the card's layers (the first downsampling layer of a stage)."""
     out: dict[str, tuple[float, float]] = {}
-    for layer in card.get("layers") or []:
+    for layer in card.layers or []:
         stage = layer.get("stage")
         if stage in out or not layer.get("stride"):
             continue

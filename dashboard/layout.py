@@ -103,11 +103,10 @@ def _choices(service: DashboardService) -> list[tuple[str, str]]:
     """Dropdown entries: the name, the test accuracy and how the model was trained."""
     out = []
     for entry in service.entries():
-        card = entry.card.to_dict()
         parts = [] if entry.variant == entry.name else [str(entry.variant)]
         if entry.test_acc is not None:
             parts.append(f"{100 * float(entry.test_acc):.1f}% test")
-        parts.append(budget(card, short=True))
+        parts.append(budget(entry.card, short=True))
         out.append((f"{entry.name} ({', '.join(parts)})", entry.name))
     return out
 

@@ -19,6 +19,7 @@ leaves nothing behind.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from exports.serving import STAGES, log_spectrum  # torch-free: this process never imports torch
+from exports.serving.cards import RunCard
 
 from .figures import CropBox, SpectrumPanel
 
@@ -262,11 +264,10 @@ class DashboardService:
         except Exception as exc:
             raise UserError(f"Model '{name}' could not be loaded: {exc}") from None
 
-    def card(self, name: str | None) -> dict:
-        """The model card's JSON object (a copy; from the registry's validation, no session is
-        created): what ``training.report``'s tables and figures read, as from card files.
-        The typed card is ``self.entry(name).card``."""
-        return self.entry(name).card.to_dict()
+    def card(self, name: str | None) -> RunCard:
+        """The model's card (a copy; from the registry's validation, no session is created):
+        what ``training.report``'s tables and figures read, as from card files."""
+        return copy.deepcopy(self.entry(name).card)
 
     def entry(self, name: str | None) -> Any:
         if not self.names():

@@ -6,8 +6,11 @@ per-model overview rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
+
+from exports.serving.cards import RunCard
 
 from .figures import message_figure, plot_data
 
@@ -22,11 +25,11 @@ def clean_source(source: Any) -> str:
     return str(source or "unknown data").split(" from ")[0].strip()
 
 
-def budget(card: dict, short: bool = False) -> str:
+def budget(card: RunCard, short: bool = False) -> str:
     """How a model was trained, from its card: epochs, images, data, hardware, so that a
     short smoke run is never mistaken for a reproduction of the paper's results."""
-    data = card.get("data") or {}
-    epochs, done = card.get("epochs"), card.get("epoch")
+    data = card.data or {}
+    epochs, done = card.epochs, card.epoch
     n_train = data.get("n_train")
     images = f"{int(n_train):,}" if isinstance(n_train, (int, float)) else "?"
     if short:
@@ -37,30 +40,30 @@ def budget(card: dict, short: bool = False) -> str:
         runs = f"{done} of {epochs} epochs (unfinished)"
     else:
         runs = f"{epochs if epochs is not None else '?'} epoch{plural}"
-    hardware = card.get("hardware") or card.get("device") or (card.get("config") or {}).get("device")
+    hardware = card.hardware or card.extra.get("device") or (card.config or {}).get("device")
     n_test = data.get("n_test")
     tests = f" / {int(n_test):,} test" if isinstance(n_test, (int, float)) else ""
     return (f"{runs}, {images} train{tests} images of {clean_source(data.get('source'))}; "
             f"hardware {hardware or 'not recorded'}")
 
 
-def _named(name: str, card: dict) -> dict:
+def _named(name: str, card: RunCard) -> RunCard:
     """The card as ``training.report`` expects it: a ``name``, and ``data.source`` a string."""
-    data = dict(card.get("data") or {})
+    data = dict(card.data or {})
     data["source"] = data.get("source") or "unknown source"
-    return {**card, "name": card.get("name") or name, "data": data}
+    return dataclasses.replace(card, name=card.name or name, data=data)
 
 
-def curves(cards: dict[str, dict]) -> Any:
+def curves(cards: dict[str, RunCard]) -> Any:
     if not cards:
         return plot_data(message_figure("No model selected: tick one or more models above.", 300))
-    if not any(card.get("history") for card in cards.values()):
+    if not any(card.history for card in cards.values()):
         return plot_data(message_figure("No training history in the selected model cards.", 300))
     from training.report import curves_figure
 
     fig = curves_figure([_named(n, c) for n, c in cards.items()],
                         title="Training curves (test: solid line, filled dot; train: dashed, open diamond)")
-    _readable_curves(fig, max((len(c.get("history") or []) for c in cards.values()), default=1))
+    _readable_curves(fig, max((len(c.history or []) for c in cards.values()), default=1))
     return fig
 
 
@@ -80,17 +83,17 @@ def _readable_curves(fig: Any, epochs: int) -> None:
             trace.hovertemplate = f"{run}<br>{split} loss: %{{y:.3f}}<br>epoch %{{x}}<extra></extra>"
 
 
-def strides(card: dict | None, name: str | None) -> Any:
+def strides(card: RunCard | None, name: str | None) -> Any:
     if card is None:
         return plot_data(message_figure("Choose a model.", 300))
-    if not any(h.get("strides") for h in card.get("history") or []):
-        learned = card.get("learned_strides") or {}
+    if not any(h.get("strides") for h in card.history or []):
+        learned = card.learned_strides or {}
         what = "its card has no per-epoch history" if learned else "it has no learnable strides"
-        return plot_data(message_figure(f"No stride trajectory for '{name}' ({card.get('variant')}): {what}.", 300))
+        return plot_data(message_figure(f"No stride trajectory for '{name}' ({card.variant}): {what}.", 300))
     from training.report import stride_figure
 
     fig = stride_figure(_named(name or "?", card))
-    epochs = len(card.get("history") or [])
+    epochs = len(card.history or [])
     fig.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)), range=[0.5, epochs + 0.5])
     for trace in fig.data:  # s_h filled, s_w open: distinct even where a run is one point
         trace.marker = {"size": 9, "symbol": "circle-open" if str(trace.name).endswith("s_w") else "circle",
@@ -98,7 +101,7 @@ def strides(card: dict | None, name: str | None) -> Any:
     return fig
 
 
-def reproduction(cards: dict[str, dict]) -> str:
+def reproduction(cards: dict[str, RunCard]) -> str:
     """The papers' table (mean ± std over seeds per stride tuple and variant), from the cards."""
     if not cards:
         return "_No model selected._"
@@ -109,28 +112,28 @@ def reproduction(cards: dict[str, dict]) -> str:
     # The table's heading promises "mean ± std over seeds"; say so when every cell is one run.
     cells: dict[tuple, int] = {}
     for card in named:
-        key = (card.get("dataset"), card.get("variant"), tuple(card.get("strides") or ()))
+        key = (card.dataset, card.variant, tuple(card.strides or ()))
         cells[key] = cells.get(key, 0) + 1
     if cells and max(cells.values()) == 1:
         text = text.replace("mean ± std over seeds", "one run (seed) per cell, so no ± std")
     text = re.sub(r"^## ", "#### ", text, flags=re.M)  # under the tab's own heading
-    unfinished = [n for n, c in cards.items() if c.get("epochs") is None or c.get("epoch") != c.get("epochs")]
+    unfinished = [n for n, c in cards.items() if not c.is_finished]
     if unfinished:
         text += f"\n_Not in the table (training unfinished or no history): {', '.join(unfinished)}._\n"
     return text
 
 
-def overview(cards: dict[str, dict]) -> list[list[Any]]:
+def overview(cards: dict[str, RunCard]) -> list[list[Any]]:
     rows = []
     for name, card in cards.items():
-        acc = card.get("test_acc")
-        learned = card.get("learned_strides") or {}
+        acc = card.test_acc
+        learned = card.learned_strides or {}
         rows.append([
             name,
-            f"{card.get('variant')} ({card.get('dataset')})",
+            f"{card.variant} ({card.dataset})",
             None if acc is None else round(100 * float(acc), 2),
             budget(card),
-            ", ".join(f"{float(s):g}" for s in card.get("strides") or []),
+            ", ".join(f"{float(s):g}" for s in card.strides or []),
             ", ".join(f"{v[0]:.2f}×{v[1]:.2f}" for v in learned.values()) or "— (fixed strides)",
         ])
     return rows

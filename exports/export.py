@@ -228,7 +228,7 @@ def export_checkpoint(
     if fp16:
         proto = fp16_weights(proto)
     onnx.checker.check_model(proto, full_check=True)
-    log(f"exported {as_card(card).variant} ({len(features)} feature outputs, opset {OPSET}) in {time.perf_counter() - started:.1f}s")
+    log(f"exported {card.variant} ({len(features)} feature outputs, opset {OPSET}) in {time.perf_counter() - started:.1f}s")
     report = None
     if parity_images > 0:
         report = check_parity(model, proto.SerializeToString(), card, parity_images, data_dir, fp16, tolerance)

@@ -70,7 +70,7 @@ def test_graph_checks_and_named_outputs(bundle, variant):
 def test_card_round_trips(bundle, variant):
     card = onnx_card(bundle / "models" / f"{variant}.onnx")
     model, training_card = load_checkpoint(bundle / "checkpoints" / f"{variant}.json")
-    for key, value in training_card.items():  # every training field survives as written
+    for key, value in training_card.to_dict().items():  # every training field survives as written
         assert card[key] == json.loads(json.dumps(value)), key
     assert card["name"] == variant
     assert card["layers"] == json.loads(json.dumps([i.to_dict() for i in describe_downsampling(model)]))
@@ -274,8 +274,8 @@ def test_checkpoint_round_trip_keeps_learned_strides(tmp_path):
     save_checkpoint(model, card, tmp_path / "d")
     loaded, loaded_card = load_checkpoint(tmp_path / "d.safetensors")
     assert loaded.layer2[0].spectral_pool.stride.tolist() == pytest.approx([2.7, 2.7])
-    assert loaded_card["learned_strides"]["layer2.0.spectral_pool"] == pytest.approx([2.7, 2.7])
-    assert set(loaded_card) >= {"variant", "dataset", "num_classes", "class_names", "strides", "options", "history",
+    assert loaded_card.learned_strides["layer2.0.spectral_pool"] == pytest.approx([2.7, 2.7])
+    assert set(loaded_card.to_dict()) >= {"variant", "dataset", "num_classes", "class_names", "strides", "options", "history",
                                 "test_acc", "data", "normalize", "command", "code_version", "seed", "created"}
 
 

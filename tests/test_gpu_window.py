@@ -15,6 +15,7 @@ import torch
 
 from benchmarks import gpu_window
 from exports import compact, ingest
+from exports.serving.cards import RunCard
 from training import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def test_grid_order_and_coverage(tmp_path):
     atomic_write_json(earlier / f"{todo[1].name}.json", dict(finished, name=todo[1].name, variant="hybrid"))
     both = gpu_window.plan_grid(protocol, [done, earlier])
     assert [r.name for r in both] == [r.name for r in left[1:]]
-    cards = [json.loads(p.read_text()) for p in done.glob("*.json")]
+    cards = [RunCard.from_dict(json.loads(p.read_text())) for p in done.glob("*.json")]
     assert sweep.coverage(protocol, cards) == "1 / 4 points, seed 0; 0 / 4, seed 1"
 
 

@@ -114,7 +114,7 @@ def test_predict_matches_pytorch_through_the_image_path(onnx_bundle, hybrid):
         pred = hybrid.predict(buffer.getvalue(), top_k=3)
         np.testing.assert_allclose(pred.logits, ref[k], atol=1e-4, rtol=0)
         assert np.array_equal(pred.model_input, image)
-        assert pred.top_k[0][0] == card["class_names"][int(ref[k].argmax())]
+        assert pred.top_k[0][0] == card.class_names[int(ref[k].argmax())]
 
 
 def test_prediction_fields(hybrid):

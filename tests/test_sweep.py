@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from exports.serving.cards import RunCard
 from training import report
 from training.sweep import ConfigError, load_config, main, plan_runs
 
@@ -82,10 +83,10 @@ def test_sweep_config_error_is_one_line(tmp_path, capsys):
 def _card(variant, strides, seed, acc, dataset="cifar10", epochs=2, epoch=2, strides_learned=None):
     history = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": acc - 0.1 / e, "test_loss": 2.1 / e, "test_acc": acc - 0.05 * (epochs - e),
                 "strides": strides_learned or {}} for e in range(1, epoch + 1)]
-    return {"name": f"{variant}_{dataset}_{''.join(map(str, strides))}_seed{seed}", "variant": variant, "dataset": dataset,
-            "strides": list(strides), "seed": seed, "epoch": epoch, "epochs": epochs, "test_acc": acc, "history": history,
-            "learned_strides": strides_learned or {},
-            "data": {"source": "CIFAR-10 (JPEG copy) from /x", "n_train": 100, "n_test": 50}}
+    return RunCard(name=f"{variant}_{dataset}_{''.join(map(str, strides))}_seed{seed}", variant=variant, dataset=dataset,
+                   strides=list(strides), seed=seed, epoch=epoch, epochs=epochs, test_acc=acc, history=history,
+                   learned_strides=strides_learned or {},
+                   data={"source": "CIFAR-10 (JPEG copy) from /x", "n_train": 100, "n_test": 50})
 
 
 @pytest.fixture
@@ -143,7 +144,7 @@ def test_report_files_and_figures(cards, tmp_path):
     assert {r[0] for r in rows[1:]} == {"cifar10", "cifar100"}
     assert (tmp_path / "curves_cifar10.html").is_file() and (tmp_path / "plotly.min.js").is_file()
     assert written["curves_cifar100"].is_file()
-    assert sorted(p.name for p in (tmp_path / "strides").glob("*.html")) == [f"{c['name']}.html" for c in cards[:2]]
+    assert sorted(p.name for p in (tmp_path / "strides").glob("*.html")) == [f"{c.name}.html" for c in cards[:2]]
 
 
 # --------------------------------------------------------------------------------------

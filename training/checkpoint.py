@@ -118,28 +118,28 @@ def resolve_pair(path: str | os.PathLike) -> tuple[Path, Path]:
     return weights, card
 
 
-def _validate_card(card: Any, where: str) -> dict:
+def _validate_card(card: RunCard, where: str) -> RunCard:
     """``card`` if it describes a model this project can build (one-sentence CheckpointError otherwise)."""
-    if not isinstance(card, dict):
-        raise CheckpointError(f"{where}: card must be a JSON object, got {type(card).__name__}")
-    missing = [key for key in REQUIRED_KEYS if key not in card]
+    written = card.to_dict()
+    missing = [key for key in REQUIRED_KEYS if key not in written]
     if missing:
         raise CheckpointError(f"{where}: card lacks required key(s) {', '.join(missing)}")
-    if card["variant"] not in hybrid_model.VARIANTS:
+    if card.variant not in hybrid_model.VARIANTS:
         raise CheckpointError(
-            f"{where}: unknown variant {card['variant']!r}; expected one of {', '.join(sorted(hybrid_model.VARIANTS))}"
+            f"{where}: unknown variant {card.variant!r}; expected one of {', '.join(sorted(hybrid_model.VARIANTS))}"
         )
-    problems = RunCard.from_dict(card).problems()
+    problems = card.problems()
     if problems:
         raise CheckpointError(f"{where}: {problems[0]}")
     return card
 
 
-def load_card(path: str | os.PathLike) -> dict:
+def load_card(path: str | os.PathLike) -> RunCard:
     """Read and validate a card (JSON object with at least ``variant`` and ``strides``).
 
-    Missing optional keys are filled in: ``num_classes`` 10, ``dataset`` "cifar10",
-    ``options`` {}, ``class_names`` and ``normalize`` from the dataset defaults.
+    Missing optional keys are filled in (and written by ``to_dict()``): ``num_classes`` 10,
+    ``dataset`` "cifar10", ``options`` {}, ``class_names`` and ``normalize`` from the
+    dataset defaults.
     """
     path = Path(path)
     try:
@@ -149,17 +149,19 @@ def load_card(path: str | os.PathLike) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: cannot read card ({error})") from None
     try:
-        card = json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: card is not valid JSON ({error})") from None
-    card = _validate_card(card, str(path))
-    card.setdefault("dataset", "cifar10")
-    card.setdefault("num_classes", 10)
-    card.setdefault("options", {})
-    if not card.get("class_names"):
-        card["class_names"] = default_class_names(card["dataset"], card["num_classes"])
-    if not card.get("normalize"):
-        card["normalize"] = _normalize(card["dataset"])
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: card must be a JSON object, got {type(data).__name__}")
+    defaults = RunCard()
+    for key in ("dataset", "num_classes", "options"):  # written out by to_dict(): an export of this card names them
+        data.setdefault(key, getattr(defaults, key))
+    card = _validate_card(RunCard.from_dict(data), str(path))
+    if not card.class_names:
+        card.class_names = default_class_names(card.dataset, card.num_classes)
+    if not card.normalize:
+        card.normalize = _normalize(card.dataset)
     return card
 
 
@@ -236,16 +238,16 @@ def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor]) -> st
     return "; ".join(parts)
 
 
-def build_from_card(card: Mapping[str, Any], where: str = "card") -> nn.Module:
+def build_from_card(card: RunCard, where: str = "card") -> nn.Module:
     """``hybrid_model.build_from_card`` (variant, strides, num_classes, options), with a
     :class:`CheckpointError` naming ``where`` when the card describes no buildable model."""
     try:
-        return hybrid_model.build_from_card(card)
+        return hybrid_model.build_from_card(card.to_dict())
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{where}: cannot build the model described by the card ({error})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, RunCard]:
     """Rebuild a trained model from ``NAME.json``, ``NAME.safetensors`` or ``OUTDIR/NAME``.
 
     Returns ``(model in eval mode on device, card)``; the model expects
@@ -261,13 +263,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if mismatch:
         raise CheckpointError(
             f"{weights}: weights do not match the card's model "
-            f"(variant {card['variant']!r}, num_classes {card['num_classes']}): {mismatch}"
+            f"(variant {card.variant!r}, num_classes {card.num_classes}): {mismatch}"
         )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), card
 
 
-def save_checkpoint(model: nn.Module, card: Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
+def save_checkpoint(model: nn.Module, card: RunCard | Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``PATH.safetensors`` + ``PATH.json`` atomically (``path`` may carry either suffix).
 
     The card's ``learned_strides`` are refreshed from the model so they always agree with
@@ -278,13 +280,13 @@ def save_checkpoint(model: nn.Module, card: Mapping[str, Any], path: str | os.Pa
     base = Path(path)
     if base.suffix in (".json", ".safetensors"):
         base = base.with_suffix("")
-    card = dict(card)
-    card["learned_strides"] = hybrid_model.learned_strides(model)
+    card = RunCard.from_dict(card)  # a copy
+    card.learned_strides = hybrid_model.learned_strides(model)
     _validate_card(card, str(base) + ".json")
     # Clone: safetensors refuses tensors that share storage or are not contiguous.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     weights = atomic_write_bytes(base.parent / (base.name + ".safetensors"), save(state))
-    card_path = atomic_write_json(base.parent / (base.name + ".json"), card)
+    card_path = atomic_write_json(base.parent / (base.name + ".json"), card.to_dict())
     return weights, card_path
 
 

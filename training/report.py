@@ -1,7 +1,7 @@
 """Results tables and plotly figures built from model cards (see ``training.checkpoint``).
 
-The functions take plain card dicts (``json.load`` of ``NAME.json``) so the dashboard can
-reuse them:
+The functions take typed cards (:class:`exports.serving.cards.RunCard`, e.g.
+``training.checkpoint.load_card``) so the dashboard can reuse them:
 
 * :func:`results_table` - the papers' layout: one row per stride tuple, one column per
   variant, cells ``mean ± std`` over seeds, last row the mean over stride tuples;
@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from exports.serving.cards import RunCard
 from exports.serving.files import atomic_write_text
 
 __all__ = [
@@ -56,10 +57,6 @@ def strides_label(strides: Sequence[float]) -> str:
     return "(" + ", ".join(_num(s) for s in strides) + ")"
 
 
-def _finished(card: dict) -> bool:
-    return card.get("epochs") is not None and card.get("epoch") == card.get("epochs")
-
-
 def _stats(values: Sequence[float]) -> dict[str, Any]:
     n = len(values)
     mean = sum(values) / n
@@ -67,15 +64,19 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "n": n, "values": list(values)}
 
 
-def _ordered_variants(cards: Iterable[dict], variants: Sequence[str] | None) -> list[str]:
-    present = {c["variant"] for c in cards}
+def _seed(card: RunCard) -> int:
+    return card.seed or 0  # a card without a seed counts as seed 0
+
+
+def _ordered_variants(cards: Iterable[RunCard], variants: Sequence[str] | None) -> list[str]:
+    present = {c.variant for c in cards}
     if variants is not None:
         return [v for v in variants if v in present]
     return [v for v in VARIANT_ORDER if v in present] + sorted(present - set(VARIANT_ORDER))
 
 
 def results_table(
-    cards: Sequence[dict],
+    cards: Sequence[RunCard],
     metric: str = "test_acc",
     *,
     dataset: str | None = None,
@@ -87,7 +88,7 @@ def results_table(
 
     Args:
         cards: model cards; only ``dataset`` (if given) and, by default, finished runs count.
-        metric: a card key holding a number (``test_acc``, ``test_loss``).
+        metric: a card field holding a number (``test_acc``, ``test_loss``).
         variants: column order (default :data:`VARIANT_ORDER`, present ones only).
         keep_empty: keep every column of ``variants`` even without runs.
 
@@ -97,15 +98,15 @@ def results_table(
     rows of the cell means; its std is the std over seeds of the per-seed row averages
     when every row has the same seeds (else 0). Accuracies stay fractions in [0, 1].
     """
-    selected = [c for c in cards if (dataset is None or c.get("dataset") == dataset)
-                and (not finished_only or _finished(c)) and isinstance(c.get(metric), (int, float))]
+    selected = [c for c in cards if (dataset is None or c.dataset == dataset)
+                and (not finished_only or c.is_finished) and isinstance(getattr(c, metric, None), (int, float))]
     columns = list(variants) if keep_empty and variants is not None else _ordered_variants(selected, variants)
     grid: dict[tuple, dict[str, dict[int, float]]] = {}
     for card in selected:
-        if card["variant"] not in columns:
+        if card.variant not in columns:
             continue
-        key = tuple(float(s) for s in card["strides"])
-        grid.setdefault(key, defaultdict(dict))[card["variant"]][card.get("seed", 0)] = float(card[metric])
+        key = tuple(float(s) for s in card.strides)
+        grid.setdefault(key, defaultdict(dict))[card.variant][_seed(card)] = float(getattr(card, metric))
 
     rows = []
     for key, by_variant in grid.items():
@@ -184,11 +185,11 @@ def table_csv(rows: Sequence[dict], *, dataset: str | None = None, percent: bool
 # --------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------
-def _run_label(card: dict) -> str:
-    return card.get("name") or f"{card['variant']} {strides_label(card['strides'])} seed {card.get('seed', 0)}"
+def _run_label(card: RunCard) -> str:
+    return card.name or f"{card.variant} {strides_label(card.strides)} seed {_seed(card)}"
 
 
-def curves_figure(cards: Sequence[dict], title: str | None = None):
+def curves_figure(cards: Sequence[RunCard], title: str | None = None):
     """Accuracy (left) and loss (right) per epoch of every run: test solid, train dashed.
 
     Returns a ``plotly.graph_objects.Figure`` (one colour and legend group per run).
@@ -200,7 +201,7 @@ def curves_figure(cards: Sequence[dict], title: str | None = None):
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "loss"))
     palette = qualitative.Plotly
     for index, card in enumerate(cards):
-        history = card.get("history") or []
+        history = card.history or []
         if not history:
             continue
         label, color = _run_label(card), palette[index % len(palette)]
@@ -221,7 +222,7 @@ def curves_figure(cards: Sequence[dict], title: str | None = None):
     return fig
 
 
-def stride_figure(card: dict, title: str | None = None):
+def stride_figure(card: RunCard, title: str | None = None):
     """The learned strides of each DiffStride layer per epoch: ``s_h`` solid, ``s_w`` dashed.
 
     Uses ``history[i]["strides"]`` (``{layer: [s_h, s_w]}``). Returns a plotly Figure
@@ -231,8 +232,8 @@ def stride_figure(card: dict, title: str | None = None):
     from plotly.colors import qualitative
 
     fig = go.Figure()
-    history = [h for h in card.get("history") or [] if h.get("strides")]
-    layers = list(history[-1]["strides"]) if history else list(card.get("learned_strides") or {})
+    history = [h for h in card.history or [] if h.get("strides")]
+    layers = list(history[-1]["strides"]) if history else list(card.learned_strides or {})
     palette = qualitative.Plotly
     for index, layer in enumerate(layers):
         epochs = [h.get("epoch") for h in history if layer in h["strides"]]
@@ -243,7 +244,7 @@ def stride_figure(card: dict, title: str | None = None):
                 legendgroup=layer, line={"color": palette[index % len(palette)], "dash": dash},
             ))
     if not layers:
-        fig.add_annotation(text=f"{card.get('variant')} has no learnable strides", showarrow=False,
+        fig.add_annotation(text=f"{card.variant} has no learnable strides", showarrow=False,
                            x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_layout(title=title or f"learned strides: {_run_label(card)}", xaxis_title="epoch",
                       yaxis_title="stride", template="plotly_white", height=450)
@@ -264,17 +265,17 @@ def _write_html(fig, path: Path) -> None:
         atomic_write_text(path.parent / "plotly.min.js", get_plotlyjs())
 
 
-def results_markdown(cards: Sequence[dict], metric: str = "test_acc", title: str | None = None) -> str:
+def results_markdown(cards: Sequence[RunCard], metric: str = "test_acc", title: str | None = None) -> str:
     """One table per dataset, with the data source noted under it (e.g. "CIFAR-10 (JPEG copy)")."""
     parts = [f"# {title}\n"] if title else []
-    datasets = sorted({c.get("dataset") for c in cards}, key=lambda d: (d != "cifar10", d))
+    datasets = sorted({c.dataset for c in cards}, key=lambda d: (d != "cifar10", d))
     for dataset in datasets:
         rows = results_table(cards, metric, dataset=dataset)
-        subset = [c for c in cards if c.get("dataset") == dataset and _finished(c)]
-        infos = [c.get("data") or {} for c in subset]
+        subset = [c for c in cards if c.dataset == dataset and c.is_finished]
+        infos = [c.data or {} for c in subset]
         sources = sorted({str(info.get("source") or "?").split(" from ")[0] for info in infos})
         sizes = sorted({(info.get("n_train"), info.get("n_test")) for info in infos}, key=str)
-        epochs = sorted({c.get("epochs") for c in subset}, key=str)
+        epochs = sorted({c.epochs for c in subset}, key=str)
         what = "test accuracy (%)" if metric == "test_acc" else metric
         parts.append(f"## {DATASET_LABELS.get(dataset, dataset)}: {what}, mean ± std over seeds\n")
         parts.append(table_markdown(rows, show_n=True))
@@ -288,7 +289,7 @@ def results_markdown(cards: Sequence[dict], metric: str = "test_acc", title: str
     return "\n".join(parts)
 
 
-def write_report(cards: Sequence[dict], out_dir: str | os.PathLike, title: str | None = None) -> dict[str, Path]:
+def write_report(cards: Sequence[RunCard], out_dir: str | os.PathLike, title: str | None = None) -> dict[str, Path]:
     """Write ``results.md``, ``results.csv``, ``curves_<dataset>.html`` and
     ``strides/<name>.html`` (learnable-stride runs) into ``out_dir``; returns the paths."""
     out = Path(out_dir)
@@ -296,9 +297,9 @@ def write_report(cards: Sequence[dict], out_dir: str | os.PathLike, title: str |
     written: dict[str, Path] = {}
     atomic_write_text(out / "results.md", results_markdown(cards, title=title))
     written["markdown"] = out / "results.md"
-    datasets = sorted({c.get("dataset") for c in cards}, key=lambda d: (d != "cifar10", d))
+    datasets = sorted({c.dataset for c in cards}, key=lambda d: (d != "cifar10", d))
     # Same columns for every dataset, so the CSV has one header.
-    variants = _ordered_variants([c for c in cards if _finished(c)], None)
+    variants = _ordered_variants([c for c in cards if c.is_finished], None)
     csv_text = ""
     for index, dataset in enumerate(datasets):
         text = table_csv(results_table(cards, dataset=dataset, variants=variants, keep_empty=True), dataset=dataset)
@@ -307,13 +308,13 @@ def write_report(cards: Sequence[dict], out_dir: str | os.PathLike, title: str |
     atomic_write_text(out / "results.csv", csv_text)
     written["csv"] = out / "results.csv"
     for dataset in datasets:
-        subset = [c for c in cards if c.get("dataset") == dataset]
+        subset = [c for c in cards if c.dataset == dataset]
         path = out / f"curves_{dataset}.html"
         _write_html(curves_figure(subset, title=f"{DATASET_LABELS.get(dataset, dataset)}: training curves"), path)
         written[f"curves_{dataset}"] = path
     for card in cards:
-        if card.get("learned_strides"):
-            path = out / "strides" / f"{card.get('name') or _run_label(card)}.html"
+        if card.learned_strides:
+            path = out / "strides" / f"{card.name or _run_label(card)}.html"
             _write_html(stride_figure(card), path)
             written[f"strides/{path.stem}"] = path
     return written

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from exports.serving.cards import is_finished
+from exports.serving.cards import RunCard, is_finished
 from exports.serving.files import atomic_write_text
 
 from . import checkpoint as ckpt
@@ -181,16 +181,16 @@ def run_flags(run: Run, config: dict[str, Any], out: Path, data_dir: str | None)
 RESERVED_FLAGS = {*run_flags(Run("resnet18", (1,) * 5, 0, "cifar10", ""), {"epochs": 1}, Path(), "."), "overwrite", "name"}
 
 
-def on_protocol(card: dict, config: dict[str, Any]) -> bool:
+def on_protocol(card: RunCard, config: dict[str, Any]) -> bool:
     """A finished card trained under this config's protocol (its epochs; not marked
     ``off_protocol`` by a GPU window that had to shorten it): only these fill the table."""
-    return is_finished(card) and card.get("epochs") == config["epochs"] and not card.get("off_protocol")
+    return card.is_finished and card.epochs == config["epochs"] and not card.off_protocol
 
 
-def coverage(config: dict[str, Any], cards: Sequence[dict]) -> str:
+def coverage(config: dict[str, Any], cards: Sequence[RunCard]) -> str:
     """``"5 / 30 points, seed 0; 0 / 30, seed 1; 0 / 30, seed 2"`` (finished protocol cards)."""
     per_seed = len(config["datasets"]) * len(config["strides"]) * len(config["variants"])
-    done = {(c["name"], c.get("seed")) for c in cards if on_protocol(c, config)}
+    done = {(c.name, c.seed) for c in cards if on_protocol(c, config)}
     names = {r.name for r in plan_runs(config)}
     parts = []
     for index, seed in enumerate(config["seeds"]):
@@ -211,7 +211,7 @@ def replace_block(text: str, name: str, body: str) -> str:
     return head + start + "\n" + body.rstrip("\n") + "\n" + end + rest.split(end, 1)[1]
 
 
-def table_block(config: dict[str, Any], cards: Sequence[dict]) -> str:
+def table_block(config: dict[str, Any], cards: Sequence[RunCard]) -> str:
     """What the README shows: coverage, the protocol in one line, the table."""
     finished = [c for c in cards if on_protocol(c, config)]
     args = " ".join(flag_args({k: v for k, v in config["args"].items() if k != "no-progress"}))
@@ -219,7 +219,7 @@ def table_block(config: dict[str, Any], cards: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n" + report.results_markdown(finished)
 
 
-def _card(path: Path) -> dict | None:
+def _card(path: Path) -> RunCard | None:
     try:
         return ckpt.load_card(path)
     except (OSError, ValueError):
@@ -279,10 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
 
     cards = [card for card in (_card(r.card_path(out)) for r in runs) if card]
-    for card in cards:
-        card["_path"] = str(out / f"{card['name']}.json")
     # Off-protocol cards (a shortened window) keep their curves but stay out of the table.
-    shown = [c for c in cards if not is_finished(c) or on_protocol(c, config)]
+    shown = [c for c in cards if not c.is_finished or on_protocol(c, config)]
     written = report.write_report(shown, out, title=f"Sweep {config['name']}")
     finished = sum(on_protocol(c, config) for c in cards)
     print(f"report: {finished}/{len(runs)} finished runs -> " + ", ".join(str(p) for k, p in written.items() if "/" not in k))

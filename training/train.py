@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exports.serving.cards import RunCard, is_finished
+from exports.serving.cards import RunCard
 from exports.serving.files import atomic_write_json
 
 from . import checkpoint as ckpt
@@ -406,13 +406,13 @@ def _saved_state(config: TrainConfig, paths: ckpt.RunPaths, card_config: dict[st
         return state
     if config.resume and paths.card.exists():
         card = ckpt.load_card(paths.card)
-        if is_finished(card):
-            if card.get("config") != card_config:
+        if card.is_finished:
+            if card.config != card_config:
                 raise CliError(f"{config.name} already finished with other settings; use --overwrite or another --name")
             if rank == 0:
-                print(f"{config.name}: already finished ({card['epochs']} epochs, test_acc={card['test_acc']:.4f})")
+                print(f"{config.name}: already finished ({card.epochs} epochs, test_acc={card.test_acc:.4f})")
             return _FINISHED
-        raise CliError(f"cannot resume {config.name}: {paths.state.name} is missing (card at epoch {card.get('epoch')}); use --overwrite")
+        raise CliError(f"cannot resume {config.name}: {paths.state.name} is missing (card at epoch {card.epoch}); use --overwrite")
     if config.overwrite and rank == 0:
         # A stale state file must never be picked up by a later --resume of the new run.
         for path in (paths.state, paths.card, paths.weights):

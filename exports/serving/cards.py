@@ -10,7 +10,7 @@ Who writes which fields (each group is a stage of the same flat JSON object):
 * the int8 quantiser (``exports.quantize``): ``float_parity``, ``accuracy_gate`` (and
   ``export.precision = "int8"``);
 * the bundler and the GPU window (``exports.ingest``, ``benchmarks/gpu_window.py``):
-  ``off_protocol``, ``compression``, ``training_test_acc``, ``bundled_accuracy``.
+  ``compression``, ``off_protocol``, ``training_test_acc``, ``bundled_accuracy``.
 
 Build a card (the trainer)::
 
@@ -31,7 +31,9 @@ Round trips are lossless: :meth:`RunCard.from_dict` keeps keys it does not know 
 ``extra`` and remembers the source's key order, so ``RunCard.from_dict(d).to_dict() == d``
 (same keys, same order, same values) for every card this project ever wrote; a card built
 with ``RunCard(...)`` serialises to exactly the keys the trainer writes (plus the export's
-and the quantiser's once those stages are set). Values are stored as given (a card's
+and the quantiser's once those stages are set); a field assigned on a loaded card is
+written like a key set on its JSON object, even at its default (after the source's keys,
+in field order). Values are stored as given (a card's
 ``strides`` stay ``[1, 1, 2, 2, 2]``, not ``[1.0, ...]``): the type hints say what a valid
 card holds, :meth:`RunCard.problems` says what is wrong with one that does not.
 
@@ -127,13 +129,20 @@ class RunCard:
     float_parity: dict[str, Any] | None = _stage("int8")
     accuracy_gate: dict[str, Any] | None = _stage("int8")  # set => an int8 card
     # --- added when bundling (exports.ingest, benchmarks/gpu_window.py) ----------------
-    off_protocol: bool = _stage("bundle", False)
     compression: dict[str, Any] | None = _stage("bundle")
+    off_protocol: bool = _stage("bundle", False)
     training_test_acc: float | None = _stage("bundle")
     bundled_accuracy: dict[str, Any] | None = _stage("bundle")
     # --- bookkeeping (not card fields) --------------------------------------------------
     extra: dict[str, Any] = field(default_factory=dict, metadata={"stage": None})  # unknown keys, kept
     source_keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False, metadata={"stage": None})
+    # Fields assigned after construction; last, so that __init__'s own assignments are not counted.
+    assigned: set[str] = field(default_factory=set, init=False, repr=False, compare=False, metadata={"stage": None})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _STAGE and "assigned" in self.__dict__:
+            self.assigned.add(name)
 
     # ------------------------------------------------------------------ conversion
     @classmethod
@@ -175,8 +184,9 @@ class RunCard:
         """Whether a field absent from the source is written: the trainer's fields always
         on a card built with ``RunCard(...)``; a later stage's fields once that stage was
         entered after the source was written (``format`` / ``accuracy_gate`` set); any
-        field whose value differs from its default."""
-        if value != _CARD_FIELDS[key]:
+        field whose value differs from its default, or that was assigned (as a key set on
+        the JSON object is written: ``card.off_protocol = False``)."""
+        if value != _CARD_FIELDS[key] or key in self.assigned:
             return True
         source = set(self.source_keys or ())
         stage = _STAGE[key]
