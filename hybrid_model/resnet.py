@@ -88,7 +88,9 @@ PAPER_STRIDES: tuple[tuple[int, ...], ...] = (
     (1, 1, 3, 2, 3),
 )
 
-STAGE_CHANNELS = (64, 128, 256, 512)
+#: ResNet-18's channels per stage: ``width`` times these (``width=64``: 64/128/256/512).
+STAGE_WIDTHS = (1, 2, 4, 8)
+DEFAULT_WIDTH = 64
 MAX_STRIDE = 64.0
 
 
@@ -239,7 +241,7 @@ BLOCKS: dict[str, type[_SpectralBlock]] = {"post": BasicBlock, "pre": PreActBloc
 # The network
 # --------------------------------------------------------------------------------------
 class SpectralResNet(nn.Module):
-    """CIFAR ResNet-18 (3x3 stem, stages of 64/128/256/512 channels, two blocks each).
+    """CIFAR ResNet-18 (3x3 stem, stages of 64/128/256/512 channels at ``width=64``, two blocks each).
 
     Args:
         strides: ``(stem, stage1, stage2, stage3, stage4)`` (:func:`validate_strides`).
@@ -254,6 +256,8 @@ class SpectralResNet(nn.Module):
             (``None``: no layer).
         block: :class:`BasicBlock` (post-activation, default) or :class:`PreActBlock`.
         in_channels: channels of the input images.
+        width: channels of the stem and stage 1; stages 2-4 have 2x, 4x, 8x as many
+            (64: ResNet-18; a narrower net trains faster, e.g. for tests and CPU experiments).
 
     ``forward(x)``: ``(B, in_channels, H, W) -> (B, num_classes)``; ``forward_features(x)``
     also returns the feature map of each stage (``FEATURE_NAMES``).
@@ -271,11 +275,14 @@ class SpectralResNet(nn.Module):
         head_stride: float = 2.0,
         block: type[_SpectralBlock] = BasicBlock,
         in_channels: int = 3,
+        width: int = DEFAULT_WIDTH,
     ) -> None:
         super().__init__()
         self.strides = validate_strides(strides, integer=pool_layer is None)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
         self.in_channels = in_channels
 
         def pool(stride: float, always: bool) -> nn.Module | None:
@@ -288,19 +295,19 @@ class SpectralResNet(nn.Module):
             return int(stride) if pool_layer is None else 1
 
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, stride=conv_stride(self.strides[0]), padding=1, bias=False),
-            *([] if block.preactivation else [nn.BatchNorm2d(64), nn.ReLU(inplace=True)]),
+            nn.Conv2d(in_channels, width, 3, stride=conv_stride(self.strides[0]), padding=1, bias=False),
+            *([] if block.preactivation else [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]),
         )
         self.stem_pool = pool(self.strides[0], always=True)
-        in_ch = 64
-        for index, (out_ch, stride) in enumerate(zip(STAGE_CHANNELS, self.strides[1:]), start=1):
+        in_ch = width
+        for index, (out_ch, stride) in enumerate(zip((width * k for k in STAGE_WIDTHS), self.strides[1:]), start=1):
             first = block(in_ch, out_ch, conv_stride(stride), pool(stride, always=index > 1))
             setattr(self, f"layer{index}", nn.Sequential(first, block(out_ch, out_ch)))
             in_ch = out_ch
-        self.final_act = nn.Sequential(nn.BatchNorm2d(512), nn.ReLU(inplace=True)) if block.preactivation else nn.Identity()
+        self.final_act = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if block.preactivation else nn.Identity()
         self.head_pool = None if head_layer is None else head_layer(head_stride)
         self.pool = nn.AdaptiveAvgPool2d(1)  # adaptive: DiffStride's map sizes vary with the strides
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(in_ch, num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -371,6 +378,7 @@ def build_model(
     lower_limit: float = 1.0,
     upper_limit: float | None = None,
     in_channels: int = 3,
+    width: int = DEFAULT_WIDTH,
     **other: Any,
 ) -> SpectralResNet:
     """Build a named variant: ``resnet18``, ``spectral``, ``diffstride``, ``hybrid``, ``diffstride2``.
@@ -381,7 +389,8 @@ def build_model(
     paper's baseline, or ``"hartley"``) of the body's fixed spectral pooling and
     ``head_transform`` (``"hartley"``, the hybrid paper's Algorithm 1, or ``"fourier"``)
     of a spectral head, separate because the two papers define the two layers differently;
-    ``smoothness``, ``shared_stride``, ``lower_limit``, ``upper_limit`` of DiffStride.
+    ``smoothness``, ``shared_stride``, ``lower_limit``, ``upper_limit`` of DiffStride;
+    ``width``, the channels of the first stage (64: ResNet-18).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
@@ -406,6 +415,7 @@ def build_model(
         head_stride=head_stride,
         block=BLOCKS[block],
         in_channels=in_channels,
+        width=width,
     )
     model.variant = variant
     return model

@@ -118,9 +118,27 @@ def test_hartley_spectral_variant_and_diffstride_options():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("variant, block", [("resnet18", "post"), ("hybrid", "post"), ("diffstride2", "pre")])
+def test_width_scales_every_stage(variant, block):
+    """``width`` is the channels of the stem and stage 1; stages 2-4 double it each time
+    (the default, 64, is ResNet-18: 11.17M parameters with a 10-class classifier)."""
+    narrow, full = build_model(variant, width=16, block=block), build_model(variant, block=block)
+    _, features = narrow.forward_features(torch.randn(2, 3, 32, 32))
+    assert [features[name].shape[1] for name in ("stem", "layer1", "layer2", "layer3", "layer4")] == [16, 16, 32, 64, 128]
+    assert narrow.fc.in_features == 128 and full.fc.in_features == 512
+    assert full.stem[0].out_channels == 64 and full.layer4[1].conv2.out_channels == 512
+    if variant == "resnet18":
+        assert sum(p.numel() for p in full.parameters()) == 11_173_962
+    # Conv weights scale with width squared: a quarter width has about 1/16 of the parameters.
+    ratio = sum(p.numel() for p in narrow.parameters()) / sum(p.numel() for p in full.parameters())
+    assert 1 / 17 < ratio < 1 / 15
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
+        (lambda: build_model("hybrid", width=0), "width must be a positive integer"),
+        (lambda: build_model("hybrid", width=2.5), "width must be a positive integer"),
         (lambda: build_model("resnet50"), "unknown variant 'resnet50'"),
         (lambda: build_model("hybrid", (1, 1, 2, 2)), "5 numbers"),
         (lambda: build_model("hybrid", (1, 1, 2, 2, 0)), r"\[1, 64\)"),

@@ -2,8 +2,9 @@
 DDP under torchrun (gloo, CPU), and clean command-line errors.
 
 The runs are tiny so the file stays fast on a 2-core CPU: the first 1280 training / 500 test
-images of the JPEG copy, one epoch, batch 32, and strides (3, 1, 2, 3, 2) with DiffStride
-smoothness 1 (small feature maps; the default (1, 1, 2, 2, 2) with R=4 costs ~10x more).
+images of the JPEG copy, one epoch, batch 32, a quarter-width ResNet-18 (``--width 16``:
+stages of 16/32/64/128 channels) and strides (3, 1, 2, 3, 2) with DiffStride smoothness 1
+(small feature maps; the default (1, 1, 2, 2, 2) with R=4 costs ~10x more).
 With R=1 every DiffStride threshold of these strides falls between two frequency bins, so
 every stride gets a gradient (with integer thresholds and R <= 1 the ramp holds no bin).
 """
@@ -30,7 +31,7 @@ from training.train import lr_lambda, main, param_checksum, resolution_penalty, 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = hybrid_model.PAPER_VARIANTS  # diffstride_scaled == hybrid: tests/test_head.py
 STRIDES = (3, 1, 2, 3, 2)
-FAST = ["--strides", "3,1,2,3,2", "--smoothness", "1", "--no-progress"]
+FAST = ["--strides", "3,1,2,3,2", "--smoothness", "1", "--width", "16", "--no-progress"]
 LEARN = ["--epochs", "1", "--limit-train", "1280", "--limit-test", "500", "--batch-size", "32",
          "--lr", "0.05", "--grad-clip", "2", "--schedule", "onecycle", *FAST]
 CHANCE = 0.10
@@ -96,63 +97,63 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 def test_every_variant_beats_chance(trained, variant):
     card = ckpt.load_card(trained[variant])
     # 500 test images: chance is 10% +- 1.3%; 15% is far outside what chance gives.
-    assert card["test_acc"] > CHANCE + 0.05, card["history"]
+    assert card.test_acc > CHANCE + 0.05, card.history
 
 
 def test_card_and_checkpoint_contents(trained):
     path = trained["hybrid"]
-    card = ckpt.load_card(path)
+    card, written = ckpt.load_card(path), json.loads(path.read_text())
     for key in ("variant", "dataset", "num_classes", "class_names", "strides", "options", "learned_strides", "epoch",
                 "epochs", "history", "test_acc", "data", "normalize", "command", "code_version", "seed", "created"):
-        assert key in card, key
-    assert card["variant"] == "hybrid" and card["dataset"] == "cifar10" and card["num_classes"] == 10
-    assert card["class_names"] == list(CIFAR10_CLASSES) and card["strides"] == list(STRIDES)
+        assert key in written, key  # in the file itself, not filled in by the reader
+    assert card.variant == "hybrid" and card.dataset == "cifar10" and card.num_classes == 10
+    assert card.class_names == list(CIFAR10_CLASSES) and card.strides == list(STRIDES)
     # The head's transform is always written (the default may change; the card must not be ambiguous).
-    assert card["options"] == {"smoothness": 1.0, "head_transform": "hartley"}
-    assert card["epoch"] == card["epochs"] == 1 and card["seed"] == 0
-    assert card["transforms"]["head_pool"] == "hartley" and card["transforms"]["stem_pool"] == "fourier"
-    assert card["head"]["kind"] == "spectral" and card["head"]["gap_gain"] >= 2.0
-    assert card["data"]["n_train"] == 1280 and card["data"]["n_test"] == 500
-    assert card["data"]["source"].startswith("CIFAR-10 (JPEG copy) from ")
-    assert card["normalize"] == {"mean": list(CIFAR_MEAN_STD["cifar10"][0]), "std": list(CIFAR_MEAN_STD["cifar10"][1])}
-    assert card["command"][:3] == ["python", "-m", "training.train"] and "--variant" in card["command"]
-    assert isinstance(card["code_version"], str) and card["code_version"] and card["created"]
-    (record,) = card["history"]
+    assert card.options == {"smoothness": 1.0, "head_transform": "hartley", "width": 16}
+    assert card.epoch == card.epochs == 1 and card.seed == 0
+    assert card.transforms["head_pool"] == "hartley" and card.transforms["stem_pool"] == "fourier"
+    assert card.head["kind"] == "spectral" and card.head["gap_gain"] >= 2.0
+    assert card.data["n_train"] == 1280 and card.data["n_test"] == 500
+    assert card.data["source"].startswith("CIFAR-10 (JPEG copy) from ")
+    assert card.normalize == {"mean": list(CIFAR_MEAN_STD["cifar10"][0]), "std": list(CIFAR_MEAN_STD["cifar10"][1])}
+    assert card.command[:3] == ["python", "-m", "training.train"] and "--variant" in card.command
+    assert isinstance(card.code_version, str) and card.code_version and card.created
+    (record,) = card.history
     for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "strides", "seconds", "lr", "images_per_s"):
         assert key in record, key
-    assert record["test_acc"] == card["test_acc"] and record["images_per_s"] > 0
-    assert record["strides"] == card["learned_strides"]
+    assert record["test_acc"] == card.test_acc and record["images_per_s"] > 0
+    assert record["strides"] == card.learned_strides
     assert not path.with_suffix(".state.pt").exists()  # removed once finished (no --keep-state)
     assert not list(path.parent.glob(".*.tmp"))
 
     # Learned strides: the four DiffStride layers of the hybrid, as stored in the weights.
     weights = load_file(str(path.with_suffix(".safetensors")))
-    assert set(card["learned_strides"]) == {"stem_pool", "layer2.0.spectral_pool", "layer3.0.spectral_pool", "layer4.0.spectral_pool"}
-    for layer, (s_h, s_w) in card["learned_strides"].items():
+    assert set(card.learned_strides) == {"stem_pool", "layer2.0.spectral_pool", "layer3.0.spectral_pool", "layer4.0.spectral_pool"}
+    for layer, (s_h, s_w) in card.learned_strides.items():
         stored = weights[f"{layer}.stride"]
         assert stored.tolist() == pytest.approx([s_h, s_w])
     # They were learned: not all equal to the initial (projected) strides of a fresh model.
-    fresh = hybrid_model.build_model("hybrid", STRIDES, smoothness=1.0)
+    fresh = hybrid_model.build_model("hybrid", STRIDES, smoothness=1.0, width=16)
     fresh(torch.zeros(1, 3, 32, 32))
     initial = hybrid_model.learned_strides(fresh)
-    moved = [abs(a - b) for layer in initial for a, b in zip(card["learned_strides"][layer], initial[layer])]
-    assert max(moved) > 1e-3, (card["learned_strides"], initial)
+    moved = [abs(a - b) for layer in initial for a, b in zip(card.learned_strides[layer], initial[layer])]
+    assert max(moved) > 1e-3, (card.learned_strides, initial)
 
     # The checkpoint rebuilds the model and reproduces the card's accuracy.
     model, loaded_card = ckpt.load_checkpoint(path)
-    assert loaded_card["name"] == path.stem
+    assert loaded_card.name == path.stem
     data = load_cifar("cifar10", limit_train=1, limit_test=500)
     with torch.no_grad():
         predictions = torch.cat([model(normalize(x)).argmax(1) for x in data.x_test.split(250)])
     accuracy = (predictions == data.y_test).float().mean().item()
-    assert accuracy == pytest.approx(card["test_acc"], abs=2 / 500)
+    assert accuracy == pytest.approx(card.test_acc, abs=2 / 500)
 
     # Models without learnable strides have empty stride records.
     plain = ckpt.load_card(trained["resnet18"])
-    assert plain["learned_strides"] == {} and plain["history"][0]["strides"] == {}
-    assert plain["transforms"] == {} and plain["head"] is None
+    assert plain.learned_strides == {} and plain.history[0]["strides"] == {}
+    assert plain.transforms == {} and plain.head is None
     spectral = ckpt.load_card(trained["spectral"])
-    assert set(spectral["transforms"].values()) == {"fourier"} and "head_transform" not in spectral["options"]
+    assert set(spectral.transforms.values()) == {"fourier"} and "head_transform" not in spectral.options
 
 
 # --------------------------------------------------------------------------------------
@@ -198,9 +199,9 @@ def test_cifar100_end_to_end_on_a_synthetic_torchvision_folder(tmp_path, monkeyp
                  "--epochs", "1", "--batch-size", "32", "--strides", "4,1,2,2,2", "--no-progress"]) == 0
     card_path = out / f"{run_name('resnet18', 'cifar100', (4, 1, 2, 2, 2), 0)}.json"
     card = ckpt.load_card(card_path)
-    assert card["dataset"] == "cifar100" and card["num_classes"] == 100 and card["class_names"] == names
-    assert card["normalize"]["mean"] == list(CIFAR_MEAN_STD["cifar100"][0])
-    assert card["data"]["n_train"] == 64 and card["data"]["n_test"] == 32
+    assert card.dataset == "cifar100" and card.num_classes == 100 and card.class_names == names
+    assert card.normalize["mean"] == list(CIFAR_MEAN_STD["cifar100"][0])
+    assert card.data["n_train"] == 64 and card.data["n_test"] == 32
     model, _ = ckpt.load_checkpoint(card_path)
     assert model.fc.out_features == 100
     with torch.no_grad():
@@ -244,7 +245,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
     log.close()
-    assert ckpt.load_card(killed / f"{name}.json")["epoch"] == 1  # the last complete epoch
+    interrupted = ckpt.load_card(killed / f"{name}.json")
+    assert interrupted.epoch == 1  # the last complete epoch
     assert (killed / f"{name}.state.pt").exists()
 
     result = _train_cli(*_tiny_args(killed), "--resume", timeout=600)
@@ -256,10 +258,11 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     card_a, card_b = ckpt.load_card(straight / f"{name}.json"), ckpt.load_card(killed / f"{name}.json")
-    for ra, rb in zip(card_a["history"], card_b["history"], strict=True):
+    for ra, rb in zip(card_a.history, card_b.history, strict=True):
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "strides", "lr"):
             assert ra[key] == rb[key], key
-    assert "--resume" in card_b["command"] and card_b["created"] == card_b["created"]
+    assert "--resume" in card_b.command and card_b.created == interrupted.created  # the run's start, kept
+    assert card_b.updated != interrupted.updated
     assert not (killed / f"{name}.state.pt").exists()
 
 
@@ -289,7 +292,7 @@ def test_max_seconds_stops_at_an_epoch_boundary_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "stopping after epoch 1/3" in out and "done, test_acc" not in out
     card = ckpt.load_card(budgeted / f"{name}.json")
-    assert card["epoch"] == 1 and not is_finished(card)
+    assert card.epoch == 1 and not is_finished(card)
     assert (budgeted / f"{name}.state.pt").exists()  # resumable
 
     # A budget that is never reached changes nothing; the resumed run equals a straight one.
@@ -297,7 +300,7 @@ def test_max_seconds_stops_at_an_epoch_boundary_and_resumes(tmp_path, capsys):
     assert main(_tiny_args(straight, epochs=3)) == 0
     a, b = load_file(str(straight / f"{name}.safetensors")), load_file(str(budgeted / f"{name}.safetensors"))
     assert all(torch.equal(a[key], b[key]) for key in a)
-    assert ckpt.load_card(budgeted / f"{name}.json")["epoch"] == 3
+    assert ckpt.load_card(budgeted / f"{name}.json").epoch == 3
     assert not (budgeted / f"{name}.state.pt").exists()
 
 
@@ -321,7 +324,7 @@ def test_torchrun_two_ranks_agree(tmp_path):
     name = run_name("diffstride", "cifar10", STRIDES, 0)
     assert sorted(p.name for p in out.iterdir()) == [f"{name}.json", f"{name}.safetensors"]  # rank 0 only
     card = ckpt.load_card(out / f"{name}.json")
-    assert card["world_size"] == 2 and card["data"]["n_train"] == 256 and len(card["history"]) == 1
+    assert card.world_size == 2 and card.data["n_train"] == 256 and len(card.history) == 1
     model, _ = ckpt.load_checkpoint(out / f"{name}.json")
     assert param_checksum(model)["sha256"] == rank0["sha256"]  # the saved model is the ranks' model
     assert result.stdout.count("done, test_acc") == 1

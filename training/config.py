@@ -142,6 +142,8 @@ class TrainConfig:
         None, "model", "model", "transform of the spectral head (hybrid, diffstride_scaled; model default hartley, Algorithm 1)",
         choices=("fourier", "hartley"))
     shared_stride: bool | None = _setting(None, "model", "model", "one learnable stride per DiffStride layer for both axes")
+    width: int | None = _setting(None, "model", "model", "channels of the first stage; later stages 2x/4x/8x "
+                                 "(model default 64, ResNet-18; narrower trains faster)", parse=_positive_int)
     name: str | None = _setting(None, "model", "run", "run name (default VARIANT_DATASET_sSTRIDES_seedSEED)")
     # ---- optimisation ----
     epochs: int = _setting(200, "optimisation", "result", parse=_positive_int)
