@@ -6,7 +6,8 @@
   ``models/`` with a manifest; the cards carry a short synthetic training history (so the
   Training tab has something to draw). One folder for the whole suite: the export, runtime,
   registry, quantisation and dashboard tests all read it (copy before changing a file).
-  Exporting all variants takes about a minute on a 2-core CPU, so the folder is cached under
+  The models are quarter-width (``WIDTH``). Exporting all variants takes about 12 s on a 2-core
+  CPU, so the folder is cached under
   ``artifacts/test-models/<key>/``, keyed by the source of the model and export code, the
   installed torch/onnx/onnxruntime versions and this file.
 * ``models_dir`` (session): ``onnx_bundle / "models"``, or ``DASHBOARD_TEST_MODELS=DIR``
@@ -44,8 +45,11 @@ VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")  # hy
 #: Synthetic test accuracies: makes the default ("best") model deterministic: hybrid.
 TEST_ACC = {"resnet18": 0.41, "spectral": 0.38, "diffstride": 0.44, "hybrid": 0.47, "diffstride2": 0.45}
 DEFAULT_MODEL = "hybrid"
-FIXTURE_VERSION = "3"
+FIXTURE_VERSION = "4"
 STRIDES = (1, 1, 2, 2, 2)
+#: Quarter-width ResNet-18s (stages of 16/32/64/128 channels): the same layers and graph as
+#: the bundled models with 1/16 of the weights, so exporting and serving them is fast.
+WIDTH = 16
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -192,10 +196,10 @@ def build_test_models(out: Path, variants=VARIANTS) -> Path:
 
     fields = {}
     for seed, variant in enumerate(variants):
-        start = learned_strides(build_model(variant, STRIDES))  # the fresh model's DiffStride layers
+        start = learned_strides(build_model(variant, STRIDES, width=WIDTH))  # the fresh model's DiffStride layers
         history = _synthetic_history(start, TEST_ACC[variant], seed)
-        fields[variant] = {"test_acc": history[-1]["test_acc"], "history": history, "epoch": len(history),
-                           "epochs": len(history),
+        fields[variant] = {"options": {"width": WIDTH}, "test_acc": history[-1]["test_acc"], "history": history,
+                           "epoch": len(history), "epochs": len(history),
                            "data": {"source": "synthetic test card (untrained weights)", "n_train": 0, "n_test": 0}}
     export_fresh(out, variants, STRIDES, calibration_images=calibration_images(), card_fields=fields,
                  parity_images=PARITY_IMAGES, log=lambda _: None)
@@ -203,7 +207,7 @@ def build_test_models(out: Path, variants=VARIANTS) -> Path:
 
 
 def _drop_stale_caches(keep: Path, max_age_s: float = 3600.0) -> None:
-    """Remove other cached model folders (~460 MB each: models and checkpoints) unused for an hour."""
+    """Remove other cached model folders (~30 MB each: models and checkpoints) unused for an hour."""
     now = time.time()
     for folder in keep.parent.iterdir():
         if folder.name.startswith(keep.name) or not folder.is_dir():
@@ -225,6 +229,7 @@ def mixed_models_dir(models_dir: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         _, card_path = fresh_checkpoint("resnet18", staging / "_ck" / "c100", dataset="cifar100", num_classes=100,
+                                        options={"width": WIDTH},
                                         test_acc=0.2, data={"source": "synthetic test card", "n_train": 0, "n_test": 0})
         export_checkpoint(card_path, staging / "resnet18-c100.onnx", parity_images=4, log=lambda line: None)
         shutil.rmtree(staging / "_ck", ignore_errors=True)

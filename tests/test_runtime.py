@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from training.checkpoint import load_checkpoint
+from conftest import WIDTH
 from exports.parity import DEFAULT_DATA_DIR, load_parity_images
 from exports.serving.cifar import CIFAR_MEAN_STD
 from exports.serving.images import ImageError
@@ -95,7 +96,7 @@ def test_run_any_batch_size(hybrid):
     for batch in (1, 5):
         logits, features = hybrid.run(np.zeros((batch, 3, 32, 32), np.float32))
         assert logits.shape == (batch, 10)
-        assert features["layer2"].shape[:2] == (batch, 128) and list(features) == hybrid.feature_names
+        assert features["layer2"].shape[:2] == (batch, 2 * WIDTH) and list(features) == hybrid.feature_names
     with pytest.raises(ValueError, match="expected a batch of shape"):
         hybrid.run(np.zeros((3, 32, 32), np.float32))
     with pytest.raises(ValueError, match="expected a batch of shape"):
