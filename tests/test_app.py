@@ -457,10 +457,10 @@ def test_model_file_removed_while_serving(models_dir: Path, tmp_path: Path, cifa
 # Reliability under abuse (issue 15): nothing refused stays on disk, caches bounded in
 # bytes, every raw-API refusal is one sentence to the caller and one line in the log.
 # One server for this section, with its own upload folder, a 2 MB cache budget and uploads
-# deleted after 12 s (swept every 3 s).
+# deleted after 6 s (swept every 1.5 s).
 # --------------------------------------------------------------------------------------
 CACHE_MB = 2
-UPLOAD_TTL_S = 12
+UPLOAD_TTL_S = 6
 
 
 @pytest.fixture(scope="module")
