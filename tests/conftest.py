@@ -40,8 +40,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(__file__).resolve().parent / "assets"
 ARTIFACTS = ROOT / "artifacts"
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")  # hybrid_model.PAPER_VARIANTS; conftest stays torch-free
+#: hybrid_model.PAPER_VARIANTS (conftest stays torch-free; tests/test_models.py checks they agree)
+VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
 #: Synthetic test accuracies: makes the default ("best") model deterministic: hybrid.
 TEST_ACC = {"resnet18": 0.41, "spectral": 0.38, "diffstride": 0.44, "hybrid": 0.47, "diffstride2": 0.45}
 DEFAULT_MODEL = "hybrid"
@@ -53,6 +53,8 @@ WIDTH = 16
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from exports.serving.cifar import CIFAR10_CLASSES  # noqa: E402  (torch-free; needs ROOT on sys.path)
 
 
 # --------------------------------------------------------------------------------------

@@ -171,10 +171,13 @@ def test_bad_model_inputs():
 
 # --- one list of variants ---------------------------------------------------------------
 def test_the_variant_names_have_one_list():
-    """``training.report`` stays torch-free, so it keeps its own tuple: checked here."""
+    """``training.report`` and the tests' ``conftest`` stay torch-free, so they keep their own
+    tuples: checked here."""
+    import conftest
     from training.report import VARIANT_LABELS, VARIANT_ORDER
 
     assert VARIANT_ORDER == tuple(VARIANTS)
+    assert conftest.VARIANTS == PAPER_VARIANTS
     assert set(VARIANT_LABELS) == set(VARIANTS)
     assert PAPER_VARIANTS == ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
     assert [name for name in VARIANTS if VARIANTS[name].head_has_transform] == ["hybrid", "diffstride_scaled"]

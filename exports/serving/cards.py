@@ -274,7 +274,10 @@ class RunCard:
         Checks what rebuilding or serving needs: a ``variant``, five numeric ``strides``,
         a positive integer ``num_classes``, ``options`` an object, as many ``class_names``
         as classes (when it names any), and on an exported card (``format`` set) a valid
-        ``outputs`` list. Whether ``variant`` is a known one is ``hybrid_model``'s to say.
+        ``outputs`` list: the card's shape. What the model accepts (a known ``variant``,
+        strides in ``[1, 64)``, integers for strided convolutions) is ``hybrid_model``'s to
+        say (``VARIANTS``, ``validate_strides``): the serving side never builds a model, and
+        it cannot import ``hybrid_model`` (torch).
         """
         problems = []
         if not isinstance(self.variant, str) or not self.variant:
