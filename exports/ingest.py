@@ -181,7 +181,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
             proto = onnx.load(str(bundled_path))
             embed_card(proto, full)  # the doc string the exporter / quantiser wrote stays
             atomic_write_bytes(bundled_path, proto.SerializeToString())
-            update_manifest(bundled_path, full.to_dict(), file_sha256(bundled_path))
+            update_manifest(bundled_path, full, file_sha256(bundled_path))
             rows.append({"variant": variant, "test_acc": acc, "reference": reference, "delta_points": delta,
                          "int8_acc": comp.get("test_acc_int8"), "epochs": card.epochs, "epoch": card.epoch,
                          "hardware": card.hardware, "torch": card.torch,

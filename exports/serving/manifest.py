@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .cards import as_card
+from .cards import RunCard, as_card
 from .files import atomic_write_text
 
-__all__ = ["MANIFEST", "drop_from_manifest", "precision_of", "read_manifest", "update_manifest"]
+__all__ = ["MANIFEST", "drop_from_manifest", "read_manifest", "update_manifest"]
 
 #: The manifest's file name inside a models folder.
 MANIFEST = "manifest.json"
@@ -39,11 +39,6 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def precision_of(card: Mapping[str, Any]) -> str:
-    """``"int8"``, ``"fp16"`` or ``"fp32"``: :attr:`RunCard.precision` of a card's JSON object."""
-    return as_card(card).precision
-
-
 def read_manifest(directory: str | os.PathLike) -> dict:
     """``manifest.json`` of a models folder (``{"format": 1, "models": []}`` if absent)."""
     path = Path(directory) / MANIFEST
@@ -64,19 +59,20 @@ def _same_slot(row: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
     return row.get("name") == entry["name"] and precision == entry["precision"]
 
 
-def update_manifest(onnx_path: Path, card: Mapping[str, Any], sha256: str) -> Path:
+def update_manifest(onnx_path: Path, card: RunCard | Mapping[str, Any], sha256: str) -> Path:
     """Add or replace this model's entry (same file, or same name and precision) in the folder's manifest."""
     directory = onnx_path.parent
+    card = as_card(card)
     entry = {
-        "name": card["name"],
+        "name": card.name,
         "file": onnx_path.name,
-        "variant": card["variant"],
-        "dataset": card.get("dataset"),
-        "test_acc": card.get("test_acc"),
+        "variant": card.variant,
+        "dataset": card.dataset,
+        "test_acc": card.test_acc,
         "size_bytes": onnx_path.stat().st_size,
         "sha256": sha256,
-        "fp16_weights": card["export"]["fp16_weights"],
-        "precision": precision_of(card),
+        "fp16_weights": card.fp16_weights,
+        "precision": card.precision,
     }
     with _locked(directory):
         try:
