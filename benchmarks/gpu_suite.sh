@@ -3,18 +3,25 @@
 # whole procedure, with the `run` calls to make and what to do before and after them, is in
 # docs/gpu-window.md). On the device machine, in the repository root, carrying ["data"]:
 #
-#   bash benchmarks/gpu_suite.sh models     # call 1 (<= 500 s): smoke, five dashboard models, int8 + accuracy
-#   bash benchmarks/gpu_suite.sh extra      # call 2 (<= 150 s): layer + throughput benchmarks, then grid points
+#   bash benchmarks/gpu_suite.sh probe      # call 1 (<= 260 s): resnet18 under the protocol and changes of it
+#   bash benchmarks/gpu_suite.sh models 590 --args-from runs/gpu_window/probe/best.json
+#                                           # call 2: smoke, five dashboard models (the probe's verdict), int8 + accuracy
+#   bash benchmarks/gpu_suite.sh extra      # (<= 150 s): layer + throughput benchmarks, then grid points
 #   bash benchmarks/gpu_suite.sh grid 540   # later windows: the next undone Table 1 points (cards only)
+#
+# Arguments after the budget go to the mode as they are.
 #
 # Results land in $OUT (the device tool's folder; artifacts/gpu_window elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=${1:?usage: bash benchmarks/gpu_suite.sh models|extra|grid [budget seconds]}
+usage="usage: bash benchmarks/gpu_suite.sh probe|models|extra|grid [budget seconds [mode arguments...]]"
+mode=${1:?$usage}
 case "$mode" in
-  models) budget=${2:-500} ;;
+  probe) budget=${2:-260} ;;
+  models) budget=${2:-590} ;;
   extra) budget=${2:-150} ;;
   grid) budget=${2:-540} ;;
-  *) echo "usage: bash benchmarks/gpu_suite.sh models|extra|grid [budget seconds]" >&2; exit 2 ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac
-PYTHONUNBUFFERED=1 exec "${PYTHON:-python3}" -m benchmarks.gpu_window "$mode" --budget "$budget" --out "${OUT:-artifacts/gpu_window}"
+shift $(( $# < 2 ? $# : 2 ))
+PYTHONUNBUFFERED=1 exec "${PYTHON:-python3}" -m benchmarks.gpu_window "$mode" --budget "$budget" --out "${OUT:-artifacts/gpu_window}" "$@"

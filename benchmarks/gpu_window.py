@@ -3,12 +3,12 @@
 Here (before the window; then after it, in this order; every step in docs/gpu-window.md)::
 
     python -m benchmarks.gpu_window prepare    # scratch branch without exports/models, data/, size check
-    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 560 --out $OUT",
-    #                      carry=["data"], timeout_s=600)       then: cp -r FILES_AT artifacts/window/call1
-    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window grid --budget 200 --done results/table1 runs/gpu_window/models --out $OUT",
-    #                      carry=["data"], timeout_s=240)       then: cp -r FILES_AT artifacts/window/call2
+    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window probe --budget 260 --out $OUT",
+    #                      carry=["data"], timeout_s=300)       then: cp -r FILES_AT artifacts/window/call1
+    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 590 --args-from runs/gpu_window/probe/best.json --out $OUT",
+    #                      carry=["data"], timeout_s=600)       then: cp -r FILES_AT artifacts/window/call2
     python -m benchmarks.gpu_window restore    # back to the branch you were on
-    python -m exports.ingest artifacts/window/call1 artifacts/window/call2
+    python -m exports.ingest artifacts/window/call2
 
 Modes on the device (each is one call; ``--budget`` is the call's own deadline in seconds):
 
@@ -26,6 +26,11 @@ Modes on the device (each is one call; ``--budget`` is the call's own deadline i
 * ``extra``: the layer benchmark (fast vs torch.fft, fwd+bwd, fp32 and bf16) and training
   throughput eager and ``torch.compile`` with peak memory and achieved TFLOP/s, each
   time-boxed, then ``grid`` with what is left.
+* ``probe``: which of the protocol's settings costs accuracy. One variant (``resnet18``,
+  the fastest) trains concurrently under the protocol and under changes of it
+  (``--points VARIANT[:FLAG=VALUE,...]``), at the protocol's epochs where they fit; cards
+  only come back. ``best.json`` in its work folder names the setting a later ``models
+  --args-from`` call of the same (warm) window trains the five models with (:func:`choose_setting`).
 
 Everything under ``--out`` is written as it happens (``window.json`` after every event,
 ``window.log``), so a call killed at its limit still returns what finished. What comes back
@@ -391,19 +396,30 @@ def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[di
     return state, card, stats
 
 
+def work_dir(mode: str) -> Path:
+    """Where a mode's runs write (``$GPU_WINDOW_WORK`` or ``runs/gpu_window``, then the mode):
+    git-ignored, so it stays on a warm device machine between the calls of one window."""
+    return Path(os.environ.get("GPU_WINDOW_WORK") or (REPO / "runs" / "gpu_window")) / mode
+
+
 def run_points(window: Window, points: list, epochs: int, protocol: dict, data_dir: str, device: str,
-               compress: bool, off_protocol: bool) -> None:
+               compress: bool, off_protocol: bool, protocols: dict[str, dict] | None = None) -> None:
     """Train ``points`` concurrently (one process each) until they finish or the budget ends;
-    record every card as it is written; compress finished models when ``compress``."""
+    record every card as it is written; compress finished models when ``compress``.
+    ``protocols``: a protocol per point name (the probe's settings; each run is then named
+    after its point), else ``protocol`` for all."""
     from exports.compact import write_compact
 
-    work = Path(os.environ.get("GPU_WINDOW_WORK") or (REPO / "runs" / "gpu_window")) / window.mode
+    work = work_dir(window.mode)
     work.mkdir(parents=True, exist_ok=True)
     max_seconds = max(window.left() - RESERVE_S, 5.0)
     processes = {}
     for point in points:
         extra = ["--data-dir", data_dir, "--device", device, "--max-seconds", f"{max_seconds:.0f}", "--overwrite"]
-        argv, _ = _train_namespace(point.variant, point.strides, point.seed, epochs, protocol, extra)
+        if protocols is not None:
+            extra += ["--name", point.name]
+        point_protocol = protocol if protocols is None else protocols[point.name]
+        argv, _ = _train_namespace(point.variant, point.strides, point.seed, epochs, point_protocol, extra)
         argv[argv.index("--out") + 1] = str(work)
         processes[point.name] = (point, _popen(argv, work / f"{point.name}.log", max(1, (os.cpu_count() or 1) // len(points))))
         entry = {"name": point.name, "variant": point.variant, "strides": list(point.strides), "seed": point.seed,
@@ -531,7 +547,8 @@ def plan_grid(protocol: dict, done: Path | Sequence[Path]) -> list:
     return sorted(runs, key=lambda r: r.seed)  # stable: table order within a seed
 
 
-def mode_train(window: Window, args, points: list, protocol: dict, compress: bool, choose_epochs: bool) -> None:
+def mode_train(window: Window, args, points: list, protocol: dict, compress: bool, choose_epochs: bool,
+               protocols: dict[str, dict] | None = None) -> None:
     decode = _start_decode(args.data_dir, protocol)
     timings = smoke(window, points, protocol, args.device)
     n_train, n_test = _finish_decode(window, decode)
@@ -539,7 +556,7 @@ def mode_train(window: Window, args, points: list, protocol: dict, compress: boo
     batch = ns.batch_size
     step = {f"{p.variant} {p.strides}": timings[f"{p.variant} {p.strides}"]["step_s"] for p in points}
     available = window.left() - RESERVE_S - START_OVERHEAD_S
-    one_epoch = sum(projected_seconds(step[f"{p.variant} {p.strides}"], n_train, n_test, batch, 1) for p in points)
+    one_epoch = sum(_epoch_seconds(p, step, n_train, n_test, batch, protocols) for p in points)
     epochs = protocol["epochs"]
     if choose_epochs:
         fit = int(available // one_epoch) if one_epoch > 0 else epochs
@@ -550,7 +567,7 @@ def mode_train(window: Window, args, points: list, protocol: dict, compress: boo
         # grid: the longest prefix of the undone points that fits at the protocol's epochs
         total, chosen = 0.0, []
         for p in points:
-            cost = projected_seconds(step[f"{p.variant} {p.strides}"], n_train, n_test, batch, epochs)
+            cost = epochs * _epoch_seconds(p, step, n_train, n_test, batch, protocols)
             if total + cost > available and chosen:
                 break
             total += cost
@@ -566,11 +583,133 @@ def mode_train(window: Window, args, points: list, protocol: dict, compress: boo
         "protocol_epochs": protocol["epochs"], "epochs": epochs, "runs": [p.name for p in points],
         "rule": "sum over runs of (steps/epoch x smoke step time + eval) x 1.1: concurrent processes time-share the GPU",
     }
-    off_protocol = epochs != protocol["epochs"]
+    off_protocol = epochs != protocol["epochs"] or protocols is not None or bool(protocol.get("changed"))
     window.log(f"estimate: {one_epoch:.1f} s per epoch of the runs; {available:.0f} s available -> {epochs} epochs"
-               + (f" (protocol: {protocol['epochs']}; these cards are marked off_protocol)" if off_protocol else ""))
+               + (" (these cards are marked off_protocol)" if off_protocol else ""))
     window.save()
-    run_points(window, points, epochs, protocol, args.data_dir, args.device, compress, off_protocol)
+    run_points(window, points, epochs, protocol, args.data_dir, args.device, compress, off_protocol, protocols)
+
+
+def _epoch_seconds(point, step: dict, n_train: int, n_test: int, batch: int, protocols: dict[str, dict] | None) -> float:
+    """One epoch of ``point`` from the smoke's step time at ``batch`` (a point whose protocol
+    sets another batch size: the step time scaled by the batch ratio)."""
+    point_batch = batch if protocols is None else int(protocols[point.name]["args"].get("batch-size", batch))
+    step_s = step[f"{point.variant} {point.strides}"] * point_batch / batch
+    return projected_seconds(step_s, n_train, n_test, point_batch, 1)
+
+
+# --------------------------------------------------------------------------------------
+# probe: which protocol setting costs accuracy
+# --------------------------------------------------------------------------------------
+#: The first window's open question (docs/gpu-window.md): resnet18 reached 88 % at the
+#: protocol's 15 epochs. Its settings, one change at a time, and one combination.
+PROBE_POINTS = ("resnet18", "resnet18:grad-clip=0", "resnet18:grad-clip=5", "resnet18:label-smoothing=0",
+                "resnet18:lr=0.4", "resnet18:grad-clip=5,label-smoothing=0.1,lr=0.4")
+#: A setting replaces the protocol only when it beats it by more than this: the same seed's
+#: spread on the H200 (resnet18, 88.21 % and 88.69 % in two runs of the first window).
+PROBE_MARGIN = 0.005
+
+
+def _flag_value(text: str) -> Any:
+    """``"0.4"`` -> 0.4, ``"true"`` -> True, ``"onecycle"`` -> "onecycle" (JSON where it parses)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_probe_point(text: str) -> tuple[str, dict[str, Any]]:
+    """``"resnet18:grad-clip=0,lr=0.4"`` -> ``("resnet18", {"grad-clip": 0, "lr": 0.4})``."""
+    variant, _, flags = text.partition(":")
+    changes = {}
+    for item in filter(None, flags.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise WindowError(f"probe point {text!r}: expected VARIANT[:FLAG=VALUE,...], e.g. resnet18:grad-clip=0,lr=0.4")
+        changes[key.strip()] = _flag_value(value.strip())
+    return variant.strip(), changes
+
+
+def probe_name(variant: str, changes: dict[str, Any]) -> str:
+    """A run name for a probe point: ``probe_resnet18_base``, ``probe_resnet18_grad-clip0_lr0p4``."""
+    label = "_".join(f"{key}{value}" for key, value in changes.items()) or "base"
+    return f"probe_{variant}_" + label.replace(".", "p").replace("/", "-")
+
+
+def choose_setting(rows: list[dict], protocol_args: dict, margin: float = PROBE_MARGIN) -> dict:
+    """The probe's verdict: the protocol's args, or those of the most accurate finished
+    setting that clips the gradient (unclipped runs are measured, never chosen: the hybrid
+    diverges without clipping, docs/training.md "Stability") if it beats the protocol's own
+    run by more than ``margin``. ``rows``: ``{"variant", "changes", "args", "test_acc"}``."""
+    base = next((r for r in rows if not r["changes"] and r["test_acc"] is not None), None)
+    clipped = [r for r in rows if r["test_acc"] is not None and float(r["args"].get("grad-clip") or 0) > 0]
+    best = max(clipped, key=lambda r: r["test_acc"], default=None)
+    if base is None or best is None or best is base or best["test_acc"] <= base["test_acc"] + margin:
+        reason = ("no finished run of the protocol itself" if base is None else
+                  f"no clipped setting beat the protocol's {base['test_acc']:.4f} by more than {margin:.3f}")
+        return {"args": dict(protocol_args), "changes": {}, "test_acc": None if base is None else base["test_acc"],
+                "reason": reason}
+    return {"args": best["args"], "changes": best["changes"], "test_acc": best["test_acc"],
+            "reason": f"{best['test_acc']:.4f} against the protocol's {base['test_acc']:.4f} (margin {margin:.3f})"}
+
+
+def mode_probe(window: Window, args, protocol: dict) -> None:
+    """Train every probe point concurrently; then the verdict into ``window.json`` and the
+    work folder's ``best.json`` (read by a later ``models --args-from`` call)."""
+    from training.sweep import ConfigError, Run, flag_args
+    from training.train import parse_strides
+
+    strides = parse_strides(args.strides)
+    points, protocols, changes_of = [], {}, {}
+    for text in args.points:
+        variant, changes = parse_probe_point(text)
+        name = probe_name(variant, changes)
+        merged = dict(protocol, args={**protocol["args"], **changes})
+        try:
+            flag_args(merged["args"])  # an unknown flag: one sentence
+            _train_namespace(variant, strides, 0, protocol["epochs"], merged)  # a bad value: argparse's line
+        except ConfigError as error:
+            raise WindowError(f"probe point {text!r}: {error}") from None
+        except SystemExit:  # argparse has printed why
+            raise WindowError(f"probe point {text!r}: not a valid training setting (see the line above)") from None
+        points.append(Run(variant, strides, 0, "cifar10", name))
+        protocols[name], changes_of[name] = merged, changes
+    if len(protocols) != len(points):
+        raise WindowError("two probe points have the same name: each point must differ")
+    mode_train(window, args, points, protocol, compress=False, choose_epochs=True, protocols=protocols)
+    rows = []
+    for entry in window.record["runs"]:
+        card = RunCard.from_dict(entry.get("card") or {})
+        rows.append({"name": entry["name"], "variant": entry["variant"], "changes": changes_of[entry["name"]],
+                     "args": protocols[entry["name"]]["args"], "epochs": card.epoch,
+                     "test_acc": card.test_acc if card.is_finished else None})
+    verdict = choose_setting([r for r in rows if r["variant"] == points[0].variant], protocol["args"])
+    verdict.update(variant=points[0].variant, epochs=window.record["estimate"]["epochs"], protocol_epochs=protocol["epochs"])
+    window.record["probe"] = {"rows": rows, "best": verdict}
+    window.save()
+    from exports.serving.files import atomic_write_json
+
+    atomic_write_json(work_dir(window.mode) / "best.json", verdict)
+    table = "\n".join(f"| {r['name']} | {r['epochs'] or 0} | {_accuracy(r['test_acc'])} |" for r in rows)
+    window.log(f"probe:\n| run | epochs | test acc |\n|---|---:|---:|\n{table}\nchosen: {verdict['changes'] or 'the protocol'} "
+               f"({verdict['reason']}) -> {work_dir(window.mode) / 'best.json'}")
+
+
+def _accuracy(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def args_from(path: Path, protocol: dict) -> dict:
+    """``protocol`` with the args of a probe's ``best.json``; ``changed`` says whether they
+    differ from the protocol's (then the cards are marked ``off_protocol``)."""
+    try:
+        verdict = json.loads(path.read_text(encoding="utf-8"))
+        chosen = dict(verdict["args"])
+    except FileNotFoundError:
+        raise WindowError(f"{path} not found: --args-from needs a probe call earlier in the same (warm) window") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise WindowError(f"{path}: not a probe verdict (expected a JSON object with 'args')") from None
+    return dict(protocol, args=chosen, changed=chosen != protocol["args"])
 
 
 BENCH_STEPS = (
@@ -592,7 +731,7 @@ REHEARSAL_BENCH_ARGS = {
 def mode_bench(window: Window, bench_budget: float, device: str) -> None:
     """Each benchmark as a subprocess with its share of ``bench_budget`` (killed when over);
     its JSON goes into window.json, its table into window.log."""
-    work = Path(os.environ.get("GPU_WINDOW_WORK") or (REPO / "runs" / "gpu_window")) / "bench"
+    work = work_dir("bench")
     work.mkdir(parents=True, exist_ok=True)
     end = window.elapsed() + bench_budget
     for name, argv, share in BENCH_STEPS:
@@ -634,17 +773,24 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--carry", default=DATA_DIR)
     for mode, text in (("models", "device call 1: the five dashboard models"),
                        ("grid", "device: the next undone Table 1 points (cards only)"),
-                       ("extra", "device call 2: benchmarks, then grid points")):
+                       ("extra", "device call 2: benchmarks, then grid points"),
+                       ("probe", "device: one variant under the protocol and changes of it (cards only)")):
         q = sub.add_parser(mode, help=text)
         q.add_argument("--budget", type=float, required=True, help="seconds this call may take (its own deadline)")
         q.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "artifacts/gpu_window"))
         q.add_argument("--protocol", type=Path, default=PROTOCOL, help="the short protocol (sweep config)")
         q.add_argument("--data-dir", default=DATA_DIR)
         q.add_argument("--device", default="cuda", help="cuda; cpu rehearses the runbook")
+        if mode in ("models", "probe"):
+            q.add_argument("--strides", default="1,1,2,2,2", help="stride tuple of the models")
         if mode == "models":
-            q.add_argument("--strides", default="1,1,2,2,2", help="stride tuple of the dashboard models")
             q.add_argument("--variants", default=",".join(DASHBOARD_VARIANTS))
             q.add_argument("--epochs", default="auto", help="auto: the protocol's, or fewer if the probe says they do not fit")
+            q.add_argument("--args-from", type=Path, default=None,
+                           help="a probe's best.json (runs/gpu_window/probe/best.json): train with its args")
+        elif mode == "probe":
+            q.add_argument("--points", nargs="+", default=list(PROBE_POINTS),
+                           help="VARIANT[:FLAG=VALUE,...] each; the first variant's runs decide best.json")
         else:
             q.add_argument("--done", type=Path, nargs="+", default=None,
                            help="folders of finished cards (default: the protocol's out); a point finished in any is done")
@@ -694,7 +840,14 @@ def _device_main(args) -> int:
             points = [Run(v, strides, 0, "cifar10", run_name(v, "cifar10", strides, 0)) for v in variants]
             if args.epochs != "auto":
                 protocol = dict(protocol, epochs=int(args.epochs))
+            if args.args_from is not None:
+                protocol = args_from(args.args_from, protocol)
+                window.record["protocol"].update(args=protocol["args"], args_from=str(args.args_from))
+                window.log(f"args from {args.args_from}: {protocol['args']}"
+                           + (" (not the protocol's: cards marked off_protocol)" if protocol["changed"] else " (the protocol's)"))
             mode_train(window, args, points, protocol, compress=True, choose_epochs=args.epochs == "auto")
+        elif args.mode == "probe":
+            mode_probe(window, args, protocol)
         else:
             if args.mode == "extra":
                 bench = args.bench_seconds if args.bench_seconds is not None else window.left() - RESERVE_S
@@ -741,15 +894,16 @@ def summary(window: Window) -> None:
 
 RUN_CALLS = """
 Next (docs/gpu-window.md), the device calls; the repository root is this checkout, now on the scratch branch:
-  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 560 --out $OUT",
-              carry=["data"], timeout_s=600)
+  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window probe --budget 260 --out $OUT",
+              carry=["data"], timeout_s=300)
           then at once: mkdir -p artifacts/window && cp -r FILES_AT artifacts/window/call1
-  call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window grid --budget 200 --done results/table1 runs/gpu_window/models --out $OUT",
-              carry=["data"], timeout_s=240)
+  call 2 (within 30 s; budget: status's budget_left_s - 50, at most 590; timeout 10 s above it):
+          run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 590 --args-from runs/gpu_window/probe/best.json --out $OUT",
+              carry=["data"], timeout_s=600)
           then: cp -r FILES_AT artifacts/window/call2; give_back
 Then here:
   python -m benchmarks.gpu_window restore
-  python -m exports.ingest artifacts/window/call1 artifacts/window/call2
+  python -m exports.ingest artifacts/window/call2
 """
 
 

@@ -64,6 +64,9 @@ def collect_cards(windows: Sequence[dict], results_dir: Path, log=print) -> list
 
     written = []
     for window in windows:
+        if window.get("mode") == "probe":  # settings under test, not Table 1 points: window.json is their record
+            log(f"{window.get('_dir')}: a probe's cards are not kept as results (commit its window.json)")
+            continue
         for entry in window.get("runs", []):
             card = RunCard.from_dict(entry.get("card") or {})
             if not card.is_finished:

@@ -235,3 +235,86 @@ def test_onnx_accuracy_of_a_bundled_file_matches_the_serving_runtime():
     served = np.array([model.card.labels().index(model.predict(Image.fromarray(image)).label) for image in images])
     acc = ingest.onnx_accuracy(ROOT / "exports" / "models" / entry.file, images, labels, entry.card.normalize)
     assert acc == float(np.mean(served == labels)) and acc > 0.5
+
+
+# --------------------------------------------------------------------------------------
+# The protocol probe
+# --------------------------------------------------------------------------------------
+def test_probe_points_names_and_verdict():
+    assert gpu_window.parse_probe_point("resnet18") == ("resnet18", {})
+    assert gpu_window.parse_probe_point("hybrid:grad-clip=0,lr=0.4,nesterov=false,schedule=onecycle") == (
+        "hybrid", {"grad-clip": 0, "lr": 0.4, "nesterov": False, "schedule": "onecycle"})
+    with pytest.raises(gpu_window.WindowError, match="expected VARIANT"):
+        gpu_window.parse_probe_point("resnet18:lr")
+    assert gpu_window.probe_name("resnet18", {}) == "probe_resnet18_base"
+    assert gpu_window.probe_name("resnet18", {"grad-clip": 0, "lr": 0.4}) == "probe_resnet18_grad-clip0_lr0p4"
+    assert len({gpu_window.probe_name(*gpu_window.parse_probe_point(p)) for p in gpu_window.PROBE_POINTS}) == len(
+        gpu_window.PROBE_POINTS)
+
+    protocol = {"lr": 0.2, "grad-clip": 1}
+
+    def row(changes, acc):
+        return {"changes": changes, "args": {**protocol, **changes}, "test_acc": acc}
+
+    base = row({}, 0.880)
+    # the best clipped setting wins when it beats the protocol by more than the margin
+    verdict = gpu_window.choose_setting([base, row({"lr": 0.4}, 0.893), row({"grad-clip": 5}, 0.889)], protocol)
+    assert verdict["changes"] == {"lr": 0.4} and verdict["args"] == {"lr": 0.4, "grad-clip": 1}
+    # an unclipped run is measured but never chosen (the hybrid diverges without clipping)
+    verdict = gpu_window.choose_setting([base, row({"grad-clip": 0}, 0.93), row({"grad-clip": 5}, 0.884)], protocol)
+    assert verdict["changes"] == {} and verdict["args"] == protocol and "by more than 0.005" in verdict["reason"]
+    # within the same seed's spread: the protocol stays; unfinished runs (None) are ignored
+    assert gpu_window.choose_setting([base, row({"lr": 0.4}, 0.884), row({"grad-clip": 5}, None)], protocol)["changes"] == {}
+    assert "no finished run of the protocol" in gpu_window.choose_setting([row({"lr": 0.4}, 0.9)], protocol)["reason"]
+
+
+@needs_data
+def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GPU_WINDOW_WORK", str(tmp_path / "work"))
+    protocol = _tiny_protocol(tmp_path)
+    config = json.loads(protocol.read_text())
+    config["args"]["width"] = 16  # toy sizes: a quarter-width ResNet-18
+    protocol.write_text(json.dumps(config))
+    common = ["--protocol", str(protocol), "--data-dir", str(DATA), "--device", "cpu", "--strides", "4,1,2,2,2"]
+
+    # call 1: the probe (the protocol and two changes of it)
+    out1 = tmp_path / "out1"
+    assert gpu_window.main(["probe", "--budget", "300", "--out", str(out1), "--points", "resnet18",
+                            "resnet18:lr=0.2", "resnet18:grad-clip=0", *common]) == 0
+    record = json.loads((out1 / "window.json").read_text())
+    names = ["probe_resnet18_base", "probe_resnet18_lr0p2", "probe_resnet18_grad-clip0"]
+    assert [(r["name"], r["status"]) for r in record["runs"]] == [(name, "finished") for name in names]
+    cards = [RunCard.from_dict(r["card"]) for r in record["runs"]]
+    assert [(c.config["lr"], c.config["grad_clip"], c.options["width"]) for c in cards] == [(0.05, 2, 16), (0.2, 2, 16), (0.05, 0, 16)]
+    assert all(c.off_protocol for c in cards)  # settings under test never fill Table 1
+    assert sorted(p.name for p in out1.iterdir()) == ["window.json", "window.log"]  # cards only come back
+    best = json.loads((tmp_path / "work" / "probe" / "best.json").read_text())
+    assert best == record["probe"]["best"] and best["variant"] == "resnet18" and best["epochs"] == 1
+    rows = {r["name"]: r["test_acc"] for r in record["probe"]["rows"]}
+    assert best == dict(gpu_window.choose_setting(record["probe"]["rows"], config["args"]), variant="resnet18", epochs=1,
+                        protocol_epochs=1)
+    assert rows == {c.name: c.test_acc for c in cards} and best["changes"] in ({}, {"lr": 0.2})  # never unclipped
+
+    # call 2 of the same window: the five models (here one) with the verdict's args
+    best_path = tmp_path / "work" / "probe" / "best.json"
+    chosen = dict(best, args={**config["args"], "lr": 0.1}, changes={"lr": 0.1})  # a verdict that changes lr
+    best_path.write_text(json.dumps(chosen))
+    out2 = tmp_path / "out2"
+    assert gpu_window.main(["models", "--budget", "300", "--out", str(out2), "--variants", "resnet18",
+                            "--args-from", str(best_path), *common]) == 0
+    record = json.loads((out2 / "window.json").read_text())
+    assert record["protocol"]["args"]["lr"] == 0.1 and record["protocol"]["args_from"] == str(best_path)
+    (run,) = record["runs"]
+    assert run["status"] == "finished" and run["card"]["config"]["lr"] == 0.1 and run["card"]["off_protocol"]
+
+    # ingest keeps a probe's cards out of the results folder
+    written = ingest.collect_cards(ingest.read_windows([out1]), tmp_path / "results", log=lambda _: None)
+    assert written == [] and not (tmp_path / "results").exists()
+
+    # bad input: one line each, exit 2
+    capsys.readouterr()
+    assert gpu_window.main(["models", "--budget", "60", "--out", str(tmp_path / "o"), "--args-from", str(tmp_path / "none.json"),
+                            *common]) == 2
+    assert "needs a probe call earlier" in capsys.readouterr().err
+    assert gpu_window.main(["probe", "--budget", "60", "--out", str(tmp_path / "o"), "--points", "resnet18:foo=1", *common]) == 2
+    assert "unknown train flag --foo" in capsys.readouterr().err
