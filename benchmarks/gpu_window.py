@@ -548,7 +548,10 @@ def plan_grid(protocol: dict, done: Path | Sequence[Path]) -> list:
 
 
 def mode_train(window: Window, args, points: list, protocol: dict, compress: bool, choose_epochs: bool,
-               protocols: dict[str, dict] | None = None) -> None:
+               protocols: dict[str, dict] | None = None, args_changed: bool = False) -> None:
+    """Smoke, estimate, then train ``points`` (see :func:`run_points`). The cards are marked
+    ``off_protocol`` when fewer epochs fit, when ``protocols`` gives points their own
+    settings (a probe) or when ``args_changed`` (the args are not the committed protocol's)."""
     decode = _start_decode(args.data_dir, protocol)
     timings = smoke(window, points, protocol, args.device)
     n_train, n_test = _finish_decode(window, decode)
@@ -583,7 +586,7 @@ def mode_train(window: Window, args, points: list, protocol: dict, compress: boo
         "protocol_epochs": protocol["epochs"], "epochs": epochs, "runs": [p.name for p in points],
         "rule": "sum over runs of (steps/epoch x smoke step time + eval) x 1.1: concurrent processes time-share the GPU",
     }
-    off_protocol = epochs != protocol["epochs"] or protocols is not None or bool(protocol.get("changed"))
+    off_protocol = epochs != protocol["epochs"] or protocols is not None or args_changed
     window.log(f"estimate: {one_epoch:.1f} s per epoch of the runs; {available:.0f} s available -> {epochs} epochs"
                + (" (these cards are marked off_protocol)" if off_protocol else ""))
     window.save()
@@ -700,8 +703,7 @@ def _accuracy(value: float | None) -> str:
 
 
 def args_from(path: Path, protocol: dict) -> dict:
-    """``protocol`` with the args of a probe's ``best.json``; ``changed`` says whether they
-    differ from the protocol's (then the cards are marked ``off_protocol``)."""
+    """``protocol`` with the args of a probe's ``best.json``."""
     try:
         verdict = json.loads(path.read_text(encoding="utf-8"))
         chosen = dict(verdict["args"])
@@ -709,7 +711,7 @@ def args_from(path: Path, protocol: dict) -> dict:
         raise WindowError(f"{path} not found: --args-from needs a probe call earlier in the same (warm) window") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise WindowError(f"{path}: not a probe verdict (expected a JSON object with 'args')") from None
-    return dict(protocol, args=chosen, changed=chosen != protocol["args"])
+    return dict(protocol, args=chosen)
 
 
 BENCH_STEPS = (
@@ -771,9 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     size = sub.add_parser("size", help="here: what a device call would carry (bytes)")
     size.add_argument("--repo", type=Path, default=REPO)
     size.add_argument("--carry", default=DATA_DIR)
-    for mode, text in (("models", "device call 1: the five dashboard models"),
+    for mode, text in (("models", "device: the five dashboard models (int8 weights come back)"),
                        ("grid", "device: the next undone Table 1 points (cards only)"),
-                       ("extra", "device call 2: benchmarks, then grid points"),
+                       ("extra", "device: benchmarks, then grid points"),
                        ("probe", "device: one variant under the protocol and changes of it (cards only)")):
         q = sub.add_parser(mode, help=text)
         q.add_argument("--budget", type=float, required=True, help="seconds this call may take (its own deadline)")
@@ -840,12 +842,16 @@ def _device_main(args) -> int:
             points = [Run(v, strides, 0, "cifar10", run_name(v, "cifar10", strides, 0)) for v in variants]
             if args.epochs != "auto":
                 protocol = dict(protocol, epochs=int(args.epochs))
+            changed = False
             if args.args_from is not None:
-                protocol = args_from(args.args_from, protocol)
+                chosen = args_from(args.args_from, protocol)
+                changed = chosen["args"] != protocol["args"]
+                protocol = chosen
                 window.record["protocol"].update(args=protocol["args"], args_from=str(args.args_from))
                 window.log(f"args from {args.args_from}: {protocol['args']}"
-                           + (" (not the protocol's: cards marked off_protocol)" if protocol["changed"] else " (the protocol's)"))
-            mode_train(window, args, points, protocol, compress=True, choose_epochs=args.epochs == "auto")
+                           + (" (not the protocol's: cards marked off_protocol)" if changed else " (the protocol's)"))
+            mode_train(window, args, points, protocol, compress=True, choose_epochs=args.epochs == "auto",
+                       args_changed=changed)
         elif args.mode == "probe":
             mode_probe(window, args, protocol)
         else:
