@@ -250,6 +250,14 @@ def test_probe_points_names_and_verdict():
     assert gpu_window.probe_name("resnet18", {"grad-clip": 0, "lr": 0.4}) == "probe_resnet18_grad-clip0_lr0p4"
     assert len({gpu_window.probe_name(*gpu_window.parse_probe_point(p)) for p in gpu_window.PROBE_POINTS}) == len(
         gpu_window.PROBE_POINTS)
+    # the default points are valid settings of the real protocol, applied as written (the device call must not fail on them)
+    real = sweep.load_config(gpu_window.PROTOCOL)
+    for text in gpu_window.PROBE_POINTS:
+        variant, changes = gpu_window.parse_probe_point(text)
+        _, ns = gpu_window._train_namespace(variant, (1, 1, 2, 2, 2), 0, real["epochs"],
+                                            dict(real, args={**real["args"], **changes}))
+        assert ns.variant == variant and ns.epochs == 15 and ns.batch_size == 512
+        assert all(getattr(ns, key.replace("-", "_")) == value for key, value in changes.items()), text
 
     protocol = {"lr": 0.2, "grad-clip": 1}
 
