@@ -21,7 +21,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from hybrid_model import VARIANTS, build_model, model_cost
+from hybrid_model import VARIANTS, build_model, model_cost, parse_strides
 from exports.serving.files import atomic_write_json
 from training.train import parameter_groups
 
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                    "includes compilation)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     p.add_argument("--smoothness", type=float, default=None, help="DiffStride R (model default 4)")
+    p.add_argument("--width", type=int, default=None, help="channels of the first stage (model default 64, ResNet-18)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="also write the raw numbers here")
     args = p.parse_args(argv)
@@ -99,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps and --batch must be >= 1, --warmup >= 0")
     if args.compile and args.warmup < 1:
         p.error("--compile needs --warmup >= 1 (the first step compiles)")
+    if args.width is not None and args.width < 1:
+        p.error(f"--width must be a positive integer, got {args.width}")
     try:
-        strides = tuple(float(s) for s in args.strides.split(","))
-        assert len(strides) == 5
-    except (ValueError, AssertionError):
-        p.error(f"--strides must be 5 comma-separated numbers, got {args.strides!r}")
+        strides = parse_strides(args.strides)
+    except ValueError as error:
+        p.error(f"argument --strides: {error}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    options = {} if args.smoothness is None else {"smoothness": args.smoothness}
+    options = {key: value for key, value in (("smoothness", args.smoothness), ("width", args.width)) if value is not None}
     name = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; batch {args.batch}; strides {args.strides}; "
           f"{'bf16 autocast + channels-last' if cuda else 'fp32'}{', torch.compile' if args.compile else ''}; median of {args.steps} steps after {args.warmup} warm-up",

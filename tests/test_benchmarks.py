@@ -27,10 +27,11 @@ def test_layer_benchmark_tables_and_json(tmp_path, capsys):
 def test_throughput_benchmark(tmp_path, capsys, compile_):
     out = tmp_path / "throughput.json"
     variants = "resnet18,hybrid" if not compile_ else "resnet18"
-    argv = ["--variants", variants, "--batch", "2", "--steps", "1", "--device", "cpu", "--json", str(out)]
+    argv = ["--variants", variants, "--batch", "2", "--steps", "1", "--device", "cpu", "--width", "16", "--json", str(out)]
     assert train_throughput.main(argv + (["--compile"] if compile_ else [])) == 0
     result = json.loads(out.read_text())
     assert result["compile"] is compile_ and [r["variant"] for r in result["results"]] == variants.split(",")
+    assert result["options"] == {"width": 16} and result["strides"] == [1, 1, 2, 2, 2]
     assert all(r["images_per_s"] > 0 and r["warmup_s"] > 0 and r["peak_memory_bytes"] is None for r in result["results"])
     assert "| resnet18 |" in capsys.readouterr().out
 
@@ -38,6 +39,8 @@ def test_throughput_benchmark(tmp_path, capsys, compile_):
 @pytest.mark.parametrize("module, argv, message", [
     (train_throughput, ["--variants", "resnet18,nope"], "unknown variants"),
     (train_throughput, ["--strides", "1,2"], "5 comma-separated numbers"),
+    (train_throughput, ["--strides", "0.5,1,2,2,2"], "[1, 64)"),
+    (train_throughput, ["--width", "0"], "--width must be a positive integer"),
     (train_throughput, ["--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     (layers, ["--layers", "diffstride,nope"], "unknown layer"),
     (layers, ["--batch", "0"], "must be positive"),
