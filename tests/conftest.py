@@ -54,8 +54,6 @@ WIDTH = 16
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from exports.serving.cifar import CIFAR10_CLASSES  # noqa: E402  (torch-free; needs ROOT on sys.path)
-
 
 # --------------------------------------------------------------------------------------
 # Exported models: one folder for the whole suite

@@ -19,7 +19,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import CIFAR10_CLASSES, DEFAULT_MODEL, ROOT, TEST_ACC, VARIANTS, reference_prediction, top1
+from conftest import DEFAULT_MODEL, ROOT, TEST_ACC, VARIANTS, reference_prediction, top1
+from exports.serving.cifar import CIFAR10_CLASSES
 
 pytestmark = pytest.mark.timeout(600)
 
