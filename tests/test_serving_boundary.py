@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import CIFAR10_CLASSES, ROOT, run_app
+from conftest import ROOT, run_app
+from exports.serving.cifar import CIFAR10_CLASSES
 
 pytestmark = pytest.mark.timeout(600)
 
