@@ -18,7 +18,6 @@ runtime, so the two can never disagree on the constants.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from exports.serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, DATASETS, NUM_CLASSES
-from exports.serving.files import atomic_write
+from exports.serving.files import atomic_write, file_sha256
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -214,14 +213,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HYBRID_CACHE_DIR") or Path.home() / ".cache" / "hybrid-spectral")
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Concatenated JPEG files -> uint8 ``(N, H, W, 3)`` (Pillow, ~10k images/s)."""
     from PIL import Image
@@ -255,7 +246,7 @@ def load_jpeg_npz(path: str | os.PathLike, cache: Path | None = None) -> tuple[n
     cache = cache_dir() if cache is None else Path(cache)
     with np.load(path, allow_pickle=False) as archive:
         labels = archive["y"]
-        target = cache / f"{path.stem}-{_file_digest(path)[:16]}-{_CACHE_FORMAT}.npy"
+        target = cache / f"{path.stem}-{file_sha256(path)[:16]}-{_CACHE_FORMAT}.npy"
         if target.is_file():
             try:
                 images = np.load(target, allow_pickle=False)
