@@ -39,9 +39,9 @@ from hybrid_model import PAPER_VARIANTS, describe_downsampling, freeze, model_co
 from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 from .serving.cards import RunCard, as_card, embed_card
-from .serving.files import atomic_write_bytes, file_sha256
-from .serving.manifest import update_manifest
-from .serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems
+from .serving.files import file_sha256
+from .serving.manifest import write_model
+from .serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems, graph_io
 
 __all__ = ["ExportResult", "OPSET", "export_checkpoint", "export_fresh", "fp16_weights", "main"]
 
@@ -134,18 +134,6 @@ def fp16_weights(model: onnx.ModelProto, min_elements: int = 1024) -> onnx.Model
     del graph.node[:]
     graph.node.extend(casts + nodes)  # Casts first keeps the graph topologically sorted
     return out
-
-
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
-    dims = value_info.type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-
-
-def graph_io(model: onnx.ModelProto) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]:
-    """``(inputs, outputs)`` as ``(name, dims)`` lists (initializers excluded from inputs)."""
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [(v.name, _dims(v)) for v in model.graph.input if v.name not in initializers]
-    return inputs, [(v.name, _dims(v)) for v in model.graph.output]
 
 
 def _json_safe(value: Any) -> Any:
@@ -244,10 +232,7 @@ def export_checkpoint(
     data = proto.SerializeToString()
     if report is not None and not report.passed:
         return ExportResult(None, full_card, report, len(data), None)
-    atomic_write_bytes(out, data)
-    sha = file_sha256(out)
-    if manifest:
-        update_manifest(out, full_card, sha)
+    sha = write_model(out, data, full_card, manifest=manifest)
     log(f"wrote {out} ({len(data) / 1e6:.1f} MB, sha256 {sha[:12]}...)")
     return ExportResult(out, full_card, report, len(data), sha)
 

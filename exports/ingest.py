@@ -134,10 +134,9 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
 
     from training.checkpoint import build_from_card, save_checkpoint
 
-    from .serving.files import atomic_write_bytes, file_sha256
     from .compact import read_compact
     from .export import export_checkpoint
-    from .serving.manifest import update_manifest
+    from .serving.manifest import write_model
 
     files = [(Path(w["_dir"]) / e["file"], e) for w in windows for e in w.get("runs", []) if e.get("file")]
     if not files:
@@ -183,8 +182,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
             }
             proto = onnx.load(str(bundled_path))
             embed_card(proto, full)  # the doc string the exporter / quantiser wrote stays
-            atomic_write_bytes(bundled_path, proto.SerializeToString())
-            update_manifest(bundled_path, full, file_sha256(bundled_path))
+            write_model(bundled_path, proto.SerializeToString(), full)
             rows.append({"variant": variant, "test_acc": acc, "reference": reference, "delta_points": delta,
                          "int8_acc": comp.get("test_acc_int8"), "epochs": card.epochs, "epoch": card.epoch,
                          "hardware": card.hardware, "torch": card.torch,

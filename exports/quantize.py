@@ -41,7 +41,9 @@ from onnx import TensorProto, numpy_helper
 
 from .parity import DEFAULT_DATA_DIR
 from .serving.cards import CardError, RunCard, embed_card, read_onnx_card
-from .serving.runtime import CPU, ModelError, card_problems, normalization_for, normalize_uint8
+from .serving.files import file_sha256
+from .serving.manifest import write_model
+from .serving.runtime import CPU, ModelError, card_problems, graph_io, normalization_for, normalize_uint8
 
 __all__ = [
     "AccuracyReport",
@@ -342,9 +344,6 @@ def quantize_model(
     Raises ``ModelError``/``FileNotFoundError``/``ValueError`` on bad input; when the gate
     fails nothing is written and ``result.path`` is None.
     """
-    from .serving.files import atomic_write_bytes
-    from .serving.files import file_sha256
-
     source, out = Path(source), Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"--out must end in .onnx, got {out}")
@@ -376,10 +375,7 @@ def quantize_model(
     }
     int8_card = _int8_card(card, name=name or card.name or source.stem, source=source, source_sha=file_sha256(source),
                            settings=settings, report=report)
-    initializers = {i.name for i in quantized.graph.initializer}
-    inputs = [(v.name, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]) for v in quantized.graph.input if v.name not in initializers]
-    outputs = [(v.name, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]) for v in quantized.graph.output]
-    problems = card_problems(int8_card, inputs, outputs)
+    problems = card_problems(int8_card, *graph_io(quantized))
     if problems:  # would be a bug here: never ship a model the registry rejects
         raise ModelError(f"quantised card does not match the graph: {problems[0]}")
     del quantized.metadata_props[:]  # the float model's card
@@ -388,12 +384,7 @@ def quantize_model(
     data = quantized.SerializeToString()
     if not report.passed:
         return QuantizeResult(None, full_card, report, len(data), None)
-    atomic_write_bytes(out, data)
-    sha = file_sha256(out)
-    if manifest:
-        from .serving.manifest import update_manifest
-
-        update_manifest(out, full_card, sha)
+    sha = write_model(out, data, full_card, manifest=manifest)
     log(f"wrote {out} ({len(data) / 1e6:.1f} MB, {source.stat().st_size / len(data):.1f}x smaller than {source.name})")
     return QuantizeResult(out, full_card, report, len(data), sha)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .cards import RunCard, as_card
-from .files import atomic_write_text
+from .files import atomic_write_bytes, atomic_write_text, file_sha256
 
-__all__ = ["MANIFEST", "drop_from_manifest", "read_manifest", "update_manifest"]
+__all__ = ["MANIFEST", "drop_from_manifest", "read_manifest", "update_manifest", "write_model"]
 
 #: The manifest's file name inside a models folder.
 MANIFEST = "manifest.json"
@@ -83,6 +83,16 @@ def update_manifest(onnx_path: Path, card: RunCard | Mapping[str, Any], sha256: 
         models.append(entry)
         manifest["models"] = sorted(models, key=lambda m: str(m.get("name")))
         return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def write_model(path: Path, data: bytes, card: RunCard | Mapping[str, Any], *, manifest: bool = True) -> str:
+    """Write a serialised ONNX model atomically and, with ``manifest``, give it its row in
+    the folder's manifest; returns the file's sha256 (the one the manifest records)."""
+    atomic_write_bytes(path, data)
+    sha = file_sha256(path)
+    if manifest:
+        update_manifest(path, card, sha)
+    return sha
 
 
 def drop_from_manifest(onnx_path: Path) -> None:

@@ -22,7 +22,7 @@ import onnx
 from .cards import CardError, RunCard, read_onnx_card
 from .files import file_sha256
 from .manifest import MANIFEST
-from .runtime import ModelError, OnnxModel, card_problems
+from .runtime import ModelError, OnnxModel, card_problems, graph_io
 
 __all__ = ["ModelEntry", "ModelRegistry", "by_accuracy"]
 
@@ -48,10 +48,6 @@ class ModelEntry:
         return out
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
-
-
 def _validate(path: Path, expected_sha256: str | None) -> RunCard:
     """The model's card, or ``ModelError`` saying why the file cannot be served."""
     if not path.is_file():
@@ -74,10 +70,7 @@ def _validate(path: Path, expected_sha256: str | None) -> RunCard:
         card = read_onnx_card(model)
     except CardError as error:
         raise ModelError(str(error)) from None
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [(v.name, _dims(v)) for v in model.graph.input if v.name not in initializers]
-    outputs = [(v.name, _dims(v)) for v in model.graph.output]
-    problems = card_problems(card, inputs, outputs)
+    problems = card_problems(card, *graph_io(model))
     if problems:
         raise ModelError(f"card does not match the graph: {problems[0]}")
     return card

@@ -36,6 +36,7 @@ __all__ = [
     "OnnxModel",
     "Prediction",
     "card_problems",
+    "graph_io",
     "default_threads",
     "normalization_for",
     "normalize_uint8",
@@ -263,6 +264,19 @@ def preprocess(
 # Card / graph consistency
 # --------------------------------------------------------------------------------------
 Shape = Sequence[int | str | None]
+
+
+def _dims(value_info: Any) -> list[int | str]:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+
+
+def graph_io(proto: Any) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]:
+    """An ``onnx.ModelProto``'s ``(inputs, outputs)`` as ``(name, dims)`` lists, the form
+    :func:`card_problems` takes (initializers excluded from inputs; symbolic dims by name)."""
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [(v.name, _dims(v)) for v in proto.graph.input if v.name not in initializers]
+    return inputs, [(v.name, _dims(v)) for v in proto.graph.output]
 
 
 def _dims_agree(card_shape: Shape, graph_shape: Shape) -> bool:
