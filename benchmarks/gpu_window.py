@@ -48,9 +48,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from exports.serving.cards import RunCard
 from exports.serving.files import atomic_write
@@ -270,7 +271,7 @@ class Window:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def load_protocol(path: Path) -> dict[str, Any]:
@@ -362,10 +363,10 @@ def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[di
     """Load ``run_dir/NAME``; accuracy on the whole test split in float32 before and after int8
     compression (same device, TF32 off). Returns ``(state, card, compression stats)``."""
     import torch
-
-    from training.checkpoint import build_from_card
-    from exports.compact import SCHEME, dequantize_state_dict, quantize_state_dict
     from safetensors.torch import load_file
+
+    from exports.compact import SCHEME, dequantize_state_dict, quantize_state_dict
+    from training.checkpoint import build_from_card
     from training.data import GpuLoader
 
     card = RunCard.from_dict(json.loads((run_dir / f"{name}.json").read_text()))
@@ -434,10 +435,10 @@ def run_points(window: Window, points: list, epochs: int, protocol: dict, data_d
     while pending:
         time.sleep(1.0)
         if window.left() < RESERVE_S / 3:
-            for name, (point, process) in pending.items():
+            for name, (_point, process) in pending.items():
                 window.log(f"{name}: out of budget, stopping it (its last finished epoch is kept)")
                 _stop(process)
-        for name, (point, process) in list(pending.items()):
+        for name, (_point, process) in list(pending.items()):
             if process.poll() is None:
                 continue
             del pending[name]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from hybrid_model import DiffStride2d, SpectralPool2d
 from exports.serving.files import atomic_write_json
+from hybrid_model import DiffStride2d, SpectralPool2d
 
 from .timing import time_steps
 from .train_throughput import bench_variant

@@ -22,25 +22,26 @@ background load on a shared machine hits them alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.checkpoint import fresh_checkpoint, load_checkpoint  # noqa: E402
 from exports.export import export_checkpoint  # noqa: E402
 from exports.quantize import quantize_model  # noqa: E402
 from exports.serving.runtime import CPU, OnnxModel  # noqa: E402
 from hybrid_model import VARIANTS, freeze, model_cost  # noqa: E402
+from training.checkpoint import fresh_checkpoint, load_checkpoint  # noqa: E402
 
 STRIDES = (1, 1, 2, 2, 2)
 ENGINE_PAUSE_S = 0.1
@@ -94,14 +95,15 @@ def bench_variant(variant: str, workdir: Path, repeats: int, batch_repeats: int,
             x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
             xt = torch.from_numpy(x)
 
-            def eager(m=model):
+            # Each engine's call, with this iteration's input and sessions bound now.
+            def eager(m: torch.nn.Module = model, xt: torch.Tensor = xt):
                 with torch.no_grad():
                     return m(xt)
 
-            fns = {"eager": eager, "eager_frozen": lambda: eager(frozen)} if eager_engines else {}
-            fns["onnxruntime"] = lambda: session.run(x)
+            fns = {"eager": eager, "eager_frozen": functools.partial(eager, frozen)} if eager_engines else {}
+            fns["onnxruntime"] = functools.partial(session.run, x)
             if session8 is not None:
-                fns["int8"] = lambda: session8.run(x)
+                fns["int8"] = functools.partial(session8.run, x)
             medians = _interleaved(fns, reps, warmup=3 if batch == 1 else 1)
             rows.append({"variant": variant, "threads": n_threads, "batch": batch, "gflops": gflops, **medians})
             print(f"{variant:12s} {n_threads} thread(s) batch {batch:3d}: "

@@ -21,8 +21,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from hybrid_model import VARIANTS, build_model, model_cost, parse_strides
 from exports.serving.files import atomic_write_json
+from hybrid_model import VARIANTS, build_model, model_cost, parse_strides
 from training.train import parameter_groups
 
 from .timing import time_steps

@@ -50,8 +50,8 @@ CLOSE_TOASTS_JS = (
 RESIZE_PLOTS_JS = "() => { setTimeout(() => window.dispatchEvent(new Event('resize')), 60); }"
 # On a phone the input panel and the examples stack above the tabs: bring the results into view.
 SCROLL_TO_RESULTS_JS = (
-    "() => { if (window.innerWidth < %d) { const el = document.getElementById('tabs');"
-    " if (el) el.scrollIntoView({block: 'start'}); } }" % NARROW_PX
+    f"() => {{ if (window.innerWidth < {NARROW_PX}) {{ const el = document.getElementById('tabs');"
+    " if (el) el.scrollIntoView({block: 'start'}); } }"
 )
 
 SPECTRA_HELP = (

@@ -24,9 +24,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,8 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from hybrid_model import PAPER_VARIANTS, describe_downsampling, freeze, model_cost
-
 from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
+
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 from .serving.cards import RunCard, as_card, embed_card
 from .serving.files import file_sha256
@@ -172,7 +173,7 @@ def build_card(
         "precision": "fp16" if fp16 else "fp32",
         "torch": torch.__version__,
         "onnx": onnx.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     return _json_safe(full.to_dict())
 

@@ -26,8 +26,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .serving.cards import RunCard, embed_card, read_onnx_card
 
@@ -108,8 +108,8 @@ def _bundle_file(fp16_path: Path, variant: str, int8: bool, images, labels, card
     """
     if not int8:
         return fp16_path, onnx_accuracy(fp16_path, images, labels, card.normalize, threads), {}
-    from .serving.manifest import drop_from_manifest
     from .quantize import quantize_model
+    from .serving.manifest import drop_from_manifest
 
     quantized = quantize_model(fp16_path, fp16_path.with_name(f"{variant}.int8.onnx"), test_images=len(labels),
                                data_dir=data_dir, name=variant, log=log)
@@ -131,14 +131,13 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
     import onnx
 
     from hybrid_model import learned_strides
-
     from training.checkpoint import build_from_card, save_checkpoint
 
     from .compact import read_compact
     from .export import export_checkpoint
     from .serving.manifest import write_model
 
-    files = [(Path(w["_dir"]) / e["file"], e) for w in windows for e in w.get("runs", []) if e.get("file")]
+    files = [Path(w["_dir"]) / e["file"] for w in windows for e in w.get("runs", []) if e.get("file")]
     if not files:
         return []
     staging = models_dir.parent / f".{models_dir.name}.ingest-{os.getpid()}"
@@ -148,7 +147,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
     rows = []
     try:
         images, labels, source = _test_split(data_dir, limit_test)
-        for path, entry in files:
+        for path in files:
             if not path.is_file():
                 raise IngestError(f"{path}: listed in window.json but not there (copy every file of the call)")
             state, raw = read_compact(path)
@@ -334,9 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.limit_test is not None and args.limit_test < 1:
         p.error(f"--limit-test must be >= 1, got {args.limit_test}")
+    from training.checkpoint import CheckpointError
     from training.sweep import ConfigError, load_config
 
-    from training.checkpoint import CheckpointError
     from .serving.runtime import ModelError
 
     if args.models_dir.resolve() == (REPO / "exports" / "models").resolve() and (REPO / ".git" / "gpu-window.json").exists():

@@ -31,9 +31,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -161,7 +161,13 @@ def end_layers(model: onnx.ModelProto) -> list[str]:
 
 def _quantize_proto(float_model: onnx.ModelProto, calibration: np.ndarray, keep_spectral_float: bool,
                     keep_ends_float: bool = True) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(_Calibration, CalibrationDataReader):
         pass
@@ -319,7 +325,7 @@ def _int8_card(card: RunCard, *, name: str, source: Path, source_sha: str, setti
         "precision": "int8",
         "fp16_weights": False,
         "quantization": {**settings, "source_file": source.name, "source_sha256": source_sha},
-        "quantized": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "quantized": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     return out
 

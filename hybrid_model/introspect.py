@@ -5,9 +5,9 @@ Used by the exporter (layer table, cost, frozen copy) and the training cards (he
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn

@@ -9,7 +9,7 @@ spectral layer frozen for export.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

@@ -22,9 +22,10 @@ does with :class:`SpectralGain2d` and no head layer; ``diffstride2`` is ``diffst
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

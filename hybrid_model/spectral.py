@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache, wraps
+from functools import cache, lru_cache, wraps
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # DiffStride: frequency positions, masks and crops
 # --------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def _height_positions(n: int) -> tuple[int, ...]:
     """Positions of the full-FFT height bins, as the reference computes them.
 

@@ -29,10 +29,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -220,8 +220,8 @@ def _drop_stale_caches(keep: Path, max_age_s: float = 3600.0) -> None:
 def mixed_models_dir(models_dir: Path) -> Path:
     """Two datasets in one folder: ``resnet18`` (CIFAR-10, copied from ``models_dir``) and a
     fresh CIFAR-100 ``resnet18-c100`` (exported once, cached beside ``models_dir``)."""
-    from training.checkpoint import fresh_checkpoint
     from exports.export import export_checkpoint
+    from training.checkpoint import fresh_checkpoint
 
     target = models_dir.parent / f"{models_dir.name}-c100"
     if not (target / ".complete").is_file():

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exports.serving.registry import ModelRegistry
-
 from conftest import reference_prediction, top1
+from exports.serving.registry import ModelRegistry
 
 MODELS = Path(__file__).resolve().parents[1] / "exports" / "models"
 VARIANTS = {"resnet18", "spectral", "diffstride", "hybrid", "diffstride2"}

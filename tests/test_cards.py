@@ -19,7 +19,7 @@ from exports.serving.cards import (
     is_finished,
     read_onnx_card,
 )
-from exports.serving.cifar import CIFAR100_CLASSES, CIFAR10_CLASSES, CIFAR_MEAN_STD
+from exports.serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = sorted((ROOT / "exports" / "models").glob("*.onnx"))

@@ -280,7 +280,9 @@ def test_loader_augmentation_matches_reference(partial, mode):
 
 
 def test_loader_is_deterministic_and_epoch_dependent(partial):
-    make = lambda: GpuLoader(partial.x_train[:100], partial.y_train[:100], 25, train=True, seed=1)
+    def make() -> GpuLoader:
+        return GpuLoader(partial.x_train[:100], partial.y_train[:100], 25, train=True, seed=1)
+
     a, b = list(make().batches(0)), list(make().batches(0))
     assert len(a) == 4 and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
     c = list(make().batches(1))

@@ -15,15 +15,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from conftest import PARITY_IMAGES, calibration_images
 from exports import export as E
-from hybrid_model import PAPER_VARIANTS
-from training.checkpoint import CheckpointError, fresh_checkpoint, load_checkpoint, make_card, save_checkpoint
 from exports.parity import DEFAULT_DATA_DIR, FP16_TOLERANCE, FP32_TOLERANCE, check_parity, load_parity_images
 from exports.parity import main as parity_main
 from exports.serving.runtime import normalization_for, normalize_uint8
-from hybrid_model import build_model, describe_downsampling
-
-from conftest import PARITY_IMAGES, calibration_images
+from hybrid_model import PAPER_VARIANTS, build_model, describe_downsampling
+from training.checkpoint import CheckpointError, fresh_checkpoint, load_checkpoint, make_card, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = PAPER_VARIANTS

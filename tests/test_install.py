@@ -46,8 +46,9 @@ def requirement_names(path: Path) -> set[str]:
 
 def pinned(path: Path) -> list[str]:
     """Lines of ``path`` itself (not its includes) that are not ``==`` pins."""
-    lines = [l.split("#", 1)[0].strip() for l in path.read_text(encoding="utf-8").splitlines()]
-    return [l for l in lines if l and not l.startswith("-r ") and not re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+]+", l)]
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [line for line in lines
+            if line and not line.startswith("-r ") and not re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+]+", line)]
 
 
 def dependency_closure(roots: set[str]) -> set[str]:

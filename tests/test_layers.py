@@ -7,8 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybrid_model import DiffStride2d, SpectralPool2d
-from hybrid_model import spectral
+from hybrid_model import DiffStride2d, SpectralPool2d, spectral
 
 torch.set_default_dtype(torch.float32)
 

@@ -7,8 +7,8 @@ import torch
 
 from hybrid_model import (
     PAPER_STRIDES,
-    VARIANTS,
     PAPER_VARIANTS,
+    VARIANTS,
     DiffStride2d,
     SpectralGain2d,
     SpectralPool2d,

@@ -16,7 +16,6 @@ import torch
 from onnx import TensorProto, helper
 from PIL import Image
 
-from training.checkpoint import load_checkpoint
 from conftest import WIDTH
 from exports.parity import DEFAULT_DATA_DIR, load_parity_images
 from exports.serving.cifar import CIFAR_MEAN_STD
@@ -30,6 +29,7 @@ from exports.serving.runtime import (
     normalize_uint8,
     select_providers,
 )
+from training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(

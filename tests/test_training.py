@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 import hybrid_model
 from exports.serving.cards import is_finished
 from training import checkpoint as ckpt
-from training.data import CIFAR_MEAN_STD, CIFAR10_CLASSES, load_cifar, normalize
+from training.data import CIFAR10_CLASSES, CIFAR_MEAN_STD, load_cifar, normalize
 from training.train import lr_lambda, main, param_checksum, resolution_penalty, run_name
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,9 @@ import datetime as _dt
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -194,7 +195,7 @@ def make_card(
         "command": None,
         "code_version": None,
         "seed": None,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     card.update(fields)
     return card

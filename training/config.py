@@ -19,8 +19,9 @@ import argparse
 import dataclasses
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import hybrid_model
 
@@ -200,7 +201,7 @@ class TrainConfig:
     progress: bool = _setting(True, "run", "run", "no tqdm progress bar")
 
     # ---- derived views ----
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with the combinations checked and the defaults that depend on other
         settings filled in (milestones, warm-up, label smoothing, stride lr, name), so cards
         and resume checks see the values actually used. Raises :class:`ConfigError`."""

@@ -21,9 +21,9 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -543,8 +543,7 @@ class GpuLoader:
         mine = mine.reshape(-1)
         # Augmentation draws are attached to the image's slot in the permutation.
         slot = torch.arange(steps * self.batch_size).view(steps, self.batch_size)[:, self.rank :: self.world_size].reshape(-1)
-        to = lambda t: t.to(self.device, non_blocking=True)
-        return to(mine), to(dy[slot]), to(dx[slot]), to(flip[slot])
+        return tuple(t.to(self.device, non_blocking=True) for t in (mine, dy[slot], dx[slot], flip[slot]))
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Iterate over one epoch's batches (see the class docstring)."""

@@ -16,8 +16,9 @@ import io
 import math
 import os
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from exports.serving.cards import RunCard
 from exports.serving.files import atomic_write_text

@@ -19,13 +19,14 @@ import json
 import math
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .data import NUM_CLASSES, GpuLoader, load_cifar
 from .config import VARIANTS
+from .data import NUM_CLASSES, GpuLoader, load_cifar
 from .train import build_optimizer, evaluate, model_options, parse_args, train_step
 
 __all__ = ["probe", "is_stable", "main"]

@@ -29,9 +29,10 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from exports.serving.cards import RunCard, is_finished
 from exports.serving.files import atomic_write_text

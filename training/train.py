@@ -22,9 +22,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,14 @@ from exports.serving.files import atomic_write_json
 
 from . import checkpoint as ckpt
 from .config import (  # noqa: F401  (build_parser/parse_args/... re-exported: the CLI's public names)
-    PIECEWISE_FACTORS, RESUME_KEYS, TrainConfig, build_parser, model_options, parse_args, parse_strides, run_name,
+    PIECEWISE_FACTORS,
+    RESUME_KEYS,
+    TrainConfig,
+    build_parser,
+    model_options,
+    parse_args,
+    parse_strides,
+    run_name,
 )
 from .data import NUM_CLASSES, CifarData, GpuLoader, load_cifar
 
@@ -423,7 +431,7 @@ def _saved_state(config: TrainConfig, paths: ckpt.RunPaths, card_config: dict[st
 def _resume(run: _Run, state: dict | None) -> tuple[list[dict], int, str]:
     """Restore model, optimiser, scheduler and RNG states: ``(history, start epoch, created)``."""
     if state is None:
-        return [], 0, datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return [], 0, datetime.now(UTC).isoformat(timespec="seconds")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -549,7 +557,7 @@ def _card(run: _Run, card_config: dict, history: list, epoch: int, created: str,
         seconds_per_epoch=sum(seconds) / len(seconds) if seconds else None,
         train_wall_seconds=sum(seconds),
         created=created,
-        updated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        updated=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 

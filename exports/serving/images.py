@@ -13,7 +13,6 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,7 +25,7 @@ MAX_PIXELS = 40_000_000
 #: Largest accepted encoded file.
 MAX_BYTES = 64 * 1024 * 1024
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 
 class ImageError(ValueError):
