@@ -207,7 +207,7 @@ class Handlers:
         stride (in/out, below S for DiffStride: its ramp keeps extra bins), and the kept
         frequencies (the width axis is the half spectrum of the real FFT: size//2 + 1 bins)."""
         rows = []
-        for layer in self.service.card(name).layers or []:
+        for layer in self.service.card(name).downsampling_layers():
             stride = layer.get("stride") or [1, 1]
             size_in, size_out = layer.get("in_size"), layer.get("out_size")
             sizes = f"{_size(size_in)} → {_size(size_out)}"
@@ -388,7 +388,7 @@ def _ratio(size_in: Any, size_out: Any) -> str:
 def _stage_strides(card: RunCard) -> dict[str, tuple[float, float]]:
     """{stage: (s_h, s_w)} from the card's layers (the first downsampling layer of a stage)."""
     out: dict[str, tuple[float, float]] = {}
-    for layer in card.layers or []:
+    for layer in card.downsampling_layers():
         stage = layer.get("stage")
         if stage in out or not layer.get("stride"):
             continue

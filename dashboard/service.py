@@ -369,7 +369,7 @@ class DashboardService:
         spectra = self.spectra(analysis)
         shapes = analysis.map_shapes()
         boxes: dict[str, tuple[dict, CropBox | None]] = {}
-        for layer in card.layers:
+        for layer in card.downsampling_layers():
             stage = layer.get("stage")
             target = PREVIOUS_MAP.get(stage)
             if target is None or target in boxes and boxes[target][1] is not None:

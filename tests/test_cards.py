@@ -17,6 +17,7 @@ from exports.serving.cards import (
     default_class_names,
     embed_card,
     is_finished,
+    layer_name,
     read_onnx_card,
 )
 from exports.serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD
@@ -55,9 +56,45 @@ def test_every_bundled_card_round_trips_byte_for_byte(path):
     assert card.mean_std() == (tuple(raw["normalize"]["mean"]), tuple(raw["normalize"]["std"]))
     assert card.labels() == raw["class_names"] and card.is_finished
     crops = card.crops()
-    assert list(crops) == [row["name"] for row in raw["layers"] if row.get("crop")]
+    assert len(crops) == len([row for row in raw["layers"] if row.get("crop")])
     assert all(len(c) == 2 and "kept" in c[0] for c in crops.values())
     assert bool(crops) == (raw["variant"] != "resnet18")  # only spectral layers crop
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.name for p in BUNDLED])
+def test_bundled_layer_rows_name_the_models_modules(path):
+    """Cards exported before the rename (``layerN.0.downsample``) read with the module names
+    of the model they describe, rebuilt from the card by the current code."""
+    from hybrid_model import build_from_card, describe_downsampling
+
+    card = read_onnx_card(path)
+    model = build_from_card(card.to_dict())
+    modules = dict(model.named_modules())
+    rows = card.downsampling_layers()
+    assert [row["name"] for row in rows] == [info.name for info in describe_downsampling(model, (32, 32))]
+    assert all(row["name"] in modules for row in rows)
+    assert [{k: v for k, v in row.items() if k != "name"} for row in rows] == [
+        {k: v for k, v in row.items() if k != "name"} for row in _raw_card(path)["layers"]]
+    # The stride trajectories (Training tab, sweep reports) are labelled with the same names.
+    from training.report import stride_figure
+
+    labels = {trace.name.rsplit(" ", 1)[0] for trace in stride_figure(card).data}
+    assert labels == set(map(layer_name, card.learned_strides or {}))
+    assert labels <= set(modules) and (labels != set()) == (card.variant not in ("resnet18", "spectral"))
+
+
+def test_legacy_layer_names_are_read_as_the_current_ones_and_kept_as_written():
+    rows = [{"name": "stem_pool", "stage": "stem", "crop": [{"kept": 32}, {"kept": 17}]},
+            {"name": "layer2.0.downsample", "stage": "layer2", "crop": [{"kept": 28}, {"kept": 15}]},
+            {"name": "layer3.0.spectral_pool", "stage": "layer3"}, "not a row"]
+    card = RunCard.from_dict({**LEGACY, "format": 1, "layers": rows})
+    assert [row["name"] for row in card.downsampling_layers()] == ["stem_pool", "layer2.0.spectral_pool",
+                                                                   "layer3.0.spectral_pool"]
+    assert list(card.crops()) == ["stem_pool", "layer2.0.spectral_pool"]
+    assert layer_name("layer4.0.downsample") == "layer4.0.spectral_pool" == layer_name("layer4.0.spectral_pool")
+    assert layer_name("stem_pool") == "stem_pool"
+    card.downsampling_layers()[1]["stage"] = "changed"  # a copy: the card is not touched
+    assert card.to_dict()["layers"] == rows
 
 
 def test_read_onnx_card_takes_a_path_bytes_a_proto_or_a_session():

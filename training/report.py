@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from exports.serving.cards import RunCard
+from exports.serving.cards import RunCard, layer_name
 from exports.serving.files import atomic_write_text
 
 __all__ = [
@@ -241,7 +241,8 @@ def stride_figure(card: RunCard, title: str | None = None):
         for axis, dash in ((0, "solid"), (1, "dash")):
             fig.add_trace(go.Scatter(
                 x=epochs, y=[h["strides"][layer][axis] for h in history if layer in h["strides"]],
-                mode="lines+markers" if len(epochs) < 30 else "lines", name=f"{layer} {'s_h' if axis == 0 else 's_w'}",
+                mode="lines+markers" if len(epochs) < 30 else "lines",
+                name=f"{layer_name(layer)} {'s_h' if axis == 0 else 's_w'}",
                 legendgroup=layer, line={"color": palette[index % len(palette)], "dash": dash},
             ))
     if not layers:
