@@ -155,6 +155,14 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def log_models(service: DashboardService) -> None:
+    """Say at start-up what will be served; with no valid model, why (as a warning: the
+    server still starts and shows the same message on every tab)."""
+    log.info("models dir %s: %d model(s), %d skipped", service.models_dir, len(service.names()), len(service.skipped()))
+    if not service.names():
+        log.warning("%s", service.no_models_message())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     gradio_fixes.bound_malloc_arenas()  # before the server's threads exist
@@ -172,8 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     _stop_on_sigterm()
     if args.preload:
         threading.Thread(target=service.preload, name="preload-models", daemon=True).start()
-    logging.getLogger("dashboard").info(
-        "models dir %s: %d model(s), %d skipped", args.models_dir, len(service.names()), len(service.skipped()))
+    log_models(service)
     demo.launch(
         server_name=args.host,
         server_port=args.port,

@@ -15,6 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from exports.serving.files import atomic_write_bytes
+
 __all__ = ["CHROMIUM_ARGS", "find_chromium", "launch_browser", "upload_and_wait", "open_tab", "capture_all"]
 
 CHROMIUM_ARGS = [
@@ -87,8 +89,7 @@ def capture_all(url: str, out: Path, image: Path, executable: str | None = None,
 
     def shot(page, name: str) -> None:
         page.wait_for_timeout(800)
-        shots[prefix + name] = out / f"{prefix}{name}.png"
-        page.screenshot(path=str(shots[prefix + name]), full_page=True)
+        shots[prefix + name] = atomic_write_bytes(out / f"{prefix}{name}.png", page.screenshot(full_page=True))
 
     with sync_playwright() as p:
         browser = launch_browser(p, executable)
@@ -136,9 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phone", action="store_true",
                         help=f"also capture phone_<tab>.png at {PHONE[0]}x{PHONE[1]}")
     args = parser.parse_args(argv)
-    shots = capture_all(args.url, args.out, args.image, args.chromium, args.width, args.height, model=args.model)
-    if args.phone:
-        shots.update(capture_all(args.url, args.out, args.image, args.chromium, *PHONE, prefix="phone_", model=args.model))
+    if not args.image.is_file():
+        parser.error(f"--image {args.image}: no such file")
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        shots = capture_all(args.url, args.out, args.image, args.chromium, args.width, args.height, model=args.model)
+        if args.phone:
+            shots.update(capture_all(args.url, args.out, args.image, args.chromium, *PHONE, prefix="phone_",
+                                     model=args.model))
+    except (PlaywrightError, FileNotFoundError) as error:  # no browser, no dashboard at --url, a page that changed
+        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
     for name, path in shots.items():
         print(f"{name}: {path}")
     return 0

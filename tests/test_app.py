@@ -428,13 +428,28 @@ def test_no_valid_model_still_builds(tmp_path: Path, cifar_images):
         assert "No valid model was found" in message and "broken.onnx" in message
 
 
-def test_missing_models_folder_still_builds(tmp_path: Path, cifar_images):
+def test_missing_models_folder_still_builds(tmp_path: Path, cifar_images, caplog):
+    from app import log_models
+
     app = InProcessApp(tmp_path / "does-not-exist")
     info = app("models")
     assert info["models"] == []
     with pytest.raises(gr.Error) as excinfo:
         app("classify", str(cifar_images[0].path))
     assert "No valid model was found" in error_text(excinfo)
+    # The terminal says so at start-up too (a mistyped --models-dir is not a silent empty page).
+    with caplog.at_level("INFO", logger="dashboard"):
+        log_models(app.service)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "does-not-exist" in warnings[0] and "does not exist" in warnings[0], caplog.text
+
+
+def test_start_up_log_names_the_models(models_dir: Path, caplog):
+    from app import log_models
+
+    with caplog.at_level("INFO", logger="dashboard"):
+        log_models(InProcessApp(models_dir).service)
+    assert f"{len(VARIANTS)} model(s), 0 skipped" in caplog.text and "WARNING" not in caplog.text, caplog.text
 
 
 def test_model_file_removed_while_serving(models_dir: Path, tmp_path: Path, cifar_images):

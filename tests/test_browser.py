@@ -376,3 +376,25 @@ def test_tab_clicks_run_no_model(models_dir):
     # leaving Compare and changing the image clears Compare (so it cannot show stale cards)
     cleared = h.compare_auto(str(ASSETS / "0003_airplane.png"), models, "Classify", out[-1])
     assert cleared[-1] == "" and CountingService.runs == runs
+
+
+def test_screenshot_tool_errors_are_one_line(tmp_path: Path):
+    """``python -m dashboard.screenshots`` with no dashboard at --url, or a missing --image:
+    exit 2, one line on stderr, no traceback, no file written."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, free_port
+
+    _require_browser()
+    out = tmp_path / "shots"
+    cases = [
+        (["--url", f"http://127.0.0.1:{free_port()}/"], "error: Page.goto: net::ERR_CONNECTION_REFUSED"),
+        (["--image", str(tmp_path / "missing.png")], "missing.png: no such file"),
+    ]
+    for args, expected in cases:
+        result = subprocess.run([sys.executable, "-m", "dashboard.screenshots", "--out", str(out), *args],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert not out.exists() or not any(out.iterdir())
