@@ -41,6 +41,8 @@ ASSETS = ROOT / "tests" / "assets"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from exports.serving.files import atomic_write_text  # noqa: E402
+
 
 def distinct_images(folder: Path, count: int) -> list[Path]:
     """``count`` distinct PNGs in ``folder`` made from the real CIFAR-10 images in
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             base, pid = args.url.rstrip("/") + "/", args.server_pid
         try:
             rows = run(args, base, pid, tmp)
+        except OSError as error:  # urllib's URLError included: no dashboard at --url, or it went away
+            print(f"error: {base}: {getattr(error, 'reason', error)}", file=sys.stderr)
+            return 2
         finally:
             if process is not None:
                 process.terminate()
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     footer = f"Machine: {machine}; client: {args.client}; 1-min load average at the end: {load1():.1f}"
     print("\n" + table + "\n\n" + footer)
     if args.markdown:
-        args.markdown.write_text(table + "\n\n" + footer + "\n")
+        atomic_write_text(args.markdown, table + "\n\n" + footer + "\n")
     return 0
 
 

@@ -49,3 +49,14 @@ def test_benchmark_flags_fail_clearly(module, argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         module.main(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_app_latency_without_a_dashboard_at_url_is_one_line(tmp_path, capsys):
+    from benchmarks import app_latency
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/"
+    assert app_latency.main(["--url", url, "--markdown", str(tmp_path / "table.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {url}: ") and "refused" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "table.md").exists()
