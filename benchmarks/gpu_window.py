@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from exports.serving.cards import RunCard
-from exports.serving.files import atomic_write
+from exports.serving.files import atomic_write, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -181,7 +181,7 @@ def prepare(repo: Path, data_src: Path, log=print) -> dict[str, Any]:
         _git(repo, "symbolic-ref", "HEAD", f"refs/heads/{SCRATCH_BRANCH}")  # HEAD moves; files stay
         _git(repo, "rm", "-r", "-q", "--cached", "--ignore-unmatch", MODELS_DIR)
         _set_exclude(repo, True)
-        state_path.write_text(json.dumps({"original": original, "scratch": commit}) + "\n")
+        atomic_write_text(state_path, json.dumps({"original": original, "scratch": commit}) + "\n")
         log(f"on scratch branch {SCRATCH_BRANCH} ({commit[:10]}); {MODELS_DIR} untracked and ignored; "
             f"'restore' returns to {original}")
     else:
@@ -264,8 +264,6 @@ class Window:
             handle.write(line + "\n")
 
     def save(self) -> None:
-        from exports.serving.files import atomic_write_json
-
         self.record["elapsed_s"] = round(self.elapsed(), 1)
         atomic_write_json(self.out / "window.json", self.record)
 
@@ -691,8 +689,6 @@ def mode_probe(window: Window, args, protocol: dict) -> None:
     verdict.update(variant=points[0].variant, epochs=window.record["estimate"]["epochs"], protocol_epochs=protocol["epochs"])
     window.record["probe"] = {"rows": rows, "best": verdict}
     window.save()
-    from exports.serving.files import atomic_write_json
-
     atomic_write_json(work_dir(window.mode) / "best.json", verdict)
     table = "\n".join(f"| {r['name']} | {r['epochs'] or 0} | {_accuracy(r['test_acc'])} |" for r in rows)
     window.log(f"probe:\n| run | epochs | test acc |\n|---|---:|---:|\n{table}\nchosen: {verdict['changes'] or 'the protocol'} "
