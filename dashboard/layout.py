@@ -1,6 +1,7 @@
 """The Gradio Blocks of the dashboard: a shared input panel and four tabs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -130,11 +131,258 @@ def _compare_default(service: DashboardService) -> list[str]:
     return ordered[:MAX_COMPARE] if len(ordered) >= 2 else []
 
 
+# --------------------------------------------------------------------------------------
+# The page: the shared input panel, then one class per tab that builds its components
+# (inside its gr.Tab) and wires its events. build_demo wires them in a fixed order.
+# --------------------------------------------------------------------------------------
+@dataclass
+class BrowserState:
+    """Browser-side state: the window width (spectra grid columns), the open tab, and which
+    (image, models) the Compare outputs on screen belong to."""
+
+    viewport: gr.Number
+    active_tab: gr.State
+    compare_shown: gr.State
+
+    @classmethod
+    def build(cls) -> BrowserState:
+        return cls(gr.Number(value=0, visible=False), gr.State("Classify"), gr.State(""))
+
+
+@dataclass
+class InputPanel:
+    """The left column, shared by every tab: the image, the model and the Classify button."""
+
+    image: RawImage
+    model: gr.Dropdown
+    button: gr.Button
+
+    @classmethod
+    def build(cls, choices: list[tuple[str, str]], default: str | None, examples: list[Path]) -> InputPanel:
+        image = RawImage(label="Image", sources=["upload", "webcam", "clipboard"], height=240, elem_id="input-image")
+        # allow_custom_value: an unknown name reaches the handler, which explains it.
+        model = gr.Dropdown(choices=choices, value=default, label="Model", elem_id="model-select",
+                            allow_custom_value=True,
+                            info="Default: the best test accuracy among the bundled models. "
+                                 "In brackets: test accuracy and training budget (epochs, images).")
+        button = gr.Button("Classify", variant="primary", elem_id="classify-btn")
+        if examples:
+            gr.Examples(
+                examples=[[str(p)] for p in examples],
+                inputs=[image],
+                label="Real CIFAR-10 test images (the true label shows beside the prediction)",
+                examples_per_page=len(examples),
+                elem_id="examples",
+            )
+        return cls(image, model, button)
+
+
+@dataclass
+class ClassifyTab:
+    """Top-5, the probabilities, the summary and the image as the model sees it (/classify).
+
+    Its events start every tab's update for a new image or model: the label first, then
+    the bar and model view, then the spectra, then (while that tab is open) the comparison.
+    """
+
+    label: gr.Label
+    bar: gr.Plot
+    summary: gr.Markdown
+    view: gr.Image
+
+    @classmethod
+    def build(cls) -> ClassifyTab:
+        with gr.Tab("Classify", id="classify"):
+            with gr.Row():
+                label = gr.Label(num_top_classes=5, label="Top-5", elem_id="top5-label")
+                bar = gr.Plot(label="Top-5 probabilities", elem_id="top5-bar")
+            with gr.Row():
+                # Columns with a minimum width: side by side on a desktop, stacked on a phone.
+                with gr.Column(min_width=280):
+                    summary = gr.Markdown(elem_id="classify-summary")
+                with gr.Column(min_width=280):
+                    view = gr.Image(label="As the model sees it", show_label=False, format="png", interactive=False,
+                                    height=256, width=256, elem_id="model-view", buttons=["download"])
+        return cls(label, bar, summary, view)
+
+    def wire(self, h: Handlers, panel: InputPanel, state: BrowserState, spectra: SpectraTab,
+             compare: CompareTab) -> None:
+        """Browser chains (private) never raise after the first step, so an upload's problem
+        shows as one toast; /classify keeps its documented signature."""
+        image, model = panel.image, panel.model
+
+        def then_views_and_spectra(dep, tag: str):
+            """Bar + model view, then spectra: both reuse the cached forward pass (and clear
+            themselves when the input was rejected, so no stale result stays on screen)."""
+            return (
+                dep.then(h.views_ui, [image, model], [self.bar, self.view, self.summary], api_name=f"_views_{tag}",
+                         api_visibility="private")
+                .then(h.spectra_ui, [*spectra.inputs(panel), state.viewport], [spectra.plot, spectra.features],
+                      api_name=f"_spectra_{tag}", api_visibility="private")
+            )
+
+        button = panel.button.click(h.classify, [image, model], [self.label], api_name="classify")
+        then_views_and_spectra(button, "button")
+        button.failure(h.drop_rejected_input, [image, model], [image], api_name="_drop_button", api_visibility="private")
+
+        image.change(None, [image], None, js=CLOSE_TOASTS_JS)  # an old error must not sit beside a new result
+        auto = gr.on([image.change, model.change], h.classify_ui, [image, model], [self.label],
+                     api_name="_classify_auto", api_visibility="private", trigger_mode="always_last")
+        auto.success(None, None, None, js=SCROLL_TO_RESULTS_JS)
+        auto.failure(h.drop_rejected_input, [image, model], [image], api_name="_drop_auto", api_visibility="private")
+        then_views_and_spectra(auto, "auto").then(h.compare_auto, compare.auto_inputs(panel, state), compare.view(state),
+                                                  api_name="_compare_after_image", api_visibility="private")
+
+
+@dataclass
+class SpectraTab:
+    """Spectrum per stage with the learned crops, feature maps, and the layer table (/spectra)."""
+
+    plot: gr.Plot
+    show_features: gr.Checkbox
+    channels: gr.Slider
+    features: gr.Plot
+    layers_table: gr.Dataframe
+    api: gr.Button
+
+    @classmethod
+    def build(cls, h: Handlers, default: str | None) -> SpectraTab:
+        with gr.Tab("Spectra", id="spectra"):
+            gr.Markdown(SPECTRA_HELP, elem_classes=["dash-note"])
+            plot = gr.Plot(label="Spectrum per stage, with each layer's learned crop", show_label=False,
+                           elem_id="spectra-plot")
+            with gr.Accordion("Spatial feature maps", open=False):
+                with gr.Row():
+                    show_features = gr.Checkbox(label="Show feature maps", value=False, elem_id="show-features")
+                    channels = gr.Slider(0, 8, value=3, step=1, label="Channels per stage (besides the mean)")
+                features = gr.Plot(label="Feature maps: channel mean and the most active channels",
+                                   elem_id="feature-plot")
+            gr.Markdown("Scroll the table sideways for all columns →", elem_classes=["scroll-note"])
+            layers_table = gr.Dataframe(
+                headers=LAYER_HEADERS, value=h.layer_table(default),
+                label="Downsampling layers of the model (s: learned or fixed stride; effective "
+                      "stride = input size / output size)",
+                interactive=False, wrap=True, elem_id="layers-table", column_widths=TABLE_PX["layers"],
+            )
+            api = gr.Button(visible=False)  # /spectra for API callers
+        return cls(plot, show_features, channels, features, layers_table, api)
+
+    def inputs(self, panel: InputPanel) -> list:
+        """What the spectra handlers take (the UI ones also take the viewport width)."""
+        return [panel.image, panel.model, self.show_features, self.channels]
+
+    def wire(self, h: Handlers, panel: InputPanel, state: BrowserState) -> None:
+        panel.model.change(h.layer_table, [panel.model], [self.layers_table], api_name="_layers",
+                           api_visibility="private")
+        gr.on([self.show_features.change, self.channels.release], h.spectra_ui, [*self.inputs(panel), state.viewport],
+              [self.plot, self.features], api_name="_spectra_options", api_visibility="private",
+              trigger_mode="always_last")
+        self.api.click(h.spectra, self.inputs(panel), [self.plot, self.features, self.layers_table],
+                       api_name="spectra")
+
+
+@dataclass
+class CompareTab:
+    """The same image through 2-4 models: labels, a table, strides and resolution (/compare)."""
+
+    models: gr.Dropdown
+    button: gr.Button
+    status: gr.Markdown
+    labels: list[gr.Label]
+    table: gr.Dataframe
+    strides: gr.Plot
+    resolution: gr.Plot
+    summary: gr.JSON
+    api: gr.Button
+
+    @classmethod
+    def build(cls, service: DashboardService, choices: list[tuple[str, str]]) -> CompareTab:
+        with gr.Tab("Compare", id="compare"):
+            with gr.Row():
+                models = gr.Dropdown(
+                    choices=choices, value=_compare_default(service), multiselect=True, max_choices=MAX_COMPARE,
+                    allow_custom_value=True, label=f"Models to compare (2–{MAX_COMPARE}, same dataset)", scale=4,
+                    elem_id="compare-models",
+                )
+                button = gr.Button("Compare", variant="primary", scale=1, elem_id="compare-btn")
+            status = gr.Markdown(elem_id="compare-status")
+            with gr.Row():
+                labels = [gr.Label(num_top_classes=3, visible=False, elem_id=f"compare-label-{i}", min_width=150)
+                          for i in range(MAX_COMPARE)]
+            gr.Markdown("Scroll the table sideways for all columns →", elem_classes=["scroll-note"])
+            table = gr.Dataframe(
+                headers=COMPARE_HEADERS, label="Side by side (training budget: epochs · training images)",
+                interactive=False, wrap=True, elem_id="compare-table", column_widths=TABLE_PX["compare"],
+            )
+            with gr.Row():
+                strides = gr.Plot(label="Strides per stage", elem_id="compare-strides")
+                resolution = gr.Plot(label="Resolution per stage", elem_id="compare-resolution")
+            summary = gr.JSON(visible=False, label="summary")
+            # /compare for API callers; the browser uses the button and the tab.
+            api = gr.Button(visible=False)
+        return cls(models, button, status, labels, table, strides, resolution, summary, api)
+
+    def view(self, state: BrowserState) -> list:
+        """The outputs of the browser's compare handlers (and what they compared)."""
+        return [self.status, self.table, self.strides, self.resolution, *self.labels, state.compare_shown]
+
+    def auto_inputs(self, panel: InputPanel, state: BrowserState) -> list:
+        """What compare_auto takes: it compares only while the tab is open and the view is stale."""
+        return [panel.image, self.models, state.active_tab, state.compare_shown]
+
+    def wire(self, h: Handlers, panel: InputPanel, state: BrowserState, tabs: gr.Tabs) -> None:
+        self.button.click(h.compare_view, [panel.image, self.models], self.view(state),
+                          api_name="_compare_button", api_visibility="private")
+        self.models.change(h.compare_auto, self.auto_inputs(panel, state), self.view(state),
+                           api_name="_compare_models", api_visibility="private", trigger_mode="always_last")
+        tabs.select(None, None, None, js=RESIZE_PLOTS_JS)
+        tabs.select(h.select_tab, [panel.image, self.models, state.compare_shown], [state.active_tab, *self.view(state)],
+                    api_name="_tab", api_visibility="private", trigger_mode="always_last")
+        self.api.click(h.compare, [panel.image, self.models], [self.summary, self.table, self.strides, self.resolution],
+                       api_name="compare")
+
+
+@dataclass
+class TrainingTab:
+    """Curves, stride trajectories, the reproduction table and the models overview (/training)."""
+
+    models: gr.CheckboxGroup
+    stride_model: gr.Dropdown
+    curves: gr.Plot
+    strides: gr.Plot
+    reproduction: gr.Markdown
+    overview: gr.Dataframe
+
+    @classmethod
+    def build(cls, service: DashboardService, choices: list[tuple[str, str]]) -> TrainingTab:
+        with gr.Tab("Training", id="training"):
+            with gr.Row():
+                models = gr.CheckboxGroup(choices=choices, value=service.names(), label="Models", scale=3,
+                                          elem_id="training-models")
+                stride_model = gr.Dropdown(choices=choices, value=_stride_default(service),
+                                           label="Stride trajectories of", scale=2, allow_custom_value=True)
+            curves = gr.Plot(label="Accuracy and loss per epoch", elem_id="training-curves")
+            with gr.Row():
+                strides = gr.Plot(label="Learned strides per epoch", elem_id="training-strides")
+            gr.Markdown("### Reproduction table (test accuracy from the model cards)")
+            reproduction = gr.Markdown(elem_id="reproduction-table", label="reproduction table")
+            gr.Markdown("Scroll the table sideways for all columns →", elem_classes=["scroll-note"])
+            overview = gr.Dataframe(headers=OVERVIEW_HEADERS, label="Bundled models", interactive=False, wrap=True,
+                                    elem_id="models-overview", max_height=900, column_widths=TABLE_PX["overview"])
+        return cls(models, stride_model, curves, strides, reproduction, overview)
+
+    def wire(self, demo: gr.Blocks, h: Handlers) -> None:
+        inputs = [self.models, self.stride_model]
+        outputs = [self.curves, self.strides, self.reproduction, self.overview]
+        gr.on([self.models.change, self.stride_model.change], h.training, inputs, outputs, api_name="training",
+              trigger_mode="always_last")
+        demo.load(h.training, inputs, outputs, api_name="_training_load", api_visibility="private")
+
+
 def build_demo(service: DashboardService) -> gr.Blocks:
     examples = example_images()
     h = Handlers(service, examples)
     choices = _choices(service)
-    names = service.names()
     default = service.default_name()
 
     with gr.Blocks(title="Spectral downsampling dashboard", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -146,166 +394,21 @@ def build_demo(service: DashboardService) -> gr.Blocks:
             elem_id="dash-title",
         )
         gr.Markdown(_status_markdown(service), elem_id="dash-status")
-        # Browser-side state: the window width (spectra grid columns), the open tab, and
-        # which (image, models) the Compare outputs on screen belong to.
-        viewport = gr.Number(value=0, visible=False)
-        active_tab = gr.State("Classify")
-        compare_shown = gr.State("")
+        state = BrowserState.build()
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
-                image = RawImage(label="Image", sources=["upload", "webcam", "clipboard"], height=240,
-                                 elem_id="input-image")
-                # allow_custom_value: an unknown name reaches the handler, which explains it.
-                model = gr.Dropdown(choices=choices, value=default, label="Model", elem_id="model-select",
-                                    allow_custom_value=True,
-                                    info="Default: the best test accuracy among the bundled models. "
-                                         "In brackets: test accuracy and training budget (epochs, images).")
-                classify_btn = gr.Button("Classify", variant="primary", elem_id="classify-btn")
-                if examples:
-                    gr.Examples(
-                        examples=[[str(p)] for p in examples],
-                        inputs=[image],
-                        label="Real CIFAR-10 test images (the true label shows beside the prediction)",
-                        examples_per_page=len(examples),
-                        elem_id="examples",
-                    )
+                panel = InputPanel.build(choices, default, examples)
             with gr.Column(scale=3):
                 with gr.Tabs(elem_id="tabs", overflow_behavior="wrap") as tabs:
-                    with gr.Tab("Classify", id="classify"):
-                        with gr.Row():
-                            label = gr.Label(num_top_classes=5, label="Top-5", elem_id="top5-label")
-                            bar = gr.Plot(label="Top-5 probabilities", elem_id="top5-bar")
-                        with gr.Row():
-                            # Columns with a minimum width: side by side on a desktop, stacked on a phone.
-                            with gr.Column(min_width=280):
-                                summary = gr.Markdown(elem_id="classify-summary")
-                            with gr.Column(min_width=280):
-                                view = gr.Image(label="As the model sees it", show_label=False, format="png",
-                                                interactive=False, height=256, width=256, elem_id="model-view",
-                                                buttons=["download"])
-                    with gr.Tab("Spectra", id="spectra"):
-                        gr.Markdown(SPECTRA_HELP, elem_classes=["dash-note"])
-                        spectra_plot = gr.Plot(label="Spectrum per stage, with each layer's learned crop",
-                                               show_label=False, elem_id="spectra-plot")
-                        with gr.Accordion("Spatial feature maps", open=False):
-                            with gr.Row():
-                                show_features = gr.Checkbox(label="Show feature maps", value=False,
-                                                            elem_id="show-features")
-                                channels = gr.Slider(0, 8, value=3, step=1, label="Channels per stage (besides the mean)")
-                            feature_plot = gr.Plot(label="Feature maps: channel mean and the most active channels",
-                                                   elem_id="feature-plot")
-                        gr.Markdown("Scroll the table sideways for all columns →", elem_classes=["scroll-note"])
-                        layers_table = gr.Dataframe(
-                            headers=LAYER_HEADERS, value=h.layer_table(default),
-                            label="Downsampling layers of the model (s: learned or fixed stride; effective "
-                                  "stride = input size / output size)",
-                            interactive=False, wrap=True, elem_id="layers-table",
-                            column_widths=TABLE_PX["layers"],
-                        )
-                        spectra_api = gr.Button(visible=False)  # /spectra for API callers
-                    with gr.Tab("Compare", id="compare"):
-                        with gr.Row():
-                            compare_models = gr.Dropdown(
-                                choices=choices, value=_compare_default(service), multiselect=True,
-                                max_choices=MAX_COMPARE, allow_custom_value=True,
-                                label=f"Models to compare (2–{MAX_COMPARE}, same dataset)",
-                                scale=4, elem_id="compare-models",
-                            )
-                            compare_btn = gr.Button("Compare", variant="primary", scale=1, elem_id="compare-btn")
-                        compare_status = gr.Markdown(elem_id="compare-status")
-                        with gr.Row():
-                            compare_labels = [gr.Label(num_top_classes=3, visible=False, elem_id=f"compare-label-{i}",
-                                                       min_width=150)
-                                              for i in range(MAX_COMPARE)]
-                        gr.Markdown("Scroll the table sideways for all columns →", elem_classes=["scroll-note"])
-                        compare_table = gr.Dataframe(
-                            headers=COMPARE_HEADERS, label="Side by side (training budget: epochs · training images)",
-                            interactive=False, wrap=True, elem_id="compare-table",
-                            column_widths=TABLE_PX["compare"],
-                        )
-                        with gr.Row():
-                            strides_plot = gr.Plot(label="Strides per stage", elem_id="compare-strides")
-                            resolution_plot = gr.Plot(label="Resolution per stage", elem_id="compare-resolution")
-                        compare_json = gr.JSON(visible=False, label="summary")
-                        # /compare for API callers; the browser uses the button and the tab.
-                        compare_api = gr.Button(visible=False)
-                    with gr.Tab("Training", id="training"):
-                        with gr.Row():
-                            training_models = gr.CheckboxGroup(choices=choices, value=names, label="Models",
-                                                               scale=3, elem_id="training-models")
-                            stride_model = gr.Dropdown(choices=choices, value=_stride_default(service),
-                                                       label="Stride trajectories of", scale=2,
-                                                       allow_custom_value=True)
-                        curves_plot = gr.Plot(label="Accuracy and loss per epoch", elem_id="training-curves")
-                        with gr.Row():
-                            stride_plot = gr.Plot(label="Learned strides per epoch", elem_id="training-strides")
-                        gr.Markdown("### Reproduction table (test accuracy from the model cards)")
-                        reproduction = gr.Markdown(elem_id="reproduction-table", label="reproduction table")
-                        gr.Markdown("Scroll the table sideways for all columns →", elem_classes=["scroll-note"])
-                        overview = gr.Dataframe(headers=OVERVIEW_HEADERS, label="Bundled models", interactive=False,
-                                                wrap=True, elem_id="models-overview", max_height=900,
-                                                column_widths=TABLE_PX["overview"])
+                    classify = ClassifyTab.build()
+                    spectra = SpectraTab.build(h, default)
+                    compare = CompareTab.build(service, choices)
+                    training = TrainingTab.build(service, choices)
 
-        _wire_events(demo, h, locals())
+        demo.load(None, None, state.viewport, js=VIEWPORT_JS)
+        classify.wire(h, panel, state, spectra, compare)
+        spectra.wire(h, panel, state)
+        compare.wire(h, panel, state, tabs)
+        training.wire(demo, h)
+        gr.api(h.models, api_name="models")
     return demo
-
-
-def _wire_events(demo: gr.Blocks, h: Handlers, c: dict) -> None:
-    """Events. Browser chains (private) never raise after the first step, so an upload's
-    problem shows as one toast; public endpoints (/classify, /spectra, /compare,
-    /training, /models) keep their documented signatures."""
-    image, model, tabs = c["image"], c["model"], c["tabs"]
-    spectra_inputs = [image, model, c["show_features"], c["channels"]]
-    compare_view = [c["compare_status"], c["compare_table"], c["strides_plot"], c["resolution_plot"],
-                    *c["compare_labels"], c["compare_shown"]]
-    compare_auto_inputs = [image, c["compare_models"], c["active_tab"], c["compare_shown"]]
-
-    demo.load(None, None, c["viewport"], js=VIEWPORT_JS)
-
-    def after_classify(dep, tag):
-        """Bar + model view, then spectra: both reuse the cached forward pass (and clear
-        themselves when the input was rejected, so no stale result stays on screen)."""
-        return (
-            dep.then(h.views_ui, [image, model], [c["bar"], c["view"], c["summary"]], api_name=f"_views_{tag}",
-                     api_visibility="private")
-            .then(h.spectra_ui, [*spectra_inputs, c["viewport"]], [c["spectra_plot"], c["feature_plot"]],
-                  api_name=f"_spectra_{tag}", api_visibility="private")
-        )
-
-    button = c["classify_btn"].click(h.classify, [image, model], [c["label"]], api_name="classify")
-    after_classify(button, "button")
-    button.failure(h.drop_rejected_input, [image, model], [image], api_name="_drop_button", api_visibility="private")
-
-    image.change(None, [image], None, js=CLOSE_TOASTS_JS)  # an old error must not sit beside a new result
-    auto = gr.on([image.change, model.change], h.classify_ui, [image, model], [c["label"]],
-                 api_name="_classify_auto", api_visibility="private", trigger_mode="always_last")
-    auto.success(None, None, None, js=SCROLL_TO_RESULTS_JS)
-    auto.failure(h.drop_rejected_input, [image, model], [image], api_name="_drop_auto", api_visibility="private")
-    after_classify(auto, "auto").then(h.compare_auto, compare_auto_inputs, compare_view,
-                                      api_name="_compare_after_image", api_visibility="private")
-    model.change(h.layer_table, [model], [c["layers_table"]], api_name="_layers", api_visibility="private")
-
-    gr.on([c["show_features"].change, c["channels"].release], h.spectra_ui, [*spectra_inputs, c["viewport"]],
-          [c["spectra_plot"], c["feature_plot"]], api_name="_spectra_options", api_visibility="private",
-          trigger_mode="always_last")
-    c["spectra_api"].click(h.spectra, spectra_inputs, [c["spectra_plot"], c["feature_plot"], c["layers_table"]],
-                           api_name="spectra")
-
-    # Compare: the tab and the button in the browser, /compare for API callers.
-    c["compare_btn"].click(h.compare_view, [image, c["compare_models"]], compare_view,
-                           api_name="_compare_button", api_visibility="private")
-    c["compare_models"].change(h.compare_auto, compare_auto_inputs, compare_view, api_name="_compare_models",
-                               api_visibility="private", trigger_mode="always_last")
-    tabs.select(None, None, None, js=RESIZE_PLOTS_JS)
-    tabs.select(h.select_tab, [image, c["compare_models"], c["compare_shown"]], [c["active_tab"], *compare_view],
-                api_name="_tab", api_visibility="private", trigger_mode="always_last")
-    c["compare_api"].click(h.compare, [image, c["compare_models"]],
-                           [c["compare_json"], c["compare_table"], c["strides_plot"], c["resolution_plot"]],
-                           api_name="compare")
-
-    training_inputs = [c["training_models"], c["stride_model"]]
-    training_outputs = [c["curves_plot"], c["stride_plot"], c["reproduction"], c["overview"]]
-    gr.on([c["training_models"].change, c["stride_model"].change], h.training, training_inputs,
-          training_outputs, api_name="training", trigger_mode="always_last")
-    demo.load(h.training, training_inputs, training_outputs, api_name="_training_load", api_visibility="private")
-    gr.api(h.models, api_name="models")
