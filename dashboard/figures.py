@@ -198,6 +198,59 @@ def spectra_columns(viewport_px: float | None, n: int) -> int:
     return int(max(1, min(desktop, usable // MIN_PANEL_PX)))
 
 
+def _spectrum_heatmap(panel: SpectrumPanel, spec: np.ndarray, xref: str, yref: str) -> dict:
+    h, w = spec.shape
+    return {
+        "type": "heatmap",
+        "z": np.round(spec, 2),
+        "x": _freqs(w),
+        "y": _freqs(h),
+        "xaxis": xref,
+        "yaxis": yref,
+        "coloraxis": "coloraxis",
+        "hovertemplate": "f_h=%{y}, f_w=%{x}<br>log(1+|F|)=%{z:.2f}<extra>" + panel.key + "</extra>",
+    }
+
+
+def _frequency_axes(shape: tuple[int, int], x_dom: list[float], y_dom: list[float], xref: str,
+                    yref: str) -> tuple[dict, dict]:
+    """The (x, y) axes of one panel: frequency bins centred on 0, square cells."""
+    h, w = shape
+    common = {"tickfont": {"size": 9}, "showgrid": False, "zeroline": False, "constrain": "domain"}
+    x_axis = {"domain": x_dom, "anchor": yref, "range": [-(w // 2) - 0.5, w - w // 2 - 0.5],
+              "title": {"text": "f_w (bins)", "font": {"size": 10}, "standoff": 2}, **common}
+    y_axis = {"domain": y_dom, "anchor": xref, "range": [-(h // 2) - 0.5, h - h // 2 - 0.5],
+              "title": {"text": "f_h", "font": {"size": 10}, "standoff": 2}, "scaleanchor": xref, **common}
+    return x_axis, y_axis
+
+
+def _crop_overlay(panel: SpectrumPanel, shape: tuple[int, int], xref: str, yref: str) -> tuple[list[dict], dict]:
+    """A layer's crop drawn on the map it reads: the shaded ramp band (DiffStride only), the
+    pass box, and the label (learned stride, output size, effective stride)."""
+    h, w = shape
+    lim_x, lim_y = w / 2 + 0.5, h / 2 + 0.5
+    box = replace(panel.box, in_size=(h, w))
+    shapes = []
+    if box.has_ramp:
+        outer = _rect_path(box.cut_w, box.cut_h, lim_x, lim_y)
+        inner = _rect_path(box.pass_w, box.pass_h, lim_x, lim_y)
+        shapes.append(
+            {"type": "path", "path": outer + inner, "fillrule": "evenodd", "xref": xref, "yref": yref,
+             "fillcolor": RAMP_FILL, "line": {"width": 1, "color": "rgba(255,170,0,0.9)", "dash": "dot"},
+             "name": f"ramp:{box.layer}", "layer": "above"}
+        )
+    shapes.append(
+        {"type": "path", "path": _rect_path(box.pass_w, box.pass_h, lim_x, lim_y), "xref": xref, "yref": yref,
+         "line": {"width": 2.5, "color": BOX_COLOUR}, "fillcolor": "rgba(0,0,0,0)",
+         "name": f"crop:{box.layer}", "layer": "above"}
+    )
+    label = {"text": box.label, "showarrow": False, "xref": f"{xref} domain", "yref": f"{yref} domain",
+             "x": 0.02, "y": 0.02, "xanchor": "left", "yanchor": "bottom", "align": "left",
+             "font": {"size": 10, "color": "white"}, "bgcolor": "rgba(0,0,0,0.6)", "borderpad": 2,
+             "name": f"label:{panel.key}"}
+    return shapes, label
+
+
 def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int | None = None, cols: int | None = None) -> dict:
     """A grid of spectrum heatmaps, one per map, with each layer's crop box and ramp band.
 
@@ -233,59 +286,17 @@ def spectra_figure(panels: Sequence[SpectrumPanel], panel_px: int | None = None,
         x_dom = [c * (width + gap_x), c * (width + gap_x) + width]
         row_top = 1.0 - r * (title_px + panel_px + axis_px) / plot_px
         y_dom = [row_top - (title_px + panel_px) / plot_px, row_top - title_px / plot_px]
-        h, w = spec.shape
-        data.append(
-            {
-                "type": "heatmap",
-                "z": np.round(spec, 2),
-                "x": _freqs(w),
-                "y": _freqs(h),
-                "xaxis": xref,
-                "yaxis": yref,
-                "coloraxis": "coloraxis",
-                "hovertemplate": "f_h=%{y}, f_w=%{x}<br>log(1+|F|)=%{z:.2f}<extra>" + panel.key + "</extra>",
-            }
-        )
-        lim_x, lim_y = w / 2 + 0.5, h / 2 + 0.5
-        tick = {"size": 9}
-        layout[f"xaxis{axis}"] = {
-            "domain": x_dom, "anchor": yref, "range": [-(w // 2) - 0.5, w - w // 2 - 0.5],
-            "title": {"text": "f_w (bins)", "font": {"size": 10}, "standoff": 2}, "tickfont": tick,
-            "showgrid": False, "zeroline": False, "constrain": "domain",
-        }
-        layout[f"yaxis{axis}"] = {
-            "domain": y_dom, "anchor": xref, "range": [-(h // 2) - 0.5, h - h // 2 - 0.5],
-            "title": {"text": "f_h", "font": {"size": 10}, "standoff": 2}, "tickfont": tick,
-            "showgrid": False, "zeroline": False, "scaleanchor": xref, "constrain": "domain",
-        }
+        data.append(_spectrum_heatmap(panel, spec, xref, yref))
+        layout[f"xaxis{axis}"], layout[f"yaxis{axis}"] = _frequency_axes(spec.shape, x_dom, y_dom, xref, yref)
         annotations.append(
             {"text": _wrap_title(panel.title), "showarrow": False, "xref": "paper", "yref": "paper",
              "x": (x_dom[0] + x_dom[1]) / 2, "y": y_dom[1] + 2 / plot_px, "xanchor": "center", "yanchor": "bottom",
              "font": {"size": 11}, "align": "center", "name": f"title:{panel.key}"}
         )
-        box = panel.box
-        if box is None:
-            continue
-        box = replace(box, in_size=(h, w))
-        if box.has_ramp:
-            outer = _rect_path(box.cut_w, box.cut_h, lim_x, lim_y)
-            inner = _rect_path(box.pass_w, box.pass_h, lim_x, lim_y)
-            shapes.append(
-                {"type": "path", "path": outer + inner, "fillrule": "evenodd", "xref": xref, "yref": yref,
-                 "fillcolor": RAMP_FILL, "line": {"width": 1, "color": "rgba(255,170,0,0.9)", "dash": "dot"},
-                 "name": f"ramp:{box.layer}", "layer": "above"}
-            )
-        shapes.append(
-            {"type": "path", "path": _rect_path(box.pass_w, box.pass_h, lim_x, lim_y), "xref": xref, "yref": yref,
-             "line": {"width": 2.5, "color": BOX_COLOUR}, "fillcolor": "rgba(0,0,0,0)",
-             "name": f"crop:{box.layer}", "layer": "above"}
-        )
-        annotations.append(
-            {"text": box.label, "showarrow": False, "xref": f"{xref} domain", "yref": f"{yref} domain",
-             "x": 0.02, "y": 0.02, "xanchor": "left", "yanchor": "bottom", "align": "left",
-             "font": {"size": 10, "color": "white"}, "bgcolor": "rgba(0,0,0,0.6)", "borderpad": 2,
-             "name": f"label:{panel.key}"}
-        )
+        if panel.box is not None:
+            box_shapes, label = _crop_overlay(panel, spec.shape, xref, yref)
+            shapes += box_shapes
+            annotations.append(label)
     layout.update(
         {
             "height": int(plot_px + top_px + bottom_px),
