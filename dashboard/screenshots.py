@@ -14,8 +14,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exports.serving.files import atomic_write_bytes
+
+if TYPE_CHECKING:  # playwright is a test tool, imported where a browser starts
+    from playwright.sync_api import Browser, Playwright
 
 __all__ = ["CHROMIUM_ARGS", "find_chromium", "launch_browser", "upload_and_wait", "open_tab", "capture_all"]
 
@@ -36,7 +40,7 @@ def find_chromium() -> str | None:
     return None
 
 
-def launch_browser(playwright, executable: str | None = None):
+def launch_browser(playwright: Playwright, executable: str | None = None) -> Browser:
     executable = executable or find_chromium()
     if executable is None:
         raise FileNotFoundError("Chromium not found (install it: apt-get install chromium)")

@@ -34,6 +34,8 @@ import numpy as np
 
 from exports.serving import STAGES, log_spectrum  # torch-free: this process never imports torch
 from exports.serving.cards import RunCard
+from exports.serving.registry import ModelEntry
+from exports.serving.runtime import OnnxModel
 
 from .figures import CropBox, SpectrumPanel
 
@@ -252,7 +254,7 @@ class DashboardService:
             except Exception:  # noqa: BLE001 - reported when the model is requested
                 pass
 
-    def model(self, name: str | None):
+    def model(self, name: str | None) -> OnnxModel:
         """The named model (the best bundled one for ``None``/empty), or a clear :class:`UserError`."""
         if not self.names():
             raise UserError(self.no_models_message())
@@ -269,7 +271,7 @@ class DashboardService:
         what ``training.report``'s tables and figures read, as from card files."""
         return copy.deepcopy(self.entry(name).card)
 
-    def entry(self, name: str | None) -> Any:
+    def entry(self, name: str | None) -> ModelEntry:
         if not self.names():
             raise UserError(self.no_models_message())
         name = name or self.default_name()

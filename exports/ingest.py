@@ -26,10 +26,14 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .serving.cards import RunCard, embed_card, read_onnx_card
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = REPO / "training" / "sweeps" / "short_cifar10.json"
@@ -57,7 +61,7 @@ def read_windows(dirs: Sequence[Path]) -> list[dict]:
     return windows
 
 
-def collect_cards(windows: Sequence[dict], results_dir: Path, log=print) -> list[RunCard]:
+def collect_cards(windows: Sequence[dict], results_dir: Path, log: Callable[[str], None] = print) -> list[RunCard]:
     """Write every finished card into ``results_dir`` (atomically); unfinished ones are skipped
     (a point interrupted by the end of a window is re-run later)."""
     from exports.serving.files import atomic_write_json
@@ -87,7 +91,8 @@ def _test_split(data_dir: str | None, limit_test: int | None):
     return data.x_test.numpy(), data.y_test.numpy(), data.source
 
 
-def onnx_accuracy(path: Path, images, labels, normalize: dict, threads: int | None = None) -> float:
+def onnx_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, normalize: dict,
+                  threads: int | None = None) -> float:
     """Top-1 accuracy of an exported ``.onnx`` file with onnxruntime (CPU) on uint8 NHWC images."""
     import numpy as np
 
@@ -97,8 +102,8 @@ def onnx_accuracy(path: Path, images, labels, normalize: dict, threads: int | No
     return float(np.mean(predictions(path, normalize_uint8(images, normalize["mean"], normalize["std"]), threads) == labels))
 
 
-def _bundle_file(fp16_path: Path, variant: str, int8: bool, images, labels, card: RunCard, data_dir: str | None,
-                 threads: int | None, log=print) -> tuple[Path, float, dict]:
+def _bundle_file(fp16_path: Path, variant: str, int8: bool, images: np.ndarray, labels: np.ndarray, card: RunCard, data_dir: str | None,
+                 threads: int | None, log: Callable[[str], None] = print) -> tuple[Path, float, dict]:
     """The file the dashboard will serve, and its accuracy on ``images``.
 
     ``int8``: ``exports.quantize`` turns the fp16 export into ``VARIANT.int8.onnx`` beside it,
@@ -125,7 +130,7 @@ def _bundle_file(fp16_path: Path, variant: str, int8: bool, images, labels, card
 
 
 def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | None, limit_test: int | None,
-                  allow_unfinished: bool, threads: int | None, log=print, int8: bool = True) -> list[dict]:
+                  allow_unfinished: bool, threads: int | None, log: Callable[[str], None] = print, int8: bool = True) -> list[dict]:
     """Export, evaluate and install the returned models; returns one row per model
     (``int8``: the bundled files are int8, as the dashboard serves; see :func:`_bundle_file`)."""
     import onnx
@@ -301,7 +306,7 @@ def bench_markdown(windows: Sequence[dict]) -> str | None:
     return "\n".join(parts) if parts else None
 
 
-def update_block(path: Path, name: str, body: str, log=print) -> None:
+def update_block(path: Path, name: str, body: str, log: Callable[[str], None] = print) -> None:
     from training.sweep import ConfigError, replace_block
 
     from .serving.files import atomic_write_text

@@ -28,12 +28,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .serving.cards import CardError, RunCard, read_onnx_card
 from .serving.runtime import CPU, ModelError, normalization_for, normalize_uint8
+
+if TYPE_CHECKING:  # torch is imported where the comparison runs
+    from torch import nn
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -122,7 +125,7 @@ def load_parity_images(n: int = DEFAULT_IMAGES, data_dir: str | Path | None = No
 # --------------------------------------------------------------------------------------
 # The comparison
 # --------------------------------------------------------------------------------------
-def _torch_outputs(model, x: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+def _torch_outputs(model: nn.Module, x: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
     import torch
 
     chunks: list[list[np.ndarray]] = []
@@ -163,7 +166,7 @@ def _limit(scale: float, fp16: bool, override: float | None) -> tuple[float, str
 
 
 def check_parity(
-    torch_model,
+    torch_model: nn.Module,
     onnx_model: str | Path | bytes,
     card: RunCard | Mapping[str, Any],
     n_images: int = DEFAULT_IMAGES,

@@ -18,10 +18,13 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exports.serving.cards import RunCard, layer_name
 from exports.serving.files import atomic_write_text
+
+if TYPE_CHECKING:  # plotly is imported where a figure is drawn (tables need no plotly)
+    import plotly.graph_objects as go
 
 __all__ = [
     "VARIANT_ORDER",
@@ -190,7 +193,7 @@ def _run_label(card: RunCard) -> str:
     return card.name or f"{card.variant} {strides_label(card.strides)} seed {_seed(card)}"
 
 
-def curves_figure(cards: Sequence[RunCard], title: str | None = None):
+def curves_figure(cards: Sequence[RunCard], title: str | None = None) -> go.Figure:
     """Accuracy (left) and loss (right) per epoch of every run: test solid, train dashed.
 
     Returns a ``plotly.graph_objects.Figure`` (one colour and legend group per run).
@@ -223,7 +226,7 @@ def curves_figure(cards: Sequence[RunCard], title: str | None = None):
     return fig
 
 
-def stride_figure(card: RunCard, title: str | None = None):
+def stride_figure(card: RunCard, title: str | None = None) -> go.Figure:
     """The learned strides of each DiffStride layer per epoch: ``s_h`` solid, ``s_w`` dashed.
 
     Uses ``history[i]["strides"]`` (``{layer: [s_h, s_w]}``). Returns a plotly Figure

@@ -75,7 +75,8 @@ class Callbacks:
 # --------------------------------------------------------------------------------------
 # Schedules
 # --------------------------------------------------------------------------------------
-def lr_lambda(schedule: str, total_steps: int, steps_per_epoch: int, milestones: Sequence[float] | None, warmup: float):
+def lr_lambda(schedule: str, total_steps: int, steps_per_epoch: int, milestones: Sequence[float] | None,
+              warmup: float) -> Callable[[int], float]:
     """Per-step lr multiplier ``f(step)`` (step = optimizer steps taken so far).
 
     piecewise: linear warm-up over ``warmup`` epochs, then ``PIECEWISE_FACTORS[k]`` after
@@ -230,7 +231,8 @@ def param_checksum(model: nn.Module) -> dict[str, Any]:
     return {"sha256": digest.hexdigest(), "sum": total}
 
 
-def build_optimizer(model: nn.Module, args: TrainConfig, steps_per_epoch: int):
+def build_optimizer(model: nn.Module, args: TrainConfig,
+                    steps_per_epoch: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
     """SGD over :func:`parameter_groups` and the per-step ``LambdaLR`` of ``args.schedule``
     for a run of ``args.epochs`` epochs of ``steps_per_epoch`` steps."""
     groups = parameter_groups(model, args.lr, args.stride_lr, args.weight_decay)
@@ -240,7 +242,7 @@ def build_optimizer(model: nn.Module, args: TrainConfig, steps_per_epoch: int):
 
 
 def train_step(model: nn.Module, train_model: nn.Module, x: Tensor, y: Tensor, criterion: nn.Module,
-               optimizer: torch.optim.Optimizer, scheduler, args: TrainConfig,
+               optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, args: TrainConfig,
                autocast: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
     """One optimiser step (forward, loss, backward, clipping, SGD, stride constraint, lr
     schedule); ``model`` is the bare module, ``train_model`` what runs it (DDP/compiled).
