@@ -178,9 +178,25 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=_sweep_forever, args=(demo, data_urls, args.upload_ttl_min * 60, stop),
                      name="sweep-uploads", daemon=True).start()
     _stop_on_sigterm()
+    preload = threading.Thread(target=service.preload, args=(stop,), name="preload-models", daemon=True)
     if args.preload:
-        threading.Thread(target=service.preload, name="preload-models", daemon=True).start()
+        preload.start()
     log_models(service)
+    try:
+        _launch(demo, args)
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C during start-up, before Gradio's own handler
+        demo.close()
+    # launch() returns once the server has stopped (Ctrl-C or SIGTERM): delete every upload.
+    stop.set()
+    if preload.is_alive():
+        # onnxruntime aborts the process ("terminate called ...") if the interpreter exits
+        # while a daemon thread is inside its session constructor.
+        preload.join()
+    log.info("shut down; deleted %d upload(s) from %s", sweep(demo, data_urls, None), upload_folder())
+
+
+def _launch(demo: gr.Blocks, args: argparse.Namespace) -> None:
+    """Serve until Ctrl-C or SIGTERM."""
     demo.launch(
         server_name=args.host,
         server_port=args.port,
@@ -194,9 +210,6 @@ def main(argv: list[str] | None = None) -> None:
         run_history=False,  # no per-run recording of uploads (privacy, and less work per call)
         state_session_capacity=SESSION_CAPACITY,
     )
-    # launch() returns once the server has stopped (Ctrl-C or SIGTERM): delete every upload.
-    stop.set()
-    log.info("shut down; deleted %d upload(s) from %s", sweep(demo, data_urls, None), upload_folder())
 
 
 if __name__ == "__main__":

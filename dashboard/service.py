@@ -245,10 +245,13 @@ class DashboardService:
             lines.append("The folder holds no exported model; export one with `python -m exports.export`.")
         return " ".join(lines)
 
-    def preload(self) -> None:
+    def preload(self, stop: threading.Event | None = None) -> None:
         """Create every model's onnxruntime session now (the registry loads lazily), so the
-        first request of each model does not pay for it. Failures surface on use."""
+        first request of each model does not pay for it. Failures surface on use. ``stop``:
+        checked between models (a server shutting down does not wait for all of them)."""
         for name in self.names():
+            if stop is not None and stop.is_set():
+                return
             try:
                 self.registry.get(name)
             except Exception:  # noqa: BLE001 - reported when the model is requested

@@ -677,3 +677,28 @@ def test_stride_trajectory_defaults_to_a_model_that_learned_strides():
                                    entry("diffstride", 0.88, strides))) == "diffstride"
     assert _stride_default(service(entry("spectral", 0.85, {}), entry("hybrid", 0.87, strides))) == "hybrid"
     assert _stride_default(service(entry("spectral", 0.89, {}), entry("resnet18", 0.87, {}))) == "spectral"
+
+
+def test_sigterm_during_start_up_shuts_down_cleanly(models_dir: Path, tmp_path: Path):
+    """A stop sent while ``launch()`` is still starting (a supervisor's SIGTERM right after
+    spawning): exit 0, no traceback, the clean-up line. It used to raise KeyboardInterrupt
+    out of Gradio's start-up self-check, and the process then aborted ("terminate called
+    without an active exception") with onnxruntime still creating sessions in the preload thread."""
+    import os
+    import signal
+
+    from conftest import free_port
+
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    command = [sys.executable, str(ROOT / "app.py"), "--port", str(free_port()), "--models-dir", str(models_dir),
+               "--upload-dir", str(tmp_path / "uploads")]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:  # Gradio prints the URL, then checks it: stop it in between
+        lines.append(line)
+        if "Running on local URL" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    output = "".join(lines) + process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output
+    assert "Traceback" not in output and "terminate called" not in output and "shut down; deleted" in output, output
