@@ -226,6 +226,29 @@ def _tiny_args(out: Path, epochs: int = 2) -> list[str]:
             "--batch-size", "16", "--lr", "0.05", "--milestones", f"{0.75 * epochs:g}", "--seed", "3", "--out", str(out), *FAST]
 
 
+@pytest.mark.parametrize(("sig", "at_step", "said"), [
+    (signal.SIGTERM, 6, "epoch 1/2 is saved in {out}: continue it with --resume"),
+    (signal.SIGINT, 2, "no epoch had finished, so nothing was saved"),
+])
+def test_stop_signal_ends_in_one_line_that_says_how_to_continue(tmp_path, sig, at_step, said):
+    """SIGTERM (a scheduler's stop) or Ctrl-C mid-epoch: exit 130, no traceback, one line
+    naming the last finished epoch and --resume (or that nothing was saved yet)."""
+    out, marker = tmp_path / "run", tmp_path / "stalled"
+    process = subprocess.Popen([sys.executable, "-c", STALL_AT_STEP, str(at_step), str(marker), *_tiny_args(out)],
+                               cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"training never reached step {at_step}"
+        time.sleep(0.2)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    name = run_name("diffstride", "cifar10", STRIDES, 3)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == f"{name}: interrupted; " + said.format(out=out), stderr
+    assert (out / f"{name}.state.pt").exists() == (at_step > 4)  # 4 steps per epoch
+
+
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     name = run_name("diffstride", "cifar10", STRIDES, 3)

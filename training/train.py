@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -588,14 +590,37 @@ def main(argv: Sequence[str] | None = None, callbacks: Callbacks | None = None) 
     """``python -m training.train``: parse ``argv``, train; user errors exit 2 with one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, config = parse_args(argv)
+    _stop_on_sigterm()
     try:
         return train(config, argv, callbacks)
     except CliError as error:
         parser.error(str(error).replace("\n", " "))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a scheduler's stop): finished epochs are on disk
+        if _dist_env()[0] == 0:
+            print(f"{config.name}: interrupted; {_resume_hint(config)}", file=sys.stderr, flush=True)
+        return 130
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     return 2
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the run as Ctrl-C does (one line, exit 130) instead of killing it silently."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _resume_hint(config: TrainConfig) -> str:
+    """What an interrupted run left: the last finished epoch and how to continue it."""
+    paths = ckpt.RunPaths(config.out, config.name)
+    if not paths.state.exists():
+        return "no epoch had finished, so nothing was saved"
+    try:
+        epoch = f"epoch {ckpt.load_card(paths.card).epoch}/{config.epochs}"
+    except ckpt.CheckpointError:
+        epoch = "the last finished epoch"
+    return f"{epoch} is saved in {paths.out_dir}: continue it with --resume"
 
 
 def train(config: TrainConfig, argv: Sequence[str] = (), callbacks: Callbacks | None = None) -> int:
