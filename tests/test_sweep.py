@@ -184,3 +184,30 @@ def test_failed_run_is_reported(tmp_path):
     assert result.returncode == 1
     assert "FAILED" in result.stdout and "must be integers" in result.stderr and "1 runs failed" in result.stderr
     assert "no finished runs" in (tmp_path / "runs" / "results.md").read_text()
+
+
+def test_stopped_sweep_says_how_to_continue_and_leaves_no_run_behind(tmp_path):
+    """SIGTERM to the sweep while a run trains: exit 130 with one line, no traceback, and the
+    run it started is stopped too (no orphan training on after the sweep has exited)."""
+    import signal
+    import time
+
+    out = tmp_path / "runs"
+    config = _write(tmp_path / "stop.json", {
+        "name": "stop", "out": str(out), "variants": ["resnet18"], "strides": ["4,1,2,2,2"], "seeds": [0, 1],
+        "epochs": 50, "args": {"limit-train": 64, "limit-test": 16, "batch-size": 16, "width": 16, "no-progress": True},
+    })
+    process = subprocess.Popen([sys.executable, "-m", "training.sweep", "--config", str(config)], cwd=ROOT, env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    card = out / "resnet18_cifar10_s41222_seed0.json"
+    deadline = time.monotonic() + 300
+    while not card.exists():  # the first run has finished an epoch
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the first run never finished an epoch"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("sweep stop: interrupted; finished runs are kept"), stderr
+    orphans = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert orphans.stdout == "", f"training processes left running: {orphans.stdout}"

@@ -41,6 +41,7 @@ from . import checkpoint as ckpt
 from . import report
 from .config import FLAGS, VARIANTS, parse_strides, run_name
 from .data import DATASETS
+from .train import stop_on_sigterm
 
 __all__ = ["Run", "coverage", "flag_args", "load_config", "on_protocol", "plan_runs", "replace_block", "run_flags", "main"]
 
@@ -242,6 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_all(todo: Sequence[Run], config: dict, out: Path, data_dir: str | None, nproc: int,
+             args: argparse.Namespace) -> list[str]:
+    """Train the unfinished runs one after another (each ``--resume``s); the names that failed."""
+    failed = []
+    for index, run in enumerate(todo, 1):
+        command = train_command(run, config, out, data_dir, nproc)
+        print(f"[{index}/{len(todo)}] {shlex.join(command)}", flush=True)
+        if args.dry_run:
+            continue
+        start = time.perf_counter()
+        result = subprocess.run(command, cwd=REPO_ROOT)
+        if result.returncode != 0:
+            failed.append(run.name)
+            print(f"[{index}/{len(todo)}] {run.name} FAILED (exit {result.returncode})", flush=True)
+            if args.fail_fast:
+                break
+        else:
+            print(f"[{index}/{len(todo)}] {run.name} done in {time.perf_counter() - start:.0f}s", flush=True)
+    return failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -262,20 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only:
         todo = [r for r in runs if not is_finished(_card(r.card_path(out)))]
         print(f"sweep {config['name']}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run -> {out}", flush=True)
-        for index, run in enumerate(todo, 1):
-            command = train_command(run, config, out, data_dir, nproc)
-            print(f"[{index}/{len(todo)}] {shlex.join(command)}", flush=True)
-            if args.dry_run:
-                continue
-            start = time.perf_counter()
-            result = subprocess.run(command, cwd=REPO_ROOT)
-            if result.returncode != 0:
-                failed.append(run.name)
-                print(f"[{index}/{len(todo)}] {run.name} FAILED (exit {result.returncode})", flush=True)
-                if args.fail_fast:
-                    break
-            else:
-                print(f"[{index}/{len(todo)}] {run.name} done in {time.perf_counter() - start:.0f}s", flush=True)
+        try:
+            with stop_on_sigterm():
+                failed = _run_all(todo, config, out, data_dir, nproc, args)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM; subprocess.run has stopped the current run
+            print(f"sweep {config['name']}: interrupted; finished runs are kept and the same command continues "
+                  "(it skips them and resumes the interrupted run from its last finished epoch)", file=sys.stderr)
+            return 130
         if args.dry_run:
             return 0
 

@@ -17,6 +17,7 @@ from it). :func:`train` runs one config: :func:`_setup` (devices, data, model, o
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -24,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -590,9 +591,9 @@ def main(argv: Sequence[str] | None = None, callbacks: Callbacks | None = None) 
     """``python -m training.train``: parse ``argv``, train; user errors exit 2 with one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, config = parse_args(argv)
-    _stop_on_sigterm()
     try:
-        return train(config, argv, callbacks)
+        with stop_on_sigterm():
+            return train(config, argv, callbacks)
     except CliError as error:
         parser.error(str(error).replace("\n", " "))
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a scheduler's stop): finished epochs are on disk
@@ -605,10 +606,19 @@ def main(argv: Sequence[str] | None = None, callbacks: Callbacks | None = None) 
     return 2
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops the run as Ctrl-C does (one line, exit 130) instead of killing it silently."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM (a scheduler's or supervisor's stop) raises
+    ``KeyboardInterrupt`` as Ctrl-C does, so a command can say where it stopped instead of
+    dying silently. The previous handler comes back after it (``main`` may run in-process)."""
+    if threading.current_thread() is not threading.main_thread():  # only it receives signals
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_hint(config: TrainConfig) -> str:
