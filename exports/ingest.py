@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .serving.cards import RunCard, embed_card, read_onnx_card
+from .serving.files import atomic_write_json, atomic_write_text
+from .serving.manifest import drop_from_manifest, read_manifest, write_model
+from .serving.runtime import ModelError, normalize_uint8
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,8 +67,6 @@ def read_windows(dirs: Sequence[Path]) -> list[dict]:
 def collect_cards(windows: Sequence[dict], results_dir: Path, log: Callable[[str], None] = print) -> list[RunCard]:
     """Write every finished card into ``results_dir`` (atomically); unfinished ones are skipped
     (a point interrupted by the end of a window is re-run later)."""
-    from exports.serving.files import atomic_write_json
-
     written = []
     for window in windows:
         if window.get("mode") == "probe":  # settings under test, not Table 1 points: window.json is their record
@@ -97,7 +98,6 @@ def onnx_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, normalize:
     import numpy as np
 
     from .quantize import predictions
-    from .serving.runtime import normalize_uint8
 
     return float(np.mean(predictions(path, normalize_uint8(images, normalize["mean"], normalize["std"]), threads) == labels))
 
@@ -114,7 +114,6 @@ def _bundle_file(fp16_path: Path, variant: str, int8: bool, images: np.ndarray, 
     if not int8:
         return fp16_path, onnx_accuracy(fp16_path, images, labels, card.normalize, threads), {}
     from .quantize import quantize_model
-    from .serving.manifest import drop_from_manifest
 
     quantized = quantize_model(fp16_path, fp16_path.with_name(f"{variant}.int8.onnx"), test_images=len(labels),
                                data_dir=data_dir, name=variant, log=log)
@@ -140,7 +139,6 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
 
     from .compact import read_compact
     from .export import export_checkpoint
-    from .serving.manifest import write_model
 
     files = [Path(w["_dir"]) / e["file"] for w in windows for e in w.get("runs", []) if e.get("file")]
     if not files:
@@ -218,8 +216,6 @@ def _ort_version() -> str:
 def _swap(staging: Path, models_dir: Path, keep: Sequence[str]) -> None:
     """``staging`` becomes ``models_dir``; models of the old folder that were not replaced are
     carried over (with their manifest rows), so ingesting fewer models never drops one."""
-    from .serving.manifest import read_manifest
-
     if models_dir.is_dir():
         new_rows = {m["file"] for m in read_manifest(staging)["models"]}
         old = read_manifest(models_dir)
@@ -229,8 +225,6 @@ def _swap(staging: Path, models_dir: Path, keep: Sequence[str]) -> None:
         if carried:
             manifest = read_manifest(staging)
             manifest["models"] = sorted(manifest["models"] + carried, key=lambda m: str(m.get("name")))
-            from .serving.files import atomic_write_text
-
             atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         old_dir = models_dir.parent / f".{models_dir.name}.old-{os.getpid()}"
         os.replace(models_dir, old_dir)
@@ -309,8 +303,6 @@ def bench_markdown(windows: Sequence[dict]) -> str | None:
 def update_block(path: Path, name: str, body: str, log: Callable[[str], None] = print) -> None:
     from training.sweep import ConfigError, replace_block
 
-    from .serving.files import atomic_write_text
-
     try:
         text = replace_block(path.read_text(encoding="utf-8"), name, body)
     except (OSError, ConfigError) as error:
@@ -341,7 +333,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.checkpoint import CheckpointError
     from training.sweep import ConfigError, load_config
 
-    from .serving.runtime import ModelError
 
     if args.models_dir.resolve() == (REPO / "exports" / "models").resolve() and (REPO / ".git" / "gpu-window.json").exists():
         print("error: the repository is still on the GPU-window scratch branch: run "
