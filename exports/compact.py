@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .serving.files import atomic_write_bytes
+
 __all__ = ["FORMAT", "SCHEME", "dequantize_state_dict", "quantize_state_dict", "read_compact", "write_compact"]
 
 FORMAT = "hybrid-int8-v1"
@@ -67,8 +69,6 @@ def dequantize_state_dict(packed: Mapping[str, torch.Tensor]) -> dict[str, torch
 def write_compact(path: str | os.PathLike, state: Mapping[str, torch.Tensor], card: Mapping[str, Any]) -> Path:
     """Quantize ``state`` and write it with ``card`` to ``path`` atomically."""
     from safetensors.torch import save
-
-    from .serving.files import atomic_write_bytes
 
     metadata = {"format": FORMAT, "card": json.dumps(card, separators=(",", ":"))}
     return atomic_write_bytes(path, save(quantize_state_dict(state), metadata=metadata))

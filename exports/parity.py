@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .serving.cards import CardError, RunCard, read_onnx_card
+from .serving.files import file_sha256
 from .serving.runtime import CPU, ModelError, normalization_for, normalize_uint8
 
 if TYPE_CHECKING:  # torch is imported where the comparison runs
@@ -219,8 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=None, help="override the logits tolerance")
     args = parser.parse_args(argv)
     from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
-
-    from .serving.files import file_sha256
 
     try:
         if not args.onnx.is_file():
