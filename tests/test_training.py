@@ -26,7 +26,7 @@ import hybrid_model
 from exports.serving.cards import is_finished
 from training import checkpoint as ckpt
 from training.data import CIFAR10_CLASSES, CIFAR_MEAN_STD, load_cifar, normalize
-from training.train import lr_lambda, main, param_checksum, resolution_penalty, run_name
+from training.train import lr_lambda, main, param_checksum, parse_args, resolution_penalty, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = hybrid_model.PAPER_VARIANTS  # diffstride_scaled == hybrid: tests/test_head.py
@@ -226,27 +226,31 @@ def _tiny_args(out: Path, epochs: int = 2) -> list[str]:
             "--batch-size", "16", "--lr", "0.05", "--milestones", f"{0.75 * epochs:g}", "--seed", "3", "--out", str(out), *FAST]
 
 
-@pytest.mark.parametrize(("sig", "at_step", "said"), [
-    (signal.SIGTERM, 6, "epoch 1/2 is saved in {out}: continue it with --resume"),
-    (signal.SIGINT, 2, "no epoch had finished, so nothing was saved"),
-])
-def test_stop_signal_ends_in_one_line_that_says_how_to_continue(tmp_path, sig, at_step, said):
-    """SIGTERM (a scheduler's stop) or Ctrl-C mid-epoch: exit 130, no traceback, one line
-    naming the last finished epoch and --resume (or that nothing was saved yet)."""
+def test_sigterm_mid_run_ends_in_one_line_that_says_how_to_continue(tmp_path):
+    """SIGTERM (a scheduler's stop) mid-epoch 2: exit 130, no traceback, one line naming
+    the last finished epoch and --resume (Ctrl-C takes the same path: KeyboardInterrupt)."""
     out, marker = tmp_path / "run", tmp_path / "stalled"
-    process = subprocess.Popen([sys.executable, "-c", STALL_AT_STEP, str(at_step), str(marker), *_tiny_args(out)],
+    process = subprocess.Popen([sys.executable, "-c", STALL_AT_STEP, "6", str(marker), *_tiny_args(out)],
                                cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while not marker.exists():
         assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"training never reached step {at_step}"
+        assert time.monotonic() < deadline, "training never reached step 6"
         time.sleep(0.2)
-    process.send_signal(sig)
+    process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     name = run_name("diffstride", "cifar10", STRIDES, 3)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == f"{name}: interrupted; " + said.format(out=out), stderr
-    assert (out / f"{name}.state.pt").exists() == (at_step > 4)  # 4 steps per epoch
+    expected = f"{name}: interrupted; epoch 1/2 is saved in {out}: continue it with --resume"
+    assert stderr.strip().splitlines()[-1] == expected, stderr
+    assert ckpt.load_card(out / f"{name}.json").epoch == 1 and (out / f"{name}.state.pt").exists()
+
+
+def test_interrupted_before_the_first_epoch_says_nothing_was_saved(tmp_path):
+    from training.train import _resume_hint
+
+    _, config = parse_args(_tiny_args(tmp_path / "empty"))
+    assert _resume_hint(config) == "no epoch had finished, so nothing was saved"
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
