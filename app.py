@@ -147,12 +147,9 @@ def _sweep_forever(demo: gr.Blocks, data_urls: Path, ttl_s: float, stop: threadi
 
 def _stop_on_sigterm() -> None:
     """SIGTERM (service managers, ``kill``) shuts down like Ctrl-C: Gradio closes the server
-    and runs its shutdown clean-up instead of the process dying with uploads on disk."""
-
-    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
+    and runs its shutdown clean-up instead of the process dying with uploads on disk (the
+    same mechanism as ``training.train.stop_on_sigterm``, which this torch-free module cannot import)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def log_models(service: DashboardService) -> None:
