@@ -1,12 +1,12 @@
-"""The runbook of one 15-minute GPU window (issues 10 and 11): at most two device calls.
+"""The runbook of one 15-minute GPU window (issues 10, 11, 20 and 21): at most two device calls.
 
 Here (before the window; then after it, in this order; every step in docs/gpu-window.md)::
 
     python -m benchmarks.gpu_window prepare    # scratch branch without exports/models, data/, size check
-    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window probe --budget 260 --out $OUT",
-    #                      carry=["data"], timeout_s=300)       then: cp -r FILES_AT artifacts/window/call1
-    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 590 --args-from runs/gpu_window/probe/best.json --out $OUT",
-    #                      carry=["data"], timeout_s=600)       then: cp -r FILES_AT artifacts/window/call2
+    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window probe --budget 200 --out $OUT",
+    #                      carry=["data"], timeout_s=230)       then: cp -r FILES_AT artifacts/window/call1
+    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 585 --args-from runs/gpu_window/probe/best.json --out $OUT",
+    #                      carry=["data"], timeout_s=595)       then: cp -r FILES_AT artifacts/window/call2
     python -m benchmarks.gpu_window restore    # back to the branch you were on
     python -m exports.ingest artifacts/window/call2
 
@@ -26,8 +26,9 @@ Modes on the device (each is one call; ``--budget`` is the call's own deadline i
 * ``extra``: the layer benchmark (fast vs torch.fft, fwd+bwd, fp32 and bf16) and training
   throughput eager and ``torch.compile`` with peak memory and achieved TFLOP/s, each
   time-boxed, then ``grid`` with what is left.
-* ``probe``: which of the protocol's settings costs accuracy. One variant (``resnet18``,
-  the fastest) trains concurrently under the protocol and under changes of it
+* ``probe``: first a few training steps under ``torch.profiler`` (``--profile-seconds``;
+  the kernel table comes back in ``profile.md``); then which of the protocol's settings
+  costs accuracy. One variant (``resnet18``, the fastest) trains concurrently under the protocol and under changes of it
   (``--points VARIANT[:FLAG=VALUE,...]``), at the protocol's epochs where they fit; cards
   only come back. ``best.json`` in its work folder names the setting a later ``models
   --args-from`` call of the same (warm) window trains the five models with (:func:`choose_setting`).
@@ -68,7 +69,8 @@ MODELS_DIR = "exports/models"
 EXCLUDE_LINE = "/exports/models/"
 STATE_FILE = "gpu-window.json"  # inside .git
 DASHBOARD_VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")  # = hybrid_model.PAPER_VARIANTS (tested; torch is not imported to plan a window)
-RESERVE_S = 45.0  # kept at the end of a call: compression, evaluation, packing
+RESERVE_S = 45.0  # kept at the end of a call that compresses models: compression, evaluation, packing
+CARDS_RESERVE_S = 15.0  # kept at the end of a call that returns cards only (probe, grid)
 START_OVERHEAD_S = 20.0  # per training process: import, data from the cache, cudnn autotune
 
 
@@ -401,6 +403,10 @@ def work_dir(mode: str) -> Path:
     return Path(os.environ.get("GPU_WINDOW_WORK") or (REPO / "runs" / "gpu_window")) / mode
 
 
+def _reserve(compress: bool) -> float:
+    return RESERVE_S if compress else CARDS_RESERVE_S
+
+
 def run_points(window: Window, points: list, epochs: int, protocol: dict, data_dir: str, device: str,
                compress: bool, off_protocol: bool, protocols: dict[str, dict] | None = None) -> None:
     """Train ``points`` concurrently (one process each) until they finish or the budget ends;
@@ -411,7 +417,8 @@ def run_points(window: Window, points: list, epochs: int, protocol: dict, data_d
 
     work = work_dir(window.mode)
     work.mkdir(parents=True, exist_ok=True)
-    max_seconds = max(window.left() - RESERVE_S, 5.0)
+    reserve = _reserve(compress)
+    max_seconds = max(window.left() - reserve, 5.0)
     processes = {}
     for point in points:
         extra = ["--data-dir", data_dir, "--device", device, "--max-seconds", f"{max_seconds:.0f}", "--overwrite"]
@@ -422,7 +429,7 @@ def run_points(window: Window, points: list, epochs: int, protocol: dict, data_d
         argv[argv.index("--out") + 1] = str(work)
         processes[point.name] = (point, _popen(argv, work / f"{point.name}.log", max(1, (os.cpu_count() or 1) // len(points))))
         entry = {"name": point.name, "variant": point.variant, "strides": list(point.strides), "seed": point.seed,
-                 "epochs": epochs, "off_protocol": off_protocol, "status": "running", "command": ["python", "-m", "training.train", *argv]}
+                 "epochs": _own_epochs(point, protocols) or epochs, "off_protocol": off_protocol, "status": "running", "command": ["python", "-m", "training.train", *argv]}
         window.record["runs"].append(entry)
     window.log(f"training {len(points)} runs concurrently, {epochs} epochs each, --max-seconds {max_seconds:.0f}: "
                + ", ".join(processes))
@@ -432,7 +439,7 @@ def run_points(window: Window, points: list, epochs: int, protocol: dict, data_d
     last_refresh = 0.0
     while pending:
         time.sleep(1.0)
-        if window.left() < RESERVE_S / 3:
+        if window.left() < reserve / 3:
             for name, (_point, process) in pending.items():
                 window.log(f"{name}: out of budget, stopping it (its last finished epoch is kept)")
                 _stop(process)
@@ -547,21 +554,28 @@ def plan_grid(protocol: dict, done: Path | Sequence[Path]) -> list:
 
 
 def mode_train(window: Window, args, points: list, protocol: dict, compress: bool, choose_epochs: bool,
-               protocols: dict[str, dict] | None = None, args_changed: bool = False) -> None:
+                protocols: dict[str, dict] | None = None) -> None:
     """Smoke, estimate, then train ``points`` (see :func:`run_points`). The cards are marked
-    ``off_protocol`` when fewer epochs fit, when ``protocols`` gives points their own
-    settings (a probe) or when ``args_changed`` (the args are not the committed protocol's)."""
+    ``off_protocol`` when fewer epochs fit or when ``protocols`` gives points their own
+    settings (a probe). Whether a card's settings are the committed protocol's is decided
+    later from its ``config`` (``training.sweep.on_protocol``)."""
     decode = _start_decode(args.data_dir, protocol)
     timings = smoke(window, points, protocol, args.device)
     n_train, n_test = _finish_decode(window, decode)
     _, ns = _train_namespace(points[0].variant, points[0].strides, 0, protocol["epochs"], protocol)
     batch = ns.batch_size
     step = {f"{p.variant} {p.strides}": timings[f"{p.variant} {p.strides}"]["step_s"] for p in points}
-    available = window.left() - RESERVE_S - START_OVERHEAD_S
+    available = window.left() - _reserve(compress) - START_OVERHEAD_S
     one_epoch = sum(_epoch_seconds(p, step, n_train, n_test, batch, protocols) for p in points)
     epochs = protocol["epochs"]
     if choose_epochs:
-        fit = int(available // one_epoch) if one_epoch > 0 else epochs
+        # Points with epochs of their own (a probe's short stability check) cost the same
+        # whatever the others get; the rest share what is left.
+        fixed = [p for p in points if _own_epochs(p, protocols) is not None]
+        fixed_cost = sum(_own_epochs(p, protocols) * _epoch_seconds(p, step, n_train, n_test, batch, protocols)
+                         for p in fixed)
+        shared = sum(_epoch_seconds(p, step, n_train, n_test, batch, protocols) for p in points if p not in fixed)
+        fit = int((available - fixed_cost) // shared) if shared > 0 else epochs
         if fit < 1:
             raise WindowError(f"one epoch of all {len(points)} runs needs ~{one_epoch:.0f} s; only {available:.0f} s left")
         epochs = min(epochs, fit)
@@ -585,11 +599,17 @@ def mode_train(window: Window, args, points: list, protocol: dict, compress: boo
         "protocol_epochs": protocol["epochs"], "epochs": epochs, "runs": [p.name for p in points],
         "rule": "sum over runs of (steps/epoch x smoke step time + eval) x 1.1: concurrent processes time-share the GPU",
     }
-    off_protocol = epochs != protocol["epochs"] or protocols is not None or args_changed
+    off_protocol = epochs != protocol["epochs"] or protocols is not None
     window.log(f"estimate: {one_epoch:.1f} s per epoch of the runs; {available:.0f} s available -> {epochs} epochs"
                + (" (these cards are marked off_protocol)" if off_protocol else ""))
     window.save()
     run_points(window, points, epochs, protocol, args.data_dir, args.device, compress, off_protocol, protocols)
+
+
+def _own_epochs(point, protocols: dict[str, dict] | None) -> int | None:
+    """The epochs a probe point sets itself (``hybrid:epochs=4``), else ``None``."""
+    value = None if protocols is None else protocols[point.name]["args"].get("epochs")
+    return None if value is None else int(value)
 
 
 def _epoch_seconds(point, step: dict, n_train: int, n_test: int, batch: int, protocols: dict[str, dict] | None) -> float:
@@ -603,10 +623,17 @@ def _epoch_seconds(point, step: dict, n_train: int, n_test: int, batch: int, pro
 # --------------------------------------------------------------------------------------
 # probe: which protocol setting costs accuracy
 # --------------------------------------------------------------------------------------
-#: The first window's open question (docs/gpu-window.md): resnet18 reached 88 % at the
-#: protocol's 15 epochs. Its settings, one change at a time, and one combination.
-PROBE_POINTS = ("resnet18", "resnet18:grad-clip=0", "resnet18:grad-clip=5", "resnet18:label-smoothing=0",
-                "resnet18:lr=0.4", "resnet18:grad-clip=5,label-smoothing=0.1,lr=0.4")
+#: Protocol v2's probe (issue 20): the committed protocol (v2) and one change at a time of
+#: the levers the CPU could not settle (the safety clip off: measured, never chosen; v1's peak
+#: lr; v2 without its initialisation and weight-decay levers), plus a stability check of the
+#: fragile variant, the hybrid, under v2 at full size: its first 4 epochs (the real 3-epoch
+#: warm-up to the peak lr, then one epoch of decay). v1 itself was measured twice in the
+#: first window (resnet18: 88.21 % and 88.69 %).
+PROBE_POINTS = ("resnet18", "resnet18:grad-clip=0", "resnet18:lr=0.2",
+                "resnet18:zero-init-residual=false,no-decay-norm-bias=false", "hybrid:epochs=4")
+#: What the models train with when the hybrid's check under the protocol fails: v1's clip and
+#: peak lr, with which the first window trained every variant stably.
+STABLE_FALLBACK = {"grad-clip": 1, "lr": 0.2}
 #: A setting replaces the protocol only when it beats it by more than this: the same seed's
 #: spread on the H200 (resnet18, 88.21 % and 88.69 % in two runs of the first window).
 PROBE_MARGIN = 0.005
@@ -655,6 +682,27 @@ def choose_setting(rows: list[dict], protocol_args: dict, margin: float = PROBE_
             "reason": f"{best['test_acc']:.4f} against the protocol's {base['test_acc']:.4f} (margin {margin:.3f})"}
 
 
+def trained_stably(card: RunCard) -> bool:
+    """A stability check passed: finished, every epoch's training loss and the test loss below
+    2 ln C (``training.stability``'s bound), and the test accuracy at least 50 %."""
+    bound = 2 * math.log(card.num_classes or 10)
+    history = card.history or []
+    return (card.is_finished and bool(history) and all(h["train_loss"] < bound for h in history)
+            and card.test_loss is not None and card.test_loss < bound and (card.test_acc or 0) >= 0.5)
+
+
+def apply_checks(verdict: dict, checks: list[dict], protocol_args: dict) -> dict:
+    """The verdict, unless a stability check of the protocol itself (a row of another variant
+    without changes but its epochs) failed: then :data:`STABLE_FALLBACK` on top of it."""
+    failed = [c for c in checks if not {k: v for k, v in c["changes"].items() if k != "epochs"} and not c["stable"]]
+    if not failed:
+        return verdict
+    args = {**verdict["args"], **STABLE_FALLBACK}
+    return dict(verdict, args=args, changes={k: v for k, v in args.items() if protocol_args.get(k) != v},
+                reason=f"{failed[0]['name']} did not train stably under the protocol: v1's clip and lr instead "
+                       f"({verdict['reason']})")
+
+
 def mode_probe(window: Window, args, protocol: dict) -> None:
     """Train every probe point concurrently; then the verdict into ``window.json`` and the
     work folder's ``best.json`` (read by a later ``models --args-from`` call)."""
@@ -678,21 +726,53 @@ def mode_probe(window: Window, args, protocol: dict) -> None:
         protocols[name], changes_of[name] = merged, changes
     if len(protocols) != len(points):
         raise WindowError("two probe points have the same name: each point must differ")
+    if args.profile_seconds > 0:
+        profile_step(window, args.profile_seconds, args.device, protocol)
     mode_train(window, args, points, protocol, compress=False, choose_epochs=True, protocols=protocols)
     rows = []
     for entry in window.record["runs"]:
         card = RunCard.from_dict(entry.get("card") or {})
         rows.append({"name": entry["name"], "variant": entry["variant"], "changes": changes_of[entry["name"]],
                      "args": protocols[entry["name"]]["args"], "epochs": card.epoch,
-                     "test_acc": card.test_acc if card.is_finished else None})
-    verdict = choose_setting([r for r in rows if r["variant"] == points[0].variant], protocol["args"])
+                     "test_acc": card.test_acc if card.is_finished else None, "stable": trained_stably(card)})
+    main_variant = points[0].variant
+    verdict = choose_setting([r for r in rows if r["variant"] == main_variant], protocol["args"])
+    verdict = apply_checks(verdict, [r for r in rows if r["variant"] != main_variant], protocol["args"])
     verdict.update(variant=points[0].variant, epochs=window.record["estimate"]["epochs"], protocol_epochs=protocol["epochs"])
     window.record["probe"] = {"rows": rows, "best": verdict}
     window.save()
     atomic_write_json(work_dir(window.mode) / "best.json", verdict)
-    table = "\n".join(f"| {r['name']} | {r['epochs'] or 0} | {_accuracy(r['test_acc'])} |" for r in rows)
-    window.log(f"probe:\n| run | epochs | test acc |\n|---|---:|---:|\n{table}\nchosen: {verdict['changes'] or 'the protocol'} "
+    table = "\n".join(f"| {r['name']} | {r['epochs'] or 0} | {_accuracy(r['test_acc'])} | {'yes' if r['stable'] else 'no'} |"
+                      for r in rows)
+    window.log(f"probe:\n| run | epochs | test acc | stable |\n|---|---:|---:|---|\n{table}\nchosen: {verdict['changes'] or 'the protocol'} "
                f"({verdict['reason']}) -> {work_dir(window.mode) / 'best.json'}")
+
+
+#: What the profile step profiles (issue 21): the plain network and the DiffStride family's
+#: most common member, a few steps each at the protocol's batch.
+PROFILE_VARIANTS = "resnet18,hybrid"
+
+
+def profile_step(window: Window, seconds: float, device: str, protocol: dict) -> None:
+    """A few training steps under ``torch.profiler`` (``benchmarks.profile_step``), as a
+    subprocess stopped at ``seconds``: its compact kernel table goes into window.json and
+    ``profile.md`` beside it (no trace file)."""
+    json_path, md_path = window.out / "profile.json", window.out / "profile.md"
+    batch = str(protocol["args"].get("batch-size", 512))
+    command = [sys.executable, "-m", "benchmarks.profile_step", "--variants", PROFILE_VARIANTS, "--batch", batch,
+               "--steps", "3", "--warmup", "2", "--device", device, "--max-seconds", f"{max(seconds - 5, 5):.0f}",
+               "--json", str(json_path), "--markdown", str(md_path)]
+    if device == "cpu":  # the rehearsal only proves the path
+        command += ["--batch", "4", "--steps", "1", "--warmup", "1", "--variants", "resnet18", "--width", "8"]
+    window.log(f"profile (<= {seconds:.0f} s): {' '.join(command[2:])}")
+    try:
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds)
+        window.log(f"profile: exit {result.returncode}\n" + result.stdout[-3000:] + result.stderr[-1000:])
+    except subprocess.TimeoutExpired:
+        window.log(f"profile: stopped at its {seconds:.0f} s limit")
+    if json_path.exists():
+        window.record["profile"] = json.loads(json_path.read_text())
+    window.save()
 
 
 def _accuracy(value: float | None) -> str:
@@ -790,6 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif mode == "probe":
             q.add_argument("--points", nargs="+", default=list(PROBE_POINTS),
                            help="VARIANT[:FLAG=VALUE,...] each; the first variant's runs decide best.json")
+            q.add_argument("--profile-seconds", type=float, default=20.0,
+                           help="first, a few steps under torch.profiler for at most this long (0: none)")
         else:
             q.add_argument("--done", type=Path, nargs="+", default=None,
                            help="folders of finished cards (default: the protocol's out); a point finished in any is done")
@@ -839,16 +921,15 @@ def _device_main(args) -> int:
             points = [Run(v, strides, 0, "cifar10", run_name(v, "cifar10", strides, 0)) for v in variants]
             if args.epochs != "auto":
                 protocol = dict(protocol, epochs=int(args.epochs))
-            changed = False
             if args.args_from is not None:
                 chosen = args_from(args.args_from, protocol)
                 changed = chosen["args"] != protocol["args"]
                 protocol = chosen
                 window.record["protocol"].update(args=protocol["args"], args_from=str(args.args_from))
                 window.log(f"args from {args.args_from}: {protocol['args']}"
-                           + (" (not the protocol's: cards marked off_protocol)" if changed else " (the protocol's)"))
-            mode_train(window, args, points, protocol, compress=True, choose_epochs=args.epochs == "auto",
-                       args_changed=changed)
+                           + (" (not the committed protocol's: these cards fill Table 1 only once the protocol "
+                              "file says the same)" if changed else " (the protocol's)"))
+            mode_train(window, args, points, protocol, compress=True, choose_epochs=args.epochs == "auto")
         elif args.mode == "probe":
             mode_probe(window, args, protocol)
         else:
@@ -897,12 +978,12 @@ def summary(window: Window) -> None:
 
 RUN_CALLS = """
 Next (docs/gpu-window.md), the device calls; the repository root is this checkout, now on the scratch branch:
-  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window probe --budget 260 --out $OUT",
-              carry=["data"], timeout_s=300)
+  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window probe --budget 200 --out $OUT",
+              carry=["data"], timeout_s=230)
           then at once: mkdir -p artifacts/window && cp -r FILES_AT artifacts/window/call1
-  call 2 (within 30 s; budget: status's budget_left_s - 50, at most 590; timeout 10 s above it):
-          run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 590 --args-from runs/gpu_window/probe/best.json --out $OUT",
-              carry=["data"], timeout_s=600)
+  call 2 (within 30 s; budget: status's budget_left_s - 30, at most 585; timeout 10 s above it):
+          run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 585 --args-from runs/gpu_window/probe/best.json --out $OUT",
+              carry=["data"], timeout_s=595)
           then: cp -r FILES_AT artifacts/window/call2; give_back
 Then here:
   python -m benchmarks.gpu_window restore

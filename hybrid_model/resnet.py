@@ -195,6 +195,10 @@ class BasicBlock(_SpectralBlock):
         if conv_stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(conv1x1(in_ch, out_ch, conv_stride), nn.BatchNorm2d(out_ch))
 
+    def zero_init_last(self) -> None:
+        """Zero the scale of the residual branch's last BatchNorm: the block starts as its shortcut."""
+        nn.init.zeros_(self.bn2.weight)
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self._resample(self.conv1(x))))
         out = self.bn2(self.conv2(out))
@@ -222,6 +226,11 @@ class PreActBlock(_SpectralBlock):
         self.shortcut: nn.Module | None = None
         if conv_stride != 1 or in_ch != out_ch:
             self.shortcut = conv1x1(in_ch, out_ch, conv_stride)
+
+    def zero_init_last(self) -> None:
+        """Zero the residual branch's last convolution (no BatchNorm follows it in a
+        pre-activation block): the block starts as its shortcut."""
+        nn.init.zeros_(self.conv2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.relu(self.bn1(x))
@@ -259,6 +268,9 @@ class SpectralResNet(nn.Module):
         in_channels: channels of the input images.
         width: channels of the stem and stage 1; stages 2-4 have 2x, 4x, 8x as many
             (64: ResNet-18; a narrower net trains faster, e.g. for tests and CPU experiments).
+        zero_init_residual: start every block as its shortcut (the residual branch's last
+            BatchNorm scale zeroed, torchvision's option; Goyal et al. 2017): the logits
+            start small, so the first steps' gradients do too, whatever a head multiplies.
 
     ``forward(x)``: ``(B, in_channels, H, W) -> (B, num_classes)``; ``forward_features(x)``
     also returns the feature map of each stage (``FEATURE_NAMES``).
@@ -277,6 +289,7 @@ class SpectralResNet(nn.Module):
         block: type[_SpectralBlock] = BasicBlock,
         in_channels: int = 3,
         width: int = DEFAULT_WIDTH,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.strides = validate_strides(strides, integer=pool_layer is None)
@@ -309,15 +322,19 @@ class SpectralResNet(nn.Module):
         self.head_pool = None if head_layer is None else head_layer(head_stride)
         self.pool = nn.AdaptiveAvgPool2d(1)  # adaptive: DiffStride's map sizes vary with the strides
         self.fc = nn.Linear(in_ch, num_classes)
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, _SpectralBlock):
+                    module.zero_init_last()
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -380,6 +397,7 @@ def build_model(
     upper_limit: float | None = None,
     in_channels: int = 3,
     width: int = DEFAULT_WIDTH,
+    zero_init_residual: bool = False,
     **other: Any,
 ) -> SpectralResNet:
     """Build a named variant: ``resnet18``, ``spectral``, ``diffstride``, ``hybrid``, ``diffstride2``.
@@ -391,7 +409,9 @@ def build_model(
     ``head_transform`` (``"hartley"``, the hybrid paper's Algorithm 1, or ``"fourier"``)
     of a spectral head, separate because the two papers define the two layers differently;
     ``smoothness``, ``shared_stride``, ``lower_limit``, ``upper_limit`` of DiffStride;
-    ``width``, the channels of the first stage (64: ResNet-18).
+    ``width``, the channels of the first stage (64: ResNet-18); ``zero_init_residual``,
+    every block starting as its shortcut (an initialisation only: the trained model is the same
+    architecture).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
@@ -417,6 +437,7 @@ def build_model(
         block=BLOCKS[block],
         in_channels=in_channels,
         width=width,
+        zero_init_residual=zero_init_residual,
     )
     model.variant = variant
     return model

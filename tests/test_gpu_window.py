@@ -93,14 +93,23 @@ def test_grid_order_and_coverage(tmp_path):
         (0, "resnet18", 2), (0, "hybrid", 2), (0, "resnet18", 3), (0, "hybrid", 3), (1, "resnet18", 2)]
     from exports.serving.files import atomic_write_json
 
-    finished = {"name": todo[0].name, "variant": "resnet18", "strides": [4, 1, 2, 2, 2], "seed": 0, "epoch": 1, "epochs": 1}
-    atomic_write_json(done / f"{todo[0].name}.json", finished)
-    atomic_write_json(done / f"{todo[1].name}.json", dict(finished, name=todo[1].name, variant="hybrid", off_protocol=True))
+    def card(run, **changes):
+        """A finished card of ``run`` trained with the protocol's settings (then ``changes``)."""
+        config = sweep.protocol_config(run, protocol)
+        return {"name": run.name, "variant": run.variant, "strides": list(run.strides), "seed": run.seed, "epoch": 1,
+                "epochs": 1, "dataset": "cifar10", "config": config} | changes
+
+    atomic_write_json(done / f"{todo[0].name}.json", card(todo[0]))
+    atomic_write_json(done / f"{todo[1].name}.json", card(todo[1], off_protocol=True))
+    # other settings than the protocol's (an earlier protocol's card): not done either
+    other = dict(sweep.protocol_config(todo[2], protocol), lr=0.123)
+    atomic_write_json(done / f"{todo[2].name}.json", card(todo[2], config=other))
     left = gpu_window.plan_grid(protocol, done)
     assert todo[0].name not in {r.name for r in left} and left[0].name == todo[1].name  # off-protocol: re-run
+    assert todo[2].name in {r.name for r in left}
     # a later call of the same window also reads the earlier call's (not yet ingested) cards
     earlier = tmp_path / "earlier-call"
-    atomic_write_json(earlier / f"{todo[1].name}.json", dict(finished, name=todo[1].name, variant="hybrid"))
+    atomic_write_json(earlier / f"{todo[1].name}.json", card(todo[1]))
     both = gpu_window.plan_grid(protocol, [done, earlier])
     assert [r.name for r in both] == [r.name for r in left[1:]]
     cards = [RunCard.from_dict(json.loads(p.read_text())) for p in done.glob("*.json")]
@@ -240,6 +249,14 @@ def test_onnx_accuracy_of_a_bundled_file_matches_the_serving_runtime():
 # --------------------------------------------------------------------------------------
 # The protocol probe
 # --------------------------------------------------------------------------------------
+def _applied(ns, flag: str, value) -> bool:
+    """Whether the resolved config has ``flag=value`` (``no-X=true``: X off; ``X=false``: X left off)."""
+    if flag.startswith("no-") and isinstance(value, bool):
+        return getattr(ns, flag[3:].replace("-", "_")) is (not value)
+    field = getattr(ns, flag.replace("-", "_"))
+    return not field if value is False else field == value
+
+
 def test_probe_points_names_and_verdict():
     assert gpu_window.parse_probe_point("resnet18") == ("resnet18", {})
     assert gpu_window.parse_probe_point("hybrid:grad-clip=0,lr=0.4,nesterov=false,schedule=onecycle") == (
@@ -256,8 +273,9 @@ def test_probe_points_names_and_verdict():
         variant, changes = gpu_window.parse_probe_point(text)
         _, ns = gpu_window._train_namespace(variant, (1, 1, 2, 2, 2), 0, real["epochs"],
                                             dict(real, args={**real["args"], **changes}))
-        assert ns.variant == variant and ns.epochs == 15 and ns.batch_size == 512
-        assert all(getattr(ns, key.replace("-", "_")) == value for key, value in changes.items()), text
+        assert ns.variant == variant and ns.epochs == changes.get("epochs", 15) and ns.batch_size == 512
+        assert ns.warmup == 3 and ns.lr == changes.get("lr", 0.4)  # a check's own epochs keep the real warm-up
+        assert all(_applied(ns, key, value) for key, value in changes.items()), text
 
     protocol = {"lr": 0.2, "grad-clip": 1}
 
@@ -274,6 +292,33 @@ def test_probe_points_names_and_verdict():
     # within the same seed's spread: the protocol stays; unfinished runs (None) are ignored
     assert gpu_window.choose_setting([base, row({"lr": 0.4}, 0.884), row({"grad-clip": 5}, None)], protocol)["changes"] == {}
     assert "no finished run of the protocol" in gpu_window.choose_setting([row({"lr": 0.4}, 0.9)], protocol)["reason"]
+
+
+def test_stability_checks_and_their_verdict():
+    """A probe's short run of the fragile variant under the protocol: a failed check replaces
+    the verdict's clip and lr with v1's (stable in the first window); a passed one changes nothing."""
+    def card(losses, test_loss=0.9, test_acc=0.7, epochs=4):
+        history = [{"epoch": i + 1, "train_loss": loss} for i, loss in enumerate(losses)]
+        return RunCard.from_dict({"name": "probe_hybrid_epochs4", "variant": "hybrid", "num_classes": 10, "epoch": len(losses),
+                                  "epochs": epochs, "history": history, "test_loss": test_loss, "test_acc": test_acc})
+
+    assert gpu_window.trained_stably(card([2.0, 1.6, 1.4, 1.2]))
+    assert not gpu_window.trained_stably(card([2.0, 5.1, 2.2, 1.9]))  # an epoch above 2 ln 10 = 4.6
+    assert not gpu_window.trained_stably(card([2.0, 1.9], epochs=4))  # unfinished
+    assert not gpu_window.trained_stably(card([2.0, 1.9, 1.8, 1.7], test_loss=12.0))
+    assert not gpu_window.trained_stably(card([2.0, 1.9, 1.8, 1.7], test_acc=0.3))
+
+    protocol = {"lr": 0.4, "grad-clip": 5, "label-smoothing": 0.2}
+    verdict = {"args": dict(protocol, **{"label-smoothing": 0.1}), "changes": {"label-smoothing": 0.1}, "reason": "r"}
+    check = {"name": "probe_hybrid_epochs4", "changes": {"epochs": 4}, "stable": True}
+    assert gpu_window.apply_checks(verdict, [check], protocol) is verdict
+    assert gpu_window.apply_checks(verdict, [dict(check, changes={"epochs": 4, "lr": 0.8}, stable=False)], protocol) is verdict
+    safe = gpu_window.apply_checks(verdict, [dict(check, stable=False)], protocol)
+    assert safe["args"] == {"lr": 0.2, "grad-clip": 1, "label-smoothing": 0.1} == {**protocol, **safe["changes"]}
+    assert "probe_hybrid_epochs4 did not train stably" in safe["reason"]
+    # a point with epochs of its own (the check) costs the same whatever the others get
+    assert gpu_window._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), {"c": {"args": {"epochs": 4}}}) == 4
+    assert gpu_window._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), None) is None
 
 
 @needs_data
@@ -295,7 +340,9 @@ def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, cap
     cards = [RunCard.from_dict(r["card"]) for r in record["runs"]]
     assert [(c.config["lr"], c.config["grad_clip"], c.options["width"]) for c in cards] == [(0.05, 2, 16), (0.2, 2, 16), (0.05, 0, 16)]
     assert all(c.off_protocol for c in cards)  # settings under test never fill Table 1
-    assert sorted(p.name for p in out1.iterdir()) == ["window.json", "window.log"]  # cards only come back
+    # cards and the profiler's compact table only come back (no trace file)
+    assert sorted(p.name for p in out1.iterdir()) == ["profile.json", "profile.md", "window.json", "window.log"]
+    assert record["profile"] and "resnet18" in (out1 / "profile.md").read_text()
     best = json.loads((tmp_path / "work" / "probe" / "best.json").read_text())
     assert best == record["probe"]["best"] and best["variant"] == "resnet18" and best["epochs"] == 1
     rows = {r["name"]: r["test_acc"] for r in record["probe"]["rows"]}
@@ -313,7 +360,11 @@ def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, cap
     record = json.loads((out2 / "window.json").read_text())
     assert record["protocol"]["args"]["lr"] == 0.1 and record["protocol"]["args_from"] == str(best_path)
     (run,) = record["runs"]
-    assert run["status"] == "finished" and run["card"]["config"]["lr"] == 0.1 and run["card"]["off_protocol"]
+    assert run["status"] == "finished" and run["card"]["config"]["lr"] == 0.1 and not run["card"]["off_protocol"]
+    # the cards' settings decide: on the protocol only once the protocol file says lr 0.1
+    card = RunCard.from_dict(run["card"])
+    assert not sweep.on_protocol(card, sweep.load_config(protocol))
+    assert sweep.on_protocol(card, dict(sweep.load_config(protocol), args={**config["args"], "lr": 0.1}))
 
     # ingest keeps a probe's cards out of the results folder
     written = ingest.collect_cards(ingest.read_windows([out1]), tmp_path / "results", log=lambda _: None)

@@ -436,17 +436,22 @@ def test_the_paper_protocol_trains_the_hybrid_stably_from_the_first_step():
     assert result["stable"], result
 
 
-def test_the_short_protocol_trains_the_hybrid_stably_at_peak_lr():
-    """training/sweeps/short_cifar10.json's flags with its warm-up compressed to 3 steps (one
-    step per epoch), so the later steps run at the peak lr 0.2: a stress beyond the real run
-    (294 warm-up steps), bounded at 3 ln C. Measured with 8 steps: clipped, the loss peaks at
-    4.58 and falls back to 3.37 (test loss 2.6); see docs/training.md for the unclipped run."""
+def test_the_stable_fallback_trains_the_hybrid_stably_at_peak_lr():
+    """training/sweeps/short_cifar10.json's flags with the GPU probe's fallback
+    (benchmarks.gpu_window.STABLE_FALLBACK: v1's clip 1 and peak lr 0.2) and the warm-up
+    compressed to 3 steps (one step per epoch), so the later steps run at the peak lr: a
+    stress beyond the real run (291 warm-up steps), bounded at 3 ln C. Under the same stress
+    protocol v2 itself (lr 0.4, clip 5) is not bounded (the hybrid's loss reached 17.8 in 5
+    steps; resnet18's 7.2): whether its real warm-up suffices is what the GPU probe's
+    4-epoch hybrid check measures at full size (docs/training.md, Stability)."""
+    from benchmarks.gpu_window import STABLE_FALLBACK
     from training.stability import is_stable, probe
     from training.sweep import flag_args, load_config
 
     protocol = load_config(ROOT / "training" / "sweeps" / "short_cifar10.json")
-    flags = [*flag_args(protocol["args"]), "--epochs", str(protocol["epochs"]), *SMALL_MAPS]
-    batch = int(protocol["args"]["batch-size"])
+    args = {**protocol["args"], **STABLE_FALLBACK}
+    flags = [*flag_args(args), "--epochs", str(protocol["epochs"]), *SMALL_MAPS]
+    batch = int(args["batch-size"])
     result = probe("hybrid", flags, steps=5, n_train=batch, n_test=128, schedule_images=batch)
-    assert max(result["lr"]) == pytest.approx(protocol["args"]["lr"])
+    assert max(result["lr"]) == pytest.approx(args["lr"])
     assert is_stable(result, factor=3.0), result

@@ -145,6 +145,9 @@ class TrainConfig:
     shared_stride: bool | None = _setting(None, "model", "model", "one learnable stride per DiffStride layer for both axes")
     width: int | None = _setting(None, "model", "model", "channels of the first stage; later stages 2x/4x/8x "
                                  "(model default 64, ResNet-18; narrower trains faster)", parse=_positive_int)
+    zero_init_residual: bool | None = _setting(
+        None, "model", "model", "start every residual block as its shortcut (its last BatchNorm scale zeroed): small "
+                                "logits and gradients in the first steps, whatever a spectral head multiplies GAP by")
     name: str | None = _setting(None, "model", "run", "run name (default VARIANT_DATASET_sSTRIDES_seedSEED)")
     # ---- optimisation ----
     epochs: int = _setting(200, "optimisation", "result", parse=_positive_int)
@@ -155,6 +158,9 @@ class TrainConfig:
     momentum: float = _setting(0.9, "optimisation", "result", parse=_nonneg_float)
     nesterov: bool = _setting(False, "optimisation", "result", "Nesterov momentum")
     weight_decay: float = _setting(5e-4, "optimisation", "result", "on the weights (never on the strides)", parse=_nonneg_float)
+    decay_norm_bias: bool = _setting(True, "optimisation", "result",
+                                     "no weight decay on BatchNorm scales/shifts and biases (only convolution and linear "
+                                     "weights decay)")
     schedule: str = _setting("piecewise", "optimisation", "result",
                              "piecewise: lr x1, x0.1, x0.01, x0.001 at the milestones; onecycle: linear warm-up then linear decay to 0",
                              choices=SCHEDULES)

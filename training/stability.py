@@ -64,7 +64,6 @@ def probe(variant: str, train_flags: Sequence[str], *, steps: int = 16, n_train:
     optimizer, scheduler = build_optimizer(model, args, max(schedule_images // args.batch_size, 1))
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     autocast = {"device_type": "cpu", "enabled": False}
-    weights = optimizer.param_groups[0]["params"]
     record: dict[str, Any] = {"variant": variant, "flags": list(train_flags), "steps": steps, "n_train": data.n_train,
                               "num_classes": NUM_CLASSES[args.dataset], "train_loss": [], "grad_norm": [], "lr": []}
     t0, epoch = time.perf_counter(), 0
@@ -74,7 +73,7 @@ def probe(variant: str, train_flags: Sequence[str], *, steps: int = 16, n_train:
             record["lr"].append(optimizer.param_groups[0]["lr"])
             loss, _, norm = train_step(model, model, x, y, criterion, optimizer, scheduler, args, autocast)
             # Before clipping (what the loss asked for); without clipping the gradients are untouched.
-            record["grad_norm"].append(float(_grad_norm(weights) if norm is None else norm))
+            record["grad_norm"].append(float(norm))
             record["train_loss"].append(float(loss.detach()))
             if len(record["train_loss"]) == steps:
                 break
@@ -83,11 +82,6 @@ def probe(variant: str, train_flags: Sequence[str], *, steps: int = 16, n_train:
     record["seconds"] = time.perf_counter() - t0
     record["stable"] = is_stable(record)
     return record
-
-
-def _grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.cat(grads)) if grads else torch.zeros(())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from .config import FLAGS, VARIANTS, parse_strides, run_name
 from .data import DATASETS
 from .train import stop_on_sigterm
 
-__all__ = ["Run", "coverage", "flag_args", "load_config", "on_protocol", "plan_runs", "replace_block", "run_flags", "main"]
+__all__ = ["Run", "coverage", "flag_args", "load_config", "on_protocol", "plan_runs", "protocol_config", "replace_block", "run_flags", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_KEYS = {"name", "out", "variants", "strides", "seeds", "datasets", "epochs", "args", "nproc", "data_dir", "description"}
@@ -183,10 +183,24 @@ def run_flags(run: Run, config: dict[str, Any], out: Path, data_dir: str | None)
 RESERVED_FLAGS = {*run_flags(Run("resnet18", (1,) * 5, 0, "cifar10", ""), {"epochs": 1}, Path(), "."), "overwrite", "name"}
 
 
+def protocol_config(run: Run, config: dict[str, Any]) -> dict[str, Any]:
+    """The card ``config`` a run of this grid point trains with under ``config``'s protocol
+    (its epochs and ``args``): what :func:`on_protocol` compares a card with."""
+    from .config import parse_args
+
+    argv = flag_args(run_flags(run, config, Path("unused"), None)) + flag_args(config["args"])
+    return parse_args(argv)[1].card_config()
+
+
 def on_protocol(card: RunCard, config: dict[str, Any]) -> bool:
-    """A finished card trained under this config's protocol (its epochs; not marked
-    ``off_protocol`` by a GPU window that had to shorten it): only these fill the table."""
-    return card.is_finished and card.epochs == config["epochs"] and not card.off_protocol
+    """A finished card trained under this config's protocol: its epochs (not marked
+    ``off_protocol`` by a GPU window that had to shorten it) and every setting of its
+    ``config`` as the protocol's flags give them. Only these fill the table, so a changed
+    protocol starts its table again instead of mixing settings."""
+    if not (card.is_finished and card.epochs == config["epochs"] and not card.off_protocol):
+        return False
+    run = Run(card.variant, tuple(float(s) for s in card.strides), card.seed, card.dataset, card.name)
+    return card.config == protocol_config(run, config)
 
 
 def coverage(config: dict[str, Any], cards: Sequence[RunCard]) -> str:

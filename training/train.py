@@ -53,8 +53,8 @@ from .config import (  # noqa: F401  (build_parser/parse_args/... re-exported: t
 from .data import NUM_CLASSES, CifarData, GpuLoader, load_cifar
 
 __all__ = [
-    "Callbacks", "TrainConfig", "build_optimizer", "build_parser", "evaluate", "lr_lambda", "main", "model_options",
-    "parameter_groups", "param_checksum", "parse_args", "parse_strides", "run_name", "train", "train_step",
+    "Callbacks", "TrainConfig", "build_optimizer", "build_parser", "evaluate", "evaluate_flip", "lr_lambda", "main",
+    "model_options", "parameter_groups", "weight_parameters", "param_checksum", "parse_args", "parse_strides", "run_name", "train", "train_step",
 ]
 
 
@@ -192,18 +192,35 @@ class TimeBudget:
         return float(projected) > self.max_seconds
 
 
-def parameter_groups(model: nn.Module, lr: float, stride_lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """SGD groups: the weights (``weight_decay``), then the DiffStride strides, if any, with
-    their own learning rate and no weight decay."""
+def parameter_groups(model: nn.Module, lr: float, stride_lr: float, weight_decay: float,
+                     decay_norm_bias: bool = True) -> list[dict[str, Any]]:
+    """SGD groups: the weights (``weight_decay``); with ``decay_norm_bias=False`` the
+    BatchNorm scales/shifts and biases (every parameter of fewer than two dimensions that
+    is not a stride) in their own group without weight decay; then the DiffStride strides,
+    if any, with their own learning rate and no weight decay."""
     from hybrid_model import stride_parameters
 
     strides = stride_parameters(model)
     stride_ids = {id(p) for p in strides}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in stride_ids], "lr": lr,
-               "weight_decay": weight_decay, "name": "weights"}]
+    weights = [p for p in model.parameters() if id(p) not in stride_ids]
+    if decay_norm_bias:
+        groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay, "name": "weights"}]
+    else:
+        groups = [{"params": [p for p in weights if p.dim() > 1], "lr": lr, "weight_decay": weight_decay, "name": "weights"},
+                  {"params": [p for p in weights if p.dim() <= 1], "lr": lr, "weight_decay": 0.0, "name": "norm_bias"}]
     if strides:
         groups.append({"params": strides, "lr": stride_lr, "weight_decay": 0.0, "name": "strides"})
     return groups
+
+
+def _group(optimizer: torch.optim.Optimizer, name: str) -> dict[str, Any] | None:
+    """The parameter group called ``name`` (:func:`parameter_groups`), or ``None``."""
+    return next((g for g in optimizer.param_groups if g.get("name") == name), None)
+
+
+def weight_parameters(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    """Every parameter but the strides: what ``--grad-clip`` clips and its norm measures."""
+    return [p for g in optimizer.param_groups if g.get("name") != "strides" for p in g["params"]]
 
 
 def _diffstride_layers(model: nn.Module) -> list[nn.Module]:
@@ -238,7 +255,7 @@ def build_optimizer(model: nn.Module, args: TrainConfig,
                     steps_per_epoch: int) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
     """SGD over :func:`parameter_groups` and the per-step ``LambdaLR`` of ``args.schedule``
     for a run of ``args.epochs`` epochs of ``steps_per_epoch`` steps."""
-    groups = parameter_groups(model, args.lr, args.stride_lr, args.weight_decay)
+    groups = parameter_groups(model, args.lr, args.stride_lr, args.weight_decay, args.decay_norm_bias)
     optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0)
     schedule = lr_lambda(args.schedule, steps_per_epoch * args.epochs, steps_per_epoch, args.milestones, args.warmup)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -246,24 +263,26 @@ def build_optimizer(model: nn.Module, args: TrainConfig,
 
 def train_step(model: nn.Module, train_model: nn.Module, x: Tensor, y: Tensor, criterion: nn.Module,
                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, args: TrainConfig,
-               autocast: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor | None]:
+               autocast: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
     """One optimiser step (forward, loss, backward, clipping, SGD, stride constraint, lr
     schedule); ``model`` is the bare module, ``train_model`` what runs it (DDP/compiled).
     Returns the task loss, the logits (for the caller's running statistics) and the
-    weights' gradient norm before clipping (``None`` without ``--grad-clip``)."""
+    weights' global gradient norm before clipping (measured with or without ``--grad-clip``:
+    whether a clip binds is part of a protocol's evidence)."""
     with torch.autocast(**autocast):
         logits = train_model(x)
         loss = criterion(logits.float(), y)
     total = loss
-    has_strides = len(optimizer.param_groups) > 1
-    if args.resolution_penalty and has_strides:
+    if args.resolution_penalty and _group(optimizer, "strides") is not None:
         total = loss + args.resolution_penalty * resolution_penalty(model).to(loss.device)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    grad_norm = None
+    # Weights only: the strides have their own (small) learning rate.
+    weights = weight_parameters(optimizer)
     if args.grad_clip:
-        # Weights only: the strides have their own (small) learning rate.
-        grad_norm = torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], args.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(weights, args.grad_clip)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in weights if p.grad is not None])
     optimizer.step()
     for layer in _diffstride_layers(model):  # the official Keras stride constraint, after each step
         layer.constrain_()
@@ -286,6 +305,20 @@ def evaluate(model: nn.Module, loader: GpuLoader, autocast: dict[str, Any]) -> t
             sums[2] += len(y)
     sums = _all_reduce_sum(sums).tolist()
     return sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1)
+
+
+def evaluate_flip(model: nn.Module, loader: GpuLoader, autocast: dict[str, Any]) -> float:
+    """Accuracy with flip test-time augmentation: the mean of the softmax of each image and
+    of its mirror image (summed over ranks). Reported beside :func:`evaluate`'s accuracy."""
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=loader.device)  # correct, count
+    with torch.no_grad(), torch.autocast(**autocast):
+        for x, y in loader.batches(0):
+            probs = model(x).float().softmax(1) + model(torch.flip(x, dims=(3,))).float().softmax(1)
+            sums[0] += (probs.argmax(1) == y).sum()
+            sums[1] += len(y)
+    sums = _all_reduce_sum(sums).tolist()
+    return sums[0] / max(sums[1], 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -312,7 +345,7 @@ class _Run:
 
     @property
     def has_strides(self) -> bool:
-        return len(self.optimizer.param_groups) > 1
+        return _group(self.optimizer, "strides") is not None
 
 
 def _load_data(config: TrainConfig) -> CifarData:
@@ -458,18 +491,24 @@ def _train_epoch(run: _Run, epoch: int, step: int, callbacks: Callbacks) -> tupl
     run.train_model.train()
     t0 = time.perf_counter()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss*n, correct, n
+    norms = torch.zeros(3, dtype=torch.float64, device=device)  # sum of gradient norms, steps clipped, steps
+    max_norm = torch.zeros((), dtype=torch.float64, device=device)
     progress = None
     if run.rank == 0 and config.progress:
         from tqdm import tqdm
 
         progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True)
     for x, y in run.train_loader.batches(epoch):
-        loss, logits, _ = train_step(model, run.train_model, x, y, run.criterion, run.optimizer, run.scheduler, config,
-                                     run.autocast)
+        loss, logits, grad_norm = train_step(model, run.train_model, x, y, run.criterion, run.optimizer, run.scheduler,
+                                             config, run.autocast)
         step += 1
-        with torch.no_grad():
+        with torch.no_grad():  # running sums on the device: no synchronisation per step
             sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                                  torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+            norm = grad_norm.detach().double().to(device)
+            clipped = (norm > config.grad_clip).double() if config.grad_clip else torch.zeros_like(norm)
+            norms += torch.stack([norm, clipped, torch.ones_like(norm)])
+            torch.maximum(max_norm, norm, out=max_norm)
         if progress is not None:
             progress.update(1)
             if progress.n % 10 == 1 or progress.n == steps_per_epoch:
@@ -484,20 +523,29 @@ def _train_epoch(run: _Run, epoch: int, step: int, callbacks: Callbacks) -> tupl
     if progress is not None:
         progress.close()
     sums = _all_reduce_sum(sums).tolist()
+    norms = norms.tolist()  # the same on every rank (DDP averages the gradients before the norm)
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_seconds = time.perf_counter() - t0
     _sync_buffers(model, run.world_size)
     test_loss, test_acc = evaluate(model, run.test_loader, run.autocast)
+    # Flip test-time augmentation: an extra column at the last epoch, never the primary number.
+    test_acc_flip = evaluate_flip(model, run.test_loader, run.autocast) if epoch + 1 == config.epochs else None
     record = {
         "epoch": epoch + 1,
         "train_loss": sums[0] / sums[2],
         "train_acc": sums[1] / sums[2],
         "test_loss": test_loss,
         "test_acc": test_acc,
+        "test_acc_flip": test_acc_flip,
         "strides": learned_strides(model),
         "lr": run.optimizer.param_groups[0]["lr"],
-        "stride_lr": run.optimizer.param_groups[1]["lr"] if run.has_strides else None,
+        "stride_lr": _group(run.optimizer, "strides")["lr"] if run.has_strides else None,
+        # The weights' global gradient norm before clipping: its mean and maximum over the
+        # epoch's steps, and the fraction of steps --grad-clip shortened (0 without a clip).
+        "grad_norm_mean": norms[0] / max(norms[2], 1),
+        "grad_norm_max": float(max_norm),
+        "clipped_fraction": norms[1] / max(norms[2], 1),
         "images_per_s": sums[2] / train_seconds,
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - t0,
@@ -505,7 +553,10 @@ def _train_epoch(run: _Run, epoch: int, step: int, callbacks: Callbacks) -> tupl
     if run.rank == 0:
         print(f"epoch {epoch + 1}/{config.epochs} train_loss={record['train_loss']:.4f} train_acc={record['train_acc']:.4f} "
               f"test_loss={test_loss:.4f} test_acc={test_acc:.4f} {record['images_per_s']:.0f} img/s "
-              f"{record['seconds']:.1f}s" + (f" strides={_strides_text(record['strides'])}" if run.has_strides else ""),
+              f"{record['seconds']:.1f}s grad_norm={record['grad_norm_mean']:.2f} (max {record['grad_norm_max']:.1f}, "
+              f"{record['clipped_fraction']:.0%} clipped)"
+              + (f" flip_tta={test_acc_flip:.4f}" if test_acc_flip is not None else "")
+              + (f" strides={_strides_text(record['strides'])}" if run.has_strides else ""),
               flush=True)
     return record, step
 
