@@ -7,11 +7,17 @@ per model; see ``exports.compact``). In order:
 1. every finished training card goes to the Table 1 results folder (``results/table1/``,
    the protocol's ``out``), where ``training.sweep --report-only`` reads it;
 2. every returned model is rebuilt from its int8 file, exported to ONNX (fp16 weights,
-   parity against the rebuilt PyTorch model checked by ``exports.export``) into a staging
-   folder, and the **bundled file itself** is evaluated with onnxruntime on the whole test
-   split (all 10,000 images of the JPEG copy unless ``--limit-test``); the result goes into
-   its card (``test_acc``, ``bundled_accuracy``) and the manifest; then the staging folder
-   replaces ``--models-dir`` (two renames; the old folder is deleted last);
+   parity against the rebuilt PyTorch model on 64 test images, checked by
+   ``exports.export``) into a staging folder and quantised to int8 (``exports.quantize``);
+   the **bundled file itself** is evaluated with onnxruntime on the whole test split (all
+   10,000 images of the JPEG copy unless ``--limit-test``): **one pass per model**. The
+   int8 gate's float accuracy is the training card's ``compression.test_acc_float32``
+   (measured on the GPU on the same split), and its top-1 agreement is measured on the first
+   ``--agreement-images``; only when the card has no such figure (or counted other images)
+   does the fp16 file get a pass of its own, and only when the gate fails is the fp16 file
+   bundled (and then evaluated). The result goes into the card (``test_acc``,
+   ``bundled_accuracy``) and the manifest; then the staging folder replaces
+   ``--models-dir`` (two renames; the old folder is deleted last);
 3. README's bundled-model table, the Table 1 block and ``benchmarks/RESULTS.md`` are
    rewritten from those numbers (``--no-docs`` skips this; tests use it).
 
@@ -102,34 +108,62 @@ def onnx_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, normalize:
     return float(np.mean(predictions(path, normalize_uint8(images, normalize["mean"], normalize["std"]), threads) == labels))
 
 
+def gate_reference(compression: dict | None, n_images: int) -> tuple[float | None, str]:
+    """The int8 gate's float accuracy from the training card: ``compression.test_acc_float32``
+    (the float32 model on the training device, right after training) when it was measured
+    on as many test images as ingest evaluates (the whole split; the window measures all of
+    it), else ``None``: the gate then measures the fp16 file on the same images itself."""
+    comp = compression or {}
+    acc, counted = comp.get("test_acc_float32"), comp.get("test_images")
+    if acc is None or counted != n_images:
+        return None, "onnxruntime CPU, same images"
+    return float(acc), f"training card: compression.test_acc_float32 (float32 on {comp.get('measured_on')}, {counted} test images)"
+
+
 def _bundle_file(fp16_path: Path, variant: str, int8: bool, images: np.ndarray, labels: np.ndarray, card: RunCard, data_dir: str | None,
-                 threads: int | None, log: Callable[[str], None] = print) -> tuple[Path, float, dict]:
-    """The file the dashboard will serve, and its accuracy on ``images``.
+                 threads: int | None, log: Callable[[str], None] = print, reference: float | None = None,
+                 reference_source: str = "", agreement_images: int | None = None) -> tuple[Path, float, dict]:
+    """The file the dashboard will serve, and its accuracy on ``images``: one onnxruntime pass
+    over them, that of the bundled file.
 
     ``int8``: ``exports.quantize`` turns the fp16 export into ``VARIANT.int8.onnx`` beside it,
-    gated on the same test images (its float run *is* the fp16 file's accuracy: the
-    quantiser widens the fp16 weights exactly), and the fp16 file is dropped. When the gate
-    fails, the fp16 file is bundled instead (logged). Otherwise the fp16 file is evaluated.
+    gated on the same test images: its int8 pass *is* the bundled file's accuracy (the card
+    embedded afterwards changes no weight). ``reference`` (see :func:`gate_reference`) is the
+    float accuracy the gate's drop is measured from; the fp16 file then runs only on the
+    first ``agreement_images`` (top-1 agreement). Without it, the gate measures the fp16 file
+    on all images (a second pass). On success the fp16 file is dropped; when the gate fails,
+    the fp16 file is bundled instead (logged) and evaluated (unless the gate already did).
+    Not ``int8``: the fp16 file is evaluated.
     """
     if not int8:
         return fp16_path, onnx_accuracy(fp16_path, images, labels, card.normalize, threads), {}
-    from .quantize import quantize_model
+    from .quantize import DEFAULT_AGREEMENT_IMAGES, quantize_model
 
     quantized = quantize_model(fp16_path, fp16_path.with_name(f"{variant}.int8.onnx"), test_images=len(labels),
-                               data_dir=data_dir, name=variant, log=log)
+                               data_dir=data_dir, name=variant, log=log, reference_acc=reference,
+                               reference_source=reference_source,
+                               agreement_images=agreement_images or DEFAULT_AGREEMENT_IMAGES, threads=threads)
     gate = quantized.accuracy.to_dict()
-    extra = {"fp16_file_test_acc": gate["float_acc"], "int8_top1_agreement_with_fp16": gate["top1_agreement"]}
+    fp16_measured = reference is None  # the gate ran the fp16 file over all images
+    extra = {"fp16_file_test_acc": gate["float_acc"] if fp16_measured else None,
+             "int8_top1_agreement_with_fp16": gate["top1_agreement"], "agreement_images": gate["agreement_images"],
+             "gate_float_source": gate["float_source"]}
     if quantized.path is None:
         log(f"{variant}: the int8 accuracy gate failed (drop {gate['drop_points']:.2f} pt, agreement "
             f"{gate['top1_agreement']:.4f}); the fp16 file is bundled")
-        return fp16_path, gate["float_acc"], extra
+        if fp16_measured:
+            return fp16_path, gate["float_acc"], extra
+        acc = onnx_accuracy(fp16_path, images, labels, card.normalize, threads)
+        extra["fp16_file_test_acc"] = acc
+        return fp16_path, acc, extra
     drop_from_manifest(fp16_path)
     fp16_path.unlink()
     return quantized.path, gate["int8_acc"], extra
 
 
 def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | None, limit_test: int | None,
-                  allow_unfinished: bool, threads: int | None, log: Callable[[str], None] = print, int8: bool = True) -> list[dict]:
+                  allow_unfinished: bool, threads: int | None, log: Callable[[str], None] = print, int8: bool = True,
+                  agreement_images: int | None = None) -> list[dict]:
     """Export, evaluate and install the returned models; returns one row per model
     (``int8``: the bundled files are int8, as the dashboard serves; see :func:`_bundle_file`)."""
     import onnx
@@ -150,6 +184,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
     rows = []
     try:
         images, labels, source = _test_split(data_dir, limit_test)
+        ingest_started = time.perf_counter()
         for path in files:
             if not path.is_file():
                 raise IngestError(f"{path}: listed in window.json but not there (copy every file of the call)")
@@ -162,15 +197,20 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
             model.load_state_dict(state)
             variant = card.variant
             save_checkpoint(model, card, checkpoints / variant)
+            export_started = time.perf_counter()
             result = export_checkpoint(checkpoints / f"{variant}.json", staging / f"{variant}.onnx", fp16=True,
                                        data_dir=data_dir, name=variant, log=log)
             if result.path is None:
                 raise RuntimeError(f"{variant}: ONNX parity check failed (logits differ by {result.parity.logits_max_abs:.3e})")
             comp = card.compression or {}
             reference = comp.get("test_acc_float32", card.test_acc)
+            gate_float, gate_source = gate_reference(comp, len(labels))
             started = time.perf_counter()
+            export_seconds = started - export_started
             bundled_path, acc, extra = _bundle_file(result.path, variant, int8, images, labels,
-                                                    RunCard.from_dict(result.card), data_dir, threads, log)
+                                                    RunCard.from_dict(result.card), data_dir, threads, log,
+                                                    reference=gate_float, reference_source=gate_source,
+                                                    agreement_images=agreement_images)
             seconds = time.perf_counter() - started
             delta = None if reference is None else 100 * (acc - reference)
             full = read_onnx_card(bundled_path)
@@ -181,6 +221,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
                 "precision": full.precision, **extra,
                 "reference_float32_test_acc": reference, "delta_points": delta,
                 "within_target": None if delta is None else abs(delta) <= TARGET_DELTA_POINTS, "seconds": round(seconds, 1),
+                "export_seconds": round(export_seconds, 1),
             }
             proto = onnx.load(str(bundled_path))
             embed_card(proto, full)  # the doc string the exporter / quantiser wrote stays
@@ -194,7 +235,8 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
                          "precision": full.precision, "fp16_file_acc": extra.get("fp16_file_test_acc"),
                          "off_protocol": card.off_protocol, "n_train": (card.data or {}).get("n_train"),
                          "measured_on": comp.get("measured_on")})
-            log(f"{variant}: bundled file {acc:.4f} on {len(labels)} test images ({seconds:.0f} s); "
+            log(f"{variant}: bundled file {acc:.4f} on {len(labels)} test images (export + parity {export_seconds:.0f} s, "
+                f"quantise + evaluate {seconds:.0f} s); "
                 f"float32 on the training device {reference if reference is not None else float('nan'):.4f}")
         if not rows:
             shutil.rmtree(staging, ignore_errors=True)
@@ -203,7 +245,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
     finally:
         shutil.rmtree(checkpoints, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
-    log(f"{len(rows)} models installed in {models_dir}")
+    log(f"{len(rows)} models installed in {models_dir} ({time.perf_counter() - ingest_started:.0f} s after the data load)")
     return rows
 
 
@@ -255,7 +297,9 @@ def models_markdown(rows: Sequence[dict], window: dict) -> str:
         + ("quantised to int8 by `exports.quantize` (its accuracy gate on the same images). " if any(r.get("precision") == "int8" for r in rows) else "bundled as fp16. ")
         + f"Accuracy of each bundled file with onnxruntime (CPU) on {rows[0]['test_images']:,} CIFAR-10 (JPEG copy) "
         f"test images; “float32” and “int8 weights” are the uncompressed and the returned PyTorch model, measured on the training device "
-        f"({', '.join(sorted({str(r.get('measured_on')) for r in rows}))}) right after training (`python -m exports.ingest`).",
+        f"({', '.join(sorted({str(r.get('measured_on')) for r in rows}))}) right after training (`python -m exports.ingest`)"
+        + ("; the int8 gate measures its drop from that float32 figure, so the fp16 file is not evaluated (–)."
+           if any(r.get("precision") == "int8" and r.get("fp16_file_acc") is None for r in rows) else "."),
         "",
         "| model | bundled file | precision | fp16 file | float32 | int8 weights | Δ bundled − float32 | s/epoch | training s | fp16 parity |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -321,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="CIFAR-10 JPEG copy (default: ../shared/data, ./data)")
     p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images (default: all 10,000)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    p.add_argument("--agreement-images", type=int, default=None,
+                   help="int8 gate: test images its top-1 agreement with the fp16 export is measured on, when the card's "
+                        "GPU float32 accuracy stands in for an fp16 pass (default 500)")
     p.add_argument("--precision", choices=("int8", "fp16"), default="int8",
                    help="bundled files: int8 (exports.quantize, gated; the dashboard's default) or the fp16 export")
     p.add_argument("--allow-unfinished", action="store_true", help="also bundle models whose training was cut short")
@@ -330,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.limit_test is not None and args.limit_test < 1:
         p.error(f"--limit-test must be >= 1, got {args.limit_test}")
+    if args.agreement_images is not None and args.agreement_images < 1:
+        p.error(f"--agreement-images must be >= 1, got {args.agreement_images}")
     from training.checkpoint import CheckpointError
     from training.sweep import ConfigError, load_config
 
@@ -344,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         windows = read_windows(args.dirs)
         collect_cards(windows, results_dir)
         rows = bundle_models(windows, args.models_dir, args.data_dir, args.limit_test, args.allow_unfinished, args.threads,
-                             int8=args.precision == "int8")
+                             int8=args.precision == "int8", agreement_images=args.agreement_images)
     except (IngestError, ConfigError, CheckpointError, ModelError, FileNotFoundError, ValueError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
