@@ -3,12 +3,12 @@
 Here (before the window; then after it, in this order; every step in docs/gpu-window.md)::
 
     python -m benchmarks.gpu_window prepare    # scratch branch without exports/models, data/, size check
-    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window probe --budget 200 --out $OUT",
+    #   device call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --variants resnet18,spectral --profile-seconds 60 --budget 200 --out $OUT",
     #                      carry=["data"], timeout_s=230)       then: cp -r FILES_AT artifacts/window/call1
-    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 585 --args-from runs/gpu_window/probe/best.json --out $OUT",
+    #   device call 2: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --variants diffstride,hybrid,diffstride2 --budget 585 --out $OUT",
     #                      carry=["data"], timeout_s=595)       then: cp -r FILES_AT artifacts/window/call2
     python -m benchmarks.gpu_window restore    # back to the branch you were on
-    python -m exports.ingest artifacts/window/call2
+    python -m exports.ingest artifacts/window/call1 artifacts/window/call2
 
 Modes on the device (each is one call; ``--budget`` is the call's own deadline in seconds):
 
@@ -748,9 +748,12 @@ def mode_probe(window: Window, args, protocol: dict) -> None:
                f"({verdict['reason']}) -> {work_dir(window.mode) / 'best.json'}")
 
 
-#: What the profile step profiles (issue 21): the plain network and the DiffStride family's
-#: most common member, a few steps each at the protocol's batch.
-PROFILE_VARIANTS = "resnet18,hybrid"
+#: What the profile step profiles (issue 21): the DiffStride family's most common member
+#: first (its share of ``--max-seconds`` comes first), then the plain network, a few steps
+#: each at the protocol's batch. The second window gave it 20 s: CUDA and the profiler's
+#: start-up took them all (one step of resnet18 came back), hence 60 s by default.
+PROFILE_VARIANTS = "hybrid,resnet18"
+PROFILE_SECONDS = 60.0
 
 
 def profile_step(window: Window, seconds: float, device: str, protocol: dict) -> None:
@@ -862,6 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default="cuda", help="cuda; cpu rehearses the runbook")
         if mode in ("models", "probe"):
             q.add_argument("--strides", default="1,1,2,2,2", help="stride tuple of the models")
+            q.add_argument("--profile-seconds", type=float, default=PROFILE_SECONDS if mode == "probe" else 0.0,
+                           help="first, a few training steps under torch.profiler for at most this long (0: none)")
         if mode == "models":
             q.add_argument("--variants", default=",".join(DASHBOARD_VARIANTS))
             q.add_argument("--epochs", default="auto", help="auto: the protocol's, or fewer if the probe says they do not fit")
@@ -870,8 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif mode == "probe":
             q.add_argument("--points", nargs="+", default=list(PROBE_POINTS),
                            help="VARIANT[:FLAG=VALUE,...] each; the first variant's runs decide best.json")
-            q.add_argument("--profile-seconds", type=float, default=20.0,
-                           help="first, a few steps under torch.profiler for at most this long (0: none)")
+
         else:
             q.add_argument("--done", type=Path, nargs="+", default=None,
                            help="folders of finished cards (default: the protocol's out); a point finished in any is done")
@@ -929,6 +933,8 @@ def _device_main(args) -> int:
                 window.log(f"args from {args.args_from}: {protocol['args']}"
                            + (" (not the committed protocol's: these cards fill Table 1 only once the protocol "
                               "file says the same)" if changed else " (the protocol's)"))
+            if args.profile_seconds > 0:
+                profile_step(window, args.profile_seconds, args.device, protocol)
             mode_train(window, args, points, protocol, compress=True, choose_epochs=args.epochs == "auto")
         elif args.mode == "probe":
             mode_probe(window, args, protocol)
@@ -936,7 +942,9 @@ def _device_main(args) -> int:
             if args.mode == "extra":
                 bench = args.bench_seconds if args.bench_seconds is not None else window.left() - RESERVE_S
                 mode_bench(window, bench, args.device)
-            done = args.done or [REPO / protocol["out"]]
+            # Done: committed cards, and the cards earlier calls of this window left on the
+            # (warm) machine, not yet ingested, so a second call never repeats a point.
+            done = args.done or [REPO / protocol["out"], work_dir("grid"), work_dir("extra"), work_dir("models")]
             points = plan_grid(protocol, done)[: args.max_points]
             window.record["grid_undone"] = len(plan_grid(protocol, done))
             if not points:
@@ -978,16 +986,16 @@ def summary(window: Window) -> None:
 
 RUN_CALLS = """
 Next (docs/gpu-window.md), the device calls; the repository root is this checkout, now on the scratch branch:
-  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window probe --budget 200 --out $OUT",
+  call 1: run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --variants resnet18,spectral --profile-seconds 60 --budget 200 --out $OUT",
               carry=["data"], timeout_s=230)
           then at once: mkdir -p artifacts/window && cp -r FILES_AT artifacts/window/call1
   call 2 (within 30 s; budget: status's budget_left_s - 30, at most 585; timeout 10 s above it):
-          run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --budget 585 --args-from runs/gpu_window/probe/best.json --out $OUT",
+          run(command="PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_window models --variants diffstride,hybrid,diffstride2 --budget 585 --out $OUT",
               carry=["data"], timeout_s=595)
           then: cp -r FILES_AT artifacts/window/call2; give_back
 Then here:
   python -m benchmarks.gpu_window restore
-  python -m exports.ingest artifacts/window/call2
+  python -m exports.ingest artifacts/window/call1 artifacts/window/call2
 """
 
 

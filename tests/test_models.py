@@ -20,7 +20,7 @@ from hybrid_model import (
     upgrade_state_dict,
     validate_strides,
 )
-from hybrid_model.resnet import PreActBlock
+from hybrid_model.resnet import BasicBlock, PreActBlock
 
 
 @pytest.mark.parametrize("strides", PAPER_STRIDES)
@@ -132,6 +132,28 @@ def test_width_scales_every_stage(variant, block):
     # Conv weights scale with width squared: a quarter width has about 1/16 of the parameters.
     ratio = sum(p.numel() for p in narrow.parameters()) / sum(p.numel() for p in full.parameters())
     assert 1 / 17 < ratio < 1 / 15
+
+
+@pytest.mark.parametrize("variant, block", [("resnet18", "post"), ("hybrid", "post"), ("diffstride", "pre")])
+def test_zero_init_residual_starts_every_block_as_its_shortcut(variant, block):
+    """``zero_init_residual``: each residual branch ends in a zero (the post-activation block's
+    last BatchNorm scale, the pre-activation block's last convolution), so each block computes
+    its shortcut alone (post: ``relu(shortcut)``); everything else is initialised as without it."""
+    torch.manual_seed(0)
+    plain = build_model(variant, width=8, block=block)
+    torch.manual_seed(0)
+    zeroed = build_model(variant, width=8, block=block, zero_init_residual=True)
+    blocks = [m for m in zeroed.modules() if isinstance(m, (BasicBlock, PreActBlock))]
+    assert len(blocks) == 8
+    last = [b.conv2.weight if block == "pre" else b.bn2.weight for b in blocks]
+    assert all(torch.count_nonzero(w) == 0 for w in last)
+    differing = {k for k, v in plain.state_dict().items() if not torch.equal(v, zeroed.state_dict()[k])}
+    assert differing == {n for n, p in zeroed.named_parameters() if any(p is w for w in last)}
+    zeroed.eval()
+    x = torch.randn(2, 8, 16, 16)
+    layer = zeroed.layer1[1]  # an identity-shortcut block
+    expected = torch.relu(x) if block == "post" else x
+    torch.testing.assert_close(layer(x), expected)
 
 
 @pytest.mark.parametrize(

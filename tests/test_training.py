@@ -123,6 +123,10 @@ def test_card_and_checkpoint_contents(trained):
         assert key in record, key
     assert record["test_acc"] == card.test_acc and record["images_per_s"] > 0
     assert record["strides"] == card.learned_strides
+    # The gradient-norm record (measured before --grad-clip 2) and the extra flip-TTA column.
+    assert 0 < record["grad_norm_mean"] <= record["grad_norm_max"] and 0 <= record["clipped_fraction"] <= 1
+    assert (record["clipped_fraction"] > 0) == (record["grad_norm_max"] > 2)
+    assert 0 <= record["test_acc_flip"] <= 1
     assert not path.with_suffix(".state.pt").exists()  # removed once finished (no --keep-state)
     assert not list(path.parent.glob(".*.tmp"))
 
@@ -360,6 +364,53 @@ def test_torchrun_two_ranks_agree(tmp_path):
 # --------------------------------------------------------------------------------------
 # Schedules and penalty (units)
 # --------------------------------------------------------------------------------------
+def test_weight_decay_off_norm_and_bias_is_its_own_group():
+    """``--no-decay-norm-bias``: BatchNorm scales/shifts and the classifier's bias in a group
+    without weight decay; conv/linear weights keep it; strides keep their own group. Every
+    parameter is in exactly one group, and clipping/measuring covers all but the strides."""
+    from training.train import build_optimizer, weight_parameters
+
+    model = hybrid_model.build_model("hybrid", STRIDES, width=8, smoothness=1)
+    for flags, names in ((["--no-decay-norm-bias"], ["weights", "norm_bias", "strides"]), ([], ["weights", "strides"])):
+        _, config = parse_args(["--variant", "hybrid", "--out", "unused", "--weight-decay", "0.01", *flags])
+        optimizer, _ = build_optimizer(model, config, steps_per_epoch=10)
+        groups = {g["name"]: g for g in optimizer.param_groups}
+        assert list(groups) == names
+        grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+        assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+        assert groups["weights"]["weight_decay"] == 0.01 and groups["strides"]["weight_decay"] == 0.0
+        if "norm_bias" in groups:
+            assert groups["norm_bias"]["weight_decay"] == 0.0 and all(p.dim() == 1 for p in groups["norm_bias"]["params"])
+            assert all(p.dim() > 1 for p in groups["weights"]["params"])
+            assert any(p is model.fc.bias for p in groups["norm_bias"]["params"])
+        strides = {id(p) for p in hybrid_model.stride_parameters(model)}
+        assert {id(p) for p in weight_parameters(optimizer)} == {id(p) for p in model.parameters()} - strides
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    """``evaluate_flip``: the class of the mean softmax over an image and its mirror image."""
+    from types import SimpleNamespace
+
+    from training.train import evaluate, evaluate_flip
+
+    class LeftVersusRight(torch.nn.Module):  # logits: brightness of the left half, of the right half
+        def forward(self, x):
+            half = x.shape[-1] // 2
+            return torch.stack([x[..., :half].mean((1, 2, 3)), x[..., half:].mean((1, 2, 3))], 1) * 10
+
+    # Mirroring swaps the two logits, so this model's mirror-averaged softmax is always a tie
+    # (argmax: class 0) and the accuracy is the share of class-0 labels, 1/2; without the
+    # mirror the first three images are right and the last wrong: 3/4.
+    x = torch.zeros(4, 3, 8, 8)
+    x[0, ..., :4] = 1.0
+    x[1, ..., 4:] = 1.0
+    x[3, ..., :4] = 1.0
+    y = torch.tensor([0, 1, 0, 1])
+    loader = SimpleNamespace(device=torch.device("cpu"), batches=lambda epoch: [(x, y)])
+    assert evaluate(LeftVersusRight(), loader, {"device_type": "cpu", "enabled": False})[1] == 0.75
+    assert evaluate_flip(LeftVersusRight(), loader, {"device_type": "cpu", "enabled": False}) == 0.5
+
+
 def test_schedules():
     piecewise = lr_lambda("piecewise", 200, 1, (100, 150, 180), 0)
     assert [piecewise(s) for s in (0, 99, 100, 149, 150, 179, 180, 199)] == pytest.approx(
