@@ -41,13 +41,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from exports.serving.files import atomic_write_json, atomic_write_text
-from hybrid_model import VARIANTS, build_model, parse_strides
-from training.train import parameter_groups
+from hybrid_model import VARIANTS, parse_strides
 
 from .timing import sync
+from .train_throughput import training_step
 
 CATEGORIES = ("convolution", "matmul/GEMM", "elementwise/copy", "batchnorm", "reduction", "optimizer", "other")
 NAME_CHARS = 60
@@ -152,24 +151,7 @@ def _truncate(name: str, chars: int = NAME_CHARS) -> str:
 def _training_step(variant: str, strides: Sequence[float], batch: int, device: torch.device, bf16: bool,
                    channels_last: bool, options: dict):
     """The model and SGD step of ``benchmarks.train_throughput.bench_variant`` (eager)."""
-    torch.manual_seed(0)
-    model = build_model(variant, tuple(strides), 10, **options).to(device).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(parameter_groups(model, lr=0.01, stride_lr=0.01, weight_decay=5e-4), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return training_step(variant, strides, batch, device, bf16, channels_last, options)[1]
 
 
 def _under_optimizer(event) -> bool:

@@ -17,9 +17,11 @@ import argparse
 import platform
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from exports.serving.files import atomic_write_json
 from hybrid_model import VARIANTS, build_model, model_cost, parse_strides
@@ -28,15 +30,12 @@ from training.train import parameter_groups
 from .timing import time_steps
 
 
-def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: int, warmup: int,
-                  device: torch.device, bf16: bool, channels_last: bool, options: dict, compile: bool = False) -> dict:
-    """Median seconds per training step of one variant on random CIFAR-sized input."""
+def training_step(variant: str, strides: Sequence[float], batch: int, device: torch.device, bf16: bool,
+                  channels_last: bool, options: dict, compile: bool = False) -> tuple[nn.Module, Callable[[], None]]:
+    """A model of ``variant`` on ``device`` and one fwd+bwd+SGD step of it on a fixed random
+    CIFAR-sized batch (bf16 autocast, channels-last as asked): ``(model, step)``."""
     torch.manual_seed(0)
-    if compile:
-        torch._dynamo.reset()  # every variant compiles from scratch (fair first-step times)
-    model = build_model(variant, strides, 10, **options)
-    flops = model_cost(model)["flops"]  # forward, one image, at the initial strides
-    model = model.to(device).train()
+    model = build_model(variant, tuple(strides), 10, **options).to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(parameter_groups(model, lr=0.01, stride_lr=0.01, weight_decay=5e-4), lr=0.01, momentum=0.9)
@@ -52,6 +51,17 @@ def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: i
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    return model, step
+
+
+def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: int, warmup: int,
+                  device: torch.device, bf16: bool, channels_last: bool, options: dict, compile: bool = False) -> dict:
+    """Median seconds per training step of one variant on random CIFAR-sized input."""
+    if compile:
+        torch._dynamo.reset()  # every variant compiles from scratch (fair first-step times)
+    flops = model_cost(build_model(variant, strides, 10, **options))["flops"]  # forward, one image, initial strides
+    _, step = training_step(variant, strides, batch, device, bf16, channels_last, options, compile)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -224,3 +224,26 @@ def test_license_citation_and_pyproject_agree():
     assert project["version"] == citation["version"]
     cited = {ref["title"] for ref in citation["references"]}
     assert "Learning Strides in Convolutional Neural Networks" in cited  # DiffStride, the method implemented
+
+
+# --------------------------------------------------------------------------------------
+# Figures in the docs that can drift from their sources
+# --------------------------------------------------------------------------------------
+def test_gpu_window_figures_match_their_records():
+    """The runbook's grid size is the protocol's, and each window's call times are the
+    ones its window.json recorded (rounded to the second)."""
+    import json
+
+    page = (ROOT / "docs" / "gpu-window.md").read_text(encoding="utf-8")
+    protocol = json.loads((ROOT / "training" / "sweeps" / "short_cifar10.json").read_text(encoding="utf-8"))
+    per_seed = len(protocol["variants"]) * len(protocol["strides"]) * len(protocol.get("datasets", ["cifar10"]))
+    assert f"{per_seed} points a seed" in page
+    assert re.search(rf"\b{per_seed} points\b", (ROOT / "docs" / "training.md").read_text(encoding="utf-8"))
+    window1 = json.loads((ROOT / "results" / "windows" / "2026-11-26-h200" / "call1" / "window.json").read_text())
+    assert f"call 1 (`models --budget 500`) took {round(window1['elapsed_s'])} s" in page
+    for call, wall in (("call1", "169.5"), ("call2", "530.3"), ("call3", "82.4")):  # the device tool's wall_s
+        record = json.loads((ROOT / "results" / "windows" / "2026-12-04-h200" / call / "window.json").read_text())
+        assert f"({wall} s)" in page and float(wall) >= record["elapsed_s"]  # the call covers the runbook's own time
+    size = sum(p.stat().st_size for p in (ROOT / "exports" / "models").glob("*.onnx")) / 1e6
+    match = re.search(r"the bundled ONNX files, ~(\d+) MB", page)
+    assert match and abs(int(match.group(1)) - size) <= 2, (match and match.group(0), size)

@@ -465,9 +465,18 @@ def test_cli_errors_are_one_line(argv, message, tmp_path, capsys):
 def test_cli_subprocess_help_and_error(tmp_path):
     help_ = _train_cli("--help", timeout=120)
     assert help_.returncode == 0 and "--variant" in help_.stdout and "--resolution-penalty" in help_.stdout
+    # Defaults only where they inform: no "(default: True)" after a switch that turns flips off,
+    # no "(default: None)" after "(model default 4)"; every flag says what it is.
+    text = " ".join(help_.stdout.split())
+    assert "(default: True)" not in text and "(default: None)" not in text and "(default: False)" not in text
+    assert "--no-flip turn off the random horizontal flips (on by default)" in text
+    assert "--epochs EPOCHS epochs of the whole run" in text and "(default: 200)" in text
     bad = _train_cli("--variant", "hybrid", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1].startswith("python -m training.train: error: no CIFAR-10 data found")
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]  # one line, no usage before it
+    assert bad.stderr.startswith("python -m training.train: error: no CIFAR-10 data found")
+    typo = _train_cli("--variant", "hybrid", "--epochz", "3", "--out", str(tmp_path / "o"), timeout=120)
+    assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1 and "--epochz" in typo.stderr
 
 
 # --------------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ class TrainConfig:
                                 "logits and gradients in the first steps, whatever a spectral head multiplies GAP by")
     name: str | None = _setting(None, "model", "run", "run name (default VARIANT_DATASET_sSTRIDES_seedSEED)")
     # ---- optimisation ----
-    epochs: int = _setting(200, "optimisation", "result", parse=_positive_int)
+    epochs: int = _setting(200, "optimisation", "result", "epochs of the whole run (the schedule spans them)",
+                           parse=_positive_int)
     batch_size: int = _setting(128, "optimisation", "result", "global batch size (split over DDP ranks)", parse=_positive_int)
     lr: float = _setting(0.1, "optimisation", "result", "peak learning rate of the weights", parse=_nonneg_float)
     stride_lr: float | None = _setting(None, "optimisation", "result", "learning rate of the DiffStride strides (default: --lr)",
@@ -182,10 +183,11 @@ class TrainConfig:
     # ---- data (result) ----
     limit_train: int | None = _setting(None, "data", "result", "use the first N training images", parse=_positive_int)
     limit_test: int | None = _setting(None, "data", "result", "use the first N test images", parse=_positive_int)
-    seed: int = _setting(0, "optimisation", "result", parse=int)
+    seed: int = _setting(0, "optimisation", "result", "seed of the initialisation, the batches and the augmentation",
+                         parse=int)
     pad: int = _setting(4, "data", "result", "random-crop padding in pixels (0: no crop)", parse=int)
     pad_mode: str = _setting("reflect", "data", "result", None, choices=("reflect", "zeros"))
-    flip: bool = _setting(True, "data", "result", "no random horizontal flips")
+    flip: bool = _setting(True, "data", "result", "turn off the random horizontal flips (on by default)")
     data_source: str = _setting("auto", "data", "result", "which copy to read", choices=SOURCES)
     # ---- where and how it runs ----
     data_dir: str | None = _setting(None, "data", "run", "data directory (default: $HYBRID_DATA_DIR, ../shared/data, ./data)")
@@ -204,7 +206,7 @@ class TrainConfig:
     deterministic: bool = _setting(False, "run", "run", "deterministic CUDA kernels (slower)")
     threads: int | None = _setting(None, "run", "run", "torch CPU threads", parse=_positive_int)
     eval_batch_size: int | None = _setting(None, "run", "run", "default 2x --batch-size", parse=_positive_int)
-    progress: bool = _setting(True, "run", "run", "no tqdm progress bar")
+    progress: bool = _setting(True, "run", "run", "turn off the tqdm progress bar (on by default)")
 
     # ---- derived views ----
     def resolved(self) -> TrainConfig:
@@ -313,12 +315,29 @@ def _add_argument(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
     group.add_argument(f"--{_flag(f)}", **kwargs)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` only where it tells something: not for switches (their help says
+    what they turn on or off), not for ``None`` (the help says what is used instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == 0 or action.default is None or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line for a bad command line, without the 40-line usage before it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``python -m training.train``'s parser: one flag per :class:`TrainConfig` field."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m training.train",
         description="Train a CIFAR ResNet-18 variant (strided conv, spectral pooling, DiffStride, hybrid).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for title in ("model", "data", "optimisation", "run"):
