@@ -530,6 +530,13 @@ def _finish_decode(window: Window, process: subprocess.Popen) -> tuple[int, int]
     return int(words[1]), int(words[2])
 
 
+def grid_done_dirs(protocol: dict) -> list[Path]:
+    """Where ``grid`` looks for finished points by default: the committed cards, and the cards
+    earlier calls of this window left on the (warm) machine, not yet ingested, so that a
+    second call never repeats a point (window 1's third call did)."""
+    return [REPO / protocol["out"], work_dir("grid"), work_dir("extra"), work_dir("models")]
+
+
 def plan_grid(protocol: dict, done: Path | Sequence[Path]) -> list:
     """Undone points of the protocol grid, seed 0 first, then by stride tuple and variant.
     A point is done when any folder of ``done`` holds its finished on-protocol card (a later
@@ -946,9 +953,7 @@ def _device_main(args) -> int:
             if args.mode == "extra":
                 bench = args.bench_seconds if args.bench_seconds is not None else window.left() - RESERVE_S
                 mode_bench(window, bench, args.device)
-            # Done: committed cards, and the cards earlier calls of this window left on the
-            # (warm) machine, not yet ingested, so a second call never repeats a point.
-            done = args.done or [REPO / protocol["out"], work_dir("grid"), work_dir("extra"), work_dir("models")]
+            done = args.done or grid_done_dirs(protocol)
             points = plan_grid(protocol, done)[: args.max_points]
             window.record["grid_undone"] = len(plan_grid(protocol, done))
             if not points:

@@ -116,6 +116,22 @@ def test_grid_order_and_coverage(tmp_path):
     assert sweep.coverage(protocol, cards) == "1 / 4 points, seed 0; 0 / 4, seed 1"
 
 
+def test_grid_skips_points_an_earlier_call_of_the_window_finished(tmp_path, monkeypatch):
+    """By default ``grid`` also reads the work folders earlier calls left on the warm machine."""
+    from exports.serving.files import atomic_write_json
+
+    monkeypatch.setenv("GPU_WINDOW_WORK", str(tmp_path / "work"))
+    protocol = sweep.load_config(_tiny_protocol(tmp_path))
+    dirs = gpu_window.grid_done_dirs(protocol)
+    assert gpu_window.work_dir("models") in dirs and gpu_window.work_dir("grid") in dirs
+    todo = gpu_window.plan_grid(protocol, dirs)
+    first = todo[0]
+    card = {"name": first.name, "variant": first.variant, "strides": list(first.strides), "seed": first.seed,
+            "epoch": 1, "epochs": 1, "dataset": "cifar10", "config": sweep.protocol_config(first, protocol)}
+    atomic_write_json(gpu_window.work_dir("models") / f"{first.name}.json", card)
+    assert [r.name for r in gpu_window.plan_grid(protocol, dirs)] == [r.name for r in todo[1:]]
+
+
 def test_readme_block_and_errors(tmp_path, capsys):
     assert sweep.replace_block("a\n<!-- t:start -->\nold\n<!-- t:end -->\nb", "t", "new") == "a\n<!-- t:start -->\nnew\n<!-- t:end -->\nb"
     with pytest.raises(sweep.ConfigError, match="markers"):
