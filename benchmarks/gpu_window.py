@@ -945,6 +945,9 @@ def _device_main(args) -> int:
                            + (" (not the committed protocol's: these cards fill Table 1 only once the protocol "
                               "file says the same)" if changed else " (the protocol's)"))
             if args.profile_seconds > 0:
+                if len(points) + 4 > OUT_FILES:  # window.json/.log, profile.json/.md and the models
+                    raise WindowError(f"{len(points)} models and the profile are {len(points) + 4} files; a call returns "
+                                      f"{OUT_FILES}: profile with at most {OUT_FILES - 4} models")
                 profile_step(window, args.profile_seconds, args.device, protocol)
             mode_train(window, args, points, protocol, compress=True, choose_epochs=args.epochs == "auto")
         elif args.mode == "probe":

@@ -187,8 +187,9 @@ def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
     # call 1: the dashboard models (one of the five, at toy sizes: the hybrid, the one that diverged)
     out1 = tmp_path / "out1"
     assert gpu_window.main(["models", "--budget", "500", "--out", str(out1), "--strides", "4,1,2,2,2",
-                            "--variants", "hybrid", *common]) == 0
+                            "--variants", "hybrid", "--profile-seconds", "60", *common]) == 0
     record = json.loads((out1 / "window.json").read_text())
+    assert record["profile"]["results"][0]["rows"]  # the next window's call 1 profiles first (issue 21)
     assert set(record["smoke"]) == {"hybrid (4.0, 1.0, 2.0, 2.0, 2.0)"}
     assert [r["status"] for r in record["runs"]] == ["finished"] and record["estimate"]["epochs"] == 1
     for run in record["runs"]:
@@ -196,10 +197,10 @@ def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
         assert card["compression"]["test_images"] == 32 and card["torch"] == torch.__version__
         assert "CPU" in card["hardware"] and card["train_wall_seconds"] > 0 and len(card["history"]) == 1
     limits = gpu_window.check_out_limits(out1)
-    assert limits["ok"] and len(limits["files"]) == 3  # window.json, window.log, the model
+    assert limits["ok"] and len(limits["files"]) == 5  # window.json, window.log, profile.json/.md, the model
     model_bytes = max(size for name, size in limits["files"] if name.endswith(".int8.safetensors"))
     other_bytes = sum(size for name, size in limits["files"] if not name.endswith(".int8.safetensors"))
-    assert 5 * model_bytes + other_bytes <= 64 * MiB and 5 + 2 <= 8  # the real call: five models
+    assert 5 * model_bytes + other_bytes <= 64 * MiB  # bytes: five models fit one call (files: three with the profile)
 
     # back here: ingest into a temporary models folder
     models, results = tmp_path / "models", tmp_path / "results"
@@ -393,3 +394,7 @@ def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, cap
     assert "needs a probe call earlier" in capsys.readouterr().err
     assert gpu_window.main(["probe", "--budget", "60", "--out", str(tmp_path / "o"), "--points", "resnet18:foo=1", *common]) == 2
     assert "unknown train flag --foo" in capsys.readouterr().err
+    # five models and the profile would be nine files: one more than a call returns
+    assert gpu_window.main(["models", "--budget", "60", "--out", str(tmp_path / "o5"), "--profile-seconds", "30",
+                            *common]) == 2
+    assert "9 files; a call returns 8: profile with at most 4 models" in capsys.readouterr().err
