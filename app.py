@@ -10,6 +10,8 @@ import argparse
 import logging
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -58,6 +60,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.cache_mb <= 0 or args.upload_ttl_min <= 0:
         parser.error("--cache-mb and --upload-ttl-min must be positive")
     return args
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the dashboard cannot listen on ``host:port``, in one sentence, or ``None``.
+
+    Checked before Gradio starts: its own failure is a long traceback that ends in advice
+    about ``GRADIO_SERVER_PORT`` and an abort. (Another program may still take the port in
+    the moment between this check and the server's start; then Gradio's error stands.)
+    """
+    if not 1 <= port <= 65535:
+        return f"--port {port} is not a TCP port (1-65535)"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        return f"--host {host} is not an address of this machine ({error.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return f"cannot listen on {host}:{port} ({error.strerror}); start with another --port"
+    return None
 
 
 def upload_folder() -> Path:
@@ -162,6 +186,10 @@ def log_models(service: DashboardService) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    problem = port_problem(args.host, args.port)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     gradio_fixes.bound_malloc_arenas()  # before the server's threads exist
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Gradio self-check request otherwise

@@ -702,3 +702,22 @@ def test_sigterm_during_start_up_shuts_down_cleanly(models_dir: Path, tmp_path: 
     output = "".join(lines) + process.communicate(timeout=120)[0]
     assert process.returncode == 0, output
     assert "Traceback" not in output and "terminate called" not in output and "shut down; deleted" in output, output
+
+
+def test_a_port_it_cannot_listen_on_is_one_line_and_exit_2(tmp_path):
+    """A busy port (another dashboard, say), an impossible port or host: one line naming
+    what to change, exit 2, before Gradio starts (it printed a 15-line traceback and aborted)."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [(["--port", str(port)], f"cannot listen on 127.0.0.1:{port} (Address already in use); start with another --port"),
+                 (["--port", "99999"], "--port 99999 is not a TCP port (1-65535)"),
+                 (["--host", "no-such-host.invalid", "--port", "7861"], "--host no-such-host.invalid is not an address")]
+        for args, message in cases:
+            result = subprocess.run([sys.executable, str(ROOT / "app.py"), *args, "--upload-dir", str(tmp_path)],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 2, result.stderr[-2000:]
+            assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
