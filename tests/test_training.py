@@ -515,3 +515,28 @@ def test_the_stable_fallback_trains_the_hybrid_stably_at_peak_lr():
     result = probe("hybrid", flags, steps=5, n_train=batch, n_test=128, schedule_images=batch)
     assert max(result["lr"]) == pytest.approx(args["lr"])
     assert is_stable(result, factor=3.0), result
+
+
+def test_download_without_internet_is_one_line_and_leaves_no_partial_archive(tmp_path, monkeypatch, capsys):
+    """``--download`` where the internet is not reachable: torchvision's fetch fails (here
+    after writing part of the archive, as a dropped connection does): one ``error:`` line,
+    exit 2, and the partial archive is removed (it was an 82-line URLError traceback)."""
+    import urllib.error
+
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(url, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"partial")
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(tv_utils, "_urlretrieve", offline)
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(SystemExit) as info:
+        main(["--variant", "resnet18", "--download", "--data-dir", str(data), "--data-source", "torchvision",
+              "--out", str(tmp_path / "out"), "--no-progress"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m training.train: error: could not download cifar10 into {data}")
+    assert "Name or service not known" in err[0] and "--data-dir" in err[0]
+    assert list(data.iterdir()) == []

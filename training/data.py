@@ -298,11 +298,19 @@ def _read_torchvision(directory: Path, dataset: str, download: bool) -> tuple[tu
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
+    archive = directory / cls.filename
+    existed = archive.exists()
     try:
         train = cls(str(directory), train=True, download=download)
         test = cls(str(directory), train=False, download=download)
     except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
         raise FileNotFoundError(f"{directory / _TORCHVISION_FOLDERS[dataset]}: {error}") from None
+    except OSError as error:  # the download failed (no internet: urllib's URLError is an OSError)
+        if not existed:
+            archive.unlink(missing_ok=True)  # no partial archive left behind
+        reason = getattr(error, "reason", None) or error.strerror or error
+        raise FileNotFoundError(f"could not download {dataset} into {directory} ({reason}); without internet, pass "
+                                f"--data-dir a folder holding the data (docs/training.md, One run)") from None
     # CIFAR100's ``targets`` are the fine labels.
     arrays = (train.data, np.asarray(train.targets), test.data, np.asarray(test.targets))
     return arrays, tuple(train.classes)
