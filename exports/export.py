@@ -40,6 +40,7 @@ from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
 
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 from .serving.cards import RunCard, as_card, embed_card
+from .serving.cli import DefaultsHelpFormatter
 from .serving.files import file_sha256
 from .serving.manifest import write_model
 from .serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems, graph_io
@@ -269,7 +270,8 @@ def export_fresh(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exports.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m exports.export", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="training checkpoint: NAME.safetensors or its NAME.json card")
     parser.add_argument("--out", type=Path, required=True, help="output .onnx path (manifest.json is updated beside it)")
     parser.add_argument("--fp16-weights", action="store_true", help="store conv kernels as float16 (half the size)")

@@ -48,6 +48,7 @@ from onnx import TensorProto, numpy_helper
 
 from .parity import DEFAULT_DATA_DIR
 from .serving.cards import CardError, RunCard, embed_card, read_onnx_card
+from .serving.cli import DefaultsHelpFormatter
 from .serving.files import file_sha256
 from .serving.manifest import write_model
 from .serving.runtime import CPU, ModelError, card_problems, graph_io, normalization_for, normalize_uint8
@@ -453,7 +454,8 @@ def quantize_model(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exports.quantize", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m exports.quantize", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("model", type=Path, help="float .onnx model written by exports.export")
     parser.add_argument("--out", type=Path, required=True, help="output .onnx path (manifest.json is updated beside it)")
     parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION, help="CIFAR-10 training images for calibration")

@@ -173,3 +173,16 @@ def test_calibration_and_gate_images_are_the_trainers_images():
     assert not np.array_equal(x, Q.load_cifar10_jpeg("train", 8, seed=2)[0])
     x, y, what = Q.load_cifar10_jpeg("test", 8)
     assert np.array_equal(x, data.x_test.numpy()[:8]) and what == "CIFAR-10 test (JPEG copy), first 8"
+
+
+@pytest.mark.parametrize("module, expected", [
+    ("exports.quantize", ["--test-images TEST_IMAGES CIFAR-10 test images for the accuracy gate (default:",
+                          "--max-acc-drop MAX_ACC_DROP largest accepted accuracy loss, in points (default:"]),
+    ("exports.export", ["--parity-images PARITY_IMAGES CIFAR-10 test images for parity (0 skips) (default:"]),
+])
+def test_help_shows_the_defaults(module, expected):
+    """Every option with a value says its default; switches and 'default ...' helps are not repeated."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0 and all(e in text for e in expected), text
+    assert "(default: None)" not in text and "(default: False)" not in text

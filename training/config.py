@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hybrid_model
+from exports.serving.cli import DefaultsHelpFormatter
 
 from .data import DATASETS, SOURCES
 
@@ -315,16 +316,6 @@ def _add_argument(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
     group.add_argument(f"--{_flag(f)}", **kwargs)
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``(default: X)`` only where it tells something: not for switches (their help says
-    what they turn on or off), not for ``None`` (the help says what is used instead)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.nargs == 0 or action.default is None or "%(default)" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 class _Parser(argparse.ArgumentParser):
     """One line for a bad command line, without the 40-line usage before it."""
 
@@ -337,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m training.train",
         description="Train a CIFAR ResNet-18 variant (strided conv, spectral pooling, DiffStride, hybrid).",
-        formatter_class=_DefaultsFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for title in ("model", "data", "optimisation", "run"):
