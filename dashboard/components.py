@@ -41,6 +41,9 @@ class RawImage(gr.Image):
         if payload.url and payload.url.startswith("data:"):
             return self._save_data_url(payload.url)
         if payload.path is None:
+            if payload.url and payload.url.split(":", 1)[0].lower() in ("http", "https"):
+                raise gr.Error("Images are not fetched from web addresses; download the image and upload the file.",
+                               print_exception=False)
             raise gr.Error("The upload arrived without a file; please upload the image again.", print_exception=False)
         return str(payload.path)
 

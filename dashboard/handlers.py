@@ -231,9 +231,12 @@ class Handlers:
             models = [models]
         if models is not None and not isinstance(models, (list, tuple)):  # raw API: a number, an object
             raise UserError(f"'models' must be a list of 2 to {MAX_COMPARE} model names.")
-        names = list(dict.fromkeys(str(m) for m in (models or []) if m))
+        given = [str(m) for m in (models or []) if m]
+        names = list(dict.fromkeys(given))
         if not 2 <= len(names) <= MAX_COMPARE:
-            raise UserError(f"Choose between 2 and {MAX_COMPARE} models to compare (got {len(names)}).")
+            twice = [n for n in names if given.count(n) > 1]
+            repeated = f" different: {', '.join(repr(n) for n in twice)} given more than once" if twice else ""
+            raise UserError(f"Choose between 2 and {MAX_COMPARE} models to compare (got {len(names)}{repeated}).")
         cards = {n: self.service.card(n) for n in names}
         datasets = {n: str(c.dataset) for n, c in cards.items()}
         if len(set(datasets.values())) > 1:

@@ -239,7 +239,9 @@ class DashboardService:
         lines = [f"No valid model was found in '{self.models_dir}'."]
         for file, reason in self.skipped():
             lines.append(f"Skipped {Path(file).name}: {reason}.")
-        if not self.models_dir.is_dir():
+        if self.models_dir.exists() and not self.models_dir.is_dir():
+            lines.append("It is a file, not a folder; start the app with --models-dir pointing at a folder of exported models.")
+        elif not self.models_dir.is_dir():
             lines.append("The folder does not exist; start the app with --models-dir pointing at exported models.")
         elif not self.skipped():
             lines.append("The folder holds no exported model; export one with `python -m exports.export`.")

@@ -185,6 +185,7 @@ def test_compare_two_to_four_models(client: Client, cifar_images, models_dir: Pa
     (["hybrid"], "Choose between 2 and 4 models"),
     (["hybrid", "resnet18", "spectral", "diffstride", "diffstride2"], "Choose between 2 and 4 models"),
     (["hybrid", "nosuchmodel"], "Unknown model 'nosuchmodel'"),
+    (["hybrid", "hybrid"], "Choose between 2 and 4 models to compare (got 1 different: 'hybrid' given more than once)."),
 ])
 def test_compare_rejects_bad_selections(client: Client, cifar_images, models, message):
     with pytest.raises(AppError) as excinfo:
@@ -442,6 +443,23 @@ def test_missing_models_folder_still_builds(tmp_path: Path, cifar_images, caplog
         log_models(app.service)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "does-not-exist" in warnings[0] and "does not exist" in warnings[0], caplog.text
+
+
+def test_a_file_given_as_the_models_folder_is_named_a_file(tmp_path: Path):
+    from dashboard.service import DashboardService
+
+    not_a_folder = tmp_path / "README.md"
+    not_a_folder.write_text("# not models")
+    message = DashboardService(not_a_folder).no_models_message()
+    assert "It is a file, not a folder" in message and "does not exist" not in message
+
+
+def test_a_web_address_as_the_image_says_so(client: Client):
+    """An http(s) URL is never fetched (the server would download for anyone): one sentence."""
+    with pytest.raises(AppError) as excinfo:
+        client.predict({"url": "http://example.com/cat.png", "path": None, "meta": {"_type": "gradio.FileData"}},
+                       api_name="/classify")
+    assert "Images are not fetched from web addresses" in error_text(excinfo)
 
 
 def test_start_up_log_names_the_models(models_dir: Path, caplog):
