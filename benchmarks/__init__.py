@@ -1,0 +1,14 @@
+"""Speed, accuracy and GPU-window tools; their results live in ``benchmarks/RESULTS.md``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def emit_report(report: str, markdown: Path | None) -> int:
+    """Print a tool's Markdown report and, with ``--markdown``, write it (atomically): exit 0."""
+    from exports.serving.files import atomic_write_text
+
+    print(report)
+    if markdown is not None:
+        atomic_write_text(markdown, report)
+    return 0

@@ -25,9 +25,10 @@ import onnxruntime as ort
 from PIL import Image
 
 from exports.serving.cards import read_onnx_card
-from exports.serving.files import atomic_write_text
 from exports.serving.manifest import read_manifest
 from exports.serving.runtime import normalization_for, normalize_uint8
+
+from . import emit_report
 
 REPO = Path(__file__).resolve().parents[1]
 EXACT_FILE, JPEG_FILE = "cifar10_partial_test.npz", "cifar10_test_jpeg.npz"
@@ -116,10 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = {name: compare(top1(entries[name], exact), top1(entries[name], jpeg), labels) for name in wanted}
     report = (f"{markdown(rows)}\n\n{len(labels)} image pairs; onnxruntime {ort.__version__} (CPU), "
               f"{platform.machine()}; `python -m benchmarks.jpeg_offset`.\n")
-    print(report)
-    if args.markdown is not None:
-        atomic_write_text(args.markdown, report)
-    return 0
+    return emit_report(report, args.markdown)
 
 
 if __name__ == "__main__":

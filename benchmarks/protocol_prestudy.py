@@ -27,8 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from exports.serving.files import atomic_write_text
-
+from . import emit_report
 from .gpu_window import PROTOCOL, WindowError, parse_probe_point, probe_name
 
 #: Window 2's probe settings that matter for v2 (lr, clip, the two levers), as changes of v2.
@@ -113,10 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = (f"{table(rows, args.points, args.seeds)}\n\nresnet18 width {args.width}, first {args.limit_train} training / "
               f"{args.limit_test} test images (JPEG copy), {args.epochs} epochs, the protocol's other flags; "
               f"{cpu} CPU; {sum(r['seconds'] for r in rows):.0f} s in all.\n")
-    print(report)
-    if args.markdown is not None:
-        atomic_write_text(args.markdown, report)
-    return 0
+    return emit_report(report, args.markdown)
 
 
 if __name__ == "__main__":
