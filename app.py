@@ -16,6 +16,21 @@ import threading
 import time
 from pathlib import Path
 
+
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """SIGTERM or Ctrl-C before the server starts (importing Gradio and onnxruntime and
+    building the app take seconds): one line and exit 0; nothing was served, so no upload
+    can exist yet. ``main`` hands both signals to Gradio's shutdown before it starts anything
+    that must be stopped."""
+    print(f"stopped while starting ({signal.Signals(signum).name}); nothing was served, no uploads to delete",
+          file=sys.stderr, flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":  # not when tests import this module
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+    signal.signal(signal.SIGINT, _stop_while_starting)
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # closed network: no telemetry calls
 # Gradio's queue rebuilds a pandas summary of the last GRADIO_ANALYTICS_MAX_EVENTS (10,000)
 # events after *every* event, for the monitoring page this app does not enable: a cost per
@@ -25,15 +40,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from dashboard import CSS, DashboardService, build_demo, errors, gradio_fixes  # noqa: E402
 from dashboard.layout import ASSETS_DIR  # noqa: E402
-from dashboard.service import DEFAULT_CACHE_MB  # noqa: E402
+from dashboard.service import DEFAULT_CACHE_MB, MAX_UPLOAD_BYTES, too_large_message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CONCURRENCY_LIMIT = 4  # per event; onnxruntime sessions are shared and thread-safe
 SESSION_CAPACITY = 1000  # Gradio keeps this many sessions' state (its default: 10,000)
-MAX_FILE_SIZE = "10mb"
+MAX_FILE_SIZE = MAX_UPLOAD_BYTES  # the upload route's limit (HTTP 413), the app's own as well
 #: Uploads older than this are deleted (minutes); sweeps run every quarter of it.
 DEFAULT_UPLOAD_TTL_MIN = 30.0
 #: Where the upload component stores pasted/webcam images (base64 data URLs), inside the upload folder.
@@ -172,8 +188,10 @@ def _sweep_forever(demo: gr.Blocks, data_urls: Path, ttl_s: float, stop: threadi
 def _stop_on_sigterm() -> None:
     """SIGTERM (service managers, ``kill``) shuts down like Ctrl-C: Gradio closes the server
     and runs its shutdown clean-up instead of the process dying with uploads on disk (the
-    same mechanism as ``training.train.stop_on_sigterm``, which this torch-free module cannot import)."""
+    same mechanism as ``training.train.stop_on_sigterm``, which this torch-free module cannot import).
+    Ctrl-C gets Python's own handler back (``_stop_while_starting`` held it during start-up)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def log_models(service: DashboardService) -> None:
@@ -202,12 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     threading.Thread(target=_sweep_forever, args=(demo, data_urls, args.upload_ttl_min * 60, stop),
                      name="sweep-uploads", daemon=True).start()
-    _stop_on_sigterm()
     preload = threading.Thread(target=service.preload, args=(stop,), name="preload-models", daemon=True)
-    if args.preload:
-        preload.start()
-    log_models(service)
+    _stop_on_sigterm()  # from here on a stop runs the clean-up below (the preload must be joined)
     try:
+        if args.preload:
+            preload.start()
+        log_models(service)
         _launch(demo, args)
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C during start-up, before Gradio's own handler
         demo.close()
@@ -227,6 +245,8 @@ def _launch(demo: gr.Blocks, args: argparse.Namespace) -> None:
         server_port=args.port,
         share=args.share,
         max_file_size=MAX_FILE_SIZE,
+        # the upload route's 413 in the app's sentence (the one an inline data URL gets)
+        app_kwargs={"middleware": [Middleware(gradio_fixes.UploadLimitMessage, message=too_large_message)]},
         allowed_paths=[str(ASSETS_DIR)],
         show_error=True,
         css=CSS,

@@ -17,6 +17,9 @@
   climb by 600 MB over 2,000 calls. :func:`bound_malloc_arenas` caps the arenas at 2
   (what ``MALLOC_ARENA_MAX=2`` does: +260 MB over the same soak) and :func:`trim_malloc`
   hands free memory back (the app calls it after each upload sweep).
+* **The upload limit's message.** The upload route refuses a file over ``max_file_size``
+  with HTTP 413 and Gradio's "File size exceeded maximum allowed size of 10485760 bytes.";
+  :class:`UploadLimitMessage` says it in the app's own sentence (the one a data URL gets).
 * **Client disconnects.** A client that drops mid-upload (e.g. after an over-limit upload
   is refused) makes uvicorn log a full traceback; :class:`OneLineDisconnects` shortens that
   to one line.
@@ -29,9 +32,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["lean_sessions", "sweep_uploads", "OneLineDisconnects", "bound_malloc_arenas", "trim_malloc"]
+__all__ = ["lean_sessions", "sweep_uploads", "OneLineDisconnects", "UploadLimitMessage", "bound_malloc_arenas",
+           "trim_malloc"]
 
 log = logging.getLogger("dashboard")
 
@@ -111,6 +116,40 @@ class OneLineDisconnects(logging.Filter):
             record.msg, record.args, record.exc_info, record.exc_text = (
                 "client disconnected before its request was read (e.g. an upload refused as too large)", (), None, None)
         return True
+
+
+class UploadLimitMessage:
+    """ASGI middleware: the upload route's HTTP 413 carries ``message(request bytes)``, one
+    sentence of plain text, instead of Gradio's. Everything else passes through untouched.
+
+    The request's ``Content-Length`` stands for the file's size (the multipart framing adds a
+    few hundred bytes); ``None`` when the client did not send one.
+    """
+
+    def __init__(self, app: Any, message: Callable[[int | None], str]) -> None:
+        self.app, self.message = app, message
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("method") != "POST" or not scope.get("path", "").endswith("/upload"):
+            await self.app(scope, receive, send)
+            return
+        length = next((int(value) for key, value in scope.get("headers", [])
+                       if key.lower() == b"content-length" and value.isdigit()), None)
+        replaced = False
+
+        async def send_in_our_words(event: dict) -> None:
+            nonlocal replaced
+            if event["type"] == "http.response.start" and event.get("status") == 413:
+                replaced = True
+                body = self.message(length).encode()
+                headers = [(k, v) for k, v in event.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+                headers += [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+                await send({**event, "headers": headers})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            elif not (replaced and event["type"] == "http.response.body"):  # Gradio's own body is dropped
+                await send(event)
+
+        await self.app(scope, receive, send_in_our_words)
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number

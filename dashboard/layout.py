@@ -385,7 +385,9 @@ def build_demo(service: DashboardService) -> gr.Blocks:
     choices = _choices(service)
     default = service.default_name()
 
-    with gr.Blocks(title="Spectral downsampling dashboard", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    # No delete_cache: app.py sweeps the uploads. Gradio's would also delete them all at
+    # shutdown, racing the app's own clean-up (whose logged count then came out too low).
+    with gr.Blocks(title="Spectral downsampling dashboard", analytics_enabled=False) as demo:
         gr.Markdown(
             "# Learnable-stride spectral downsampling\n"
             "DiffStride and spectral-pooling ResNet-18 models on CIFAR, served with ONNX Runtime. "

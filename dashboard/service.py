@@ -40,13 +40,14 @@ from exports.serving.runtime import OnnxModel
 from .figures import CropBox, SpectrumPanel
 
 __all__ = ["UserError", "Analysis", "DashboardService", "ByteLruCache", "approx_bytes",
-           "DEFAULT_CACHE_MB"]
+           "DEFAULT_CACHE_MB", "MAX_UPLOAD_BYTES", "too_large_message"]
 
 log = logging.getLogger("dashboard")
 
 #: The map each stage's downsampling layer reads (the previous stage's output).
 PREVIOUS_MAP = {"stem": "input", "layer1": "stem", "layer2": "layer1", "layer3": "layer2", "layer4": "layer3",
                 "head": "layer4"}
+#: The largest upload the app reads (the web server's upload route refuses larger ones too).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 #: Default memory budget of all the dashboard's caches together (MB).
 DEFAULT_CACHE_MB = 128
@@ -164,6 +165,27 @@ class Analysis:
         return 300 + len(self.model_name) + len(self.digest) + self.prediction.cache_bytes() + 120 * len(self.shapes)
 
 
+def too_large_message(size: int | None) -> str:
+    """The one sentence for an upload over :data:`MAX_UPLOAD_BYTES` (``size`` in bytes, if known),
+    the same from the app and from the upload route (``dashboard.gradio_fixes.UploadLimitMessage``)."""
+    limit = f"the limit is {MAX_UPLOAD_BYTES // 2**20} MB."
+    if size is None:
+        return f"The uploaded file is over the limit; {limit}"
+    return f"The uploaded file is {size / 2**20:.1f} MB; {limit}"
+
+
+#: Where ``dashboard.components.RawImage`` stores pasted (data URL) images, under content-hash names.
+_DATA_URL_FOLDER = "dashboard_uploads"
+
+
+def _upload_label(file: Path, noun: str = "upload") -> str:
+    """The subject of a sentence about an upload: its name, or for a pasted image (whose file
+    name is a hash the caller never saw) what it was."""
+    if file.parent.name == _DATA_URL_FOLDER and file.suffix == ".img":
+        return "The pasted image (data URL)"
+    return f"The {noun} '{file.name}'"
+
+
 def _read_upload(path: str | Path | None) -> bytes:
     if path is None or (isinstance(path, str) and not path.strip()):
         raise UserError("No image was provided: upload an image (or pick one of the examples) first.")
@@ -171,13 +193,11 @@ def _read_upload(path: str | Path | None) -> bytes:
     try:
         size = file.stat().st_size
     except OSError:
-        raise UserError(f"The uploaded file '{file.name}' is no longer available; please upload it again.") from None
+        raise UserError(f"{_upload_label(file, 'uploaded file')} is no longer available; please upload it again.") from None
     if size == 0:
-        raise UserError(f"The uploaded file '{file.name}' is empty (0 bytes); please upload an image file.")
+        raise UserError(f"{_upload_label(file, 'uploaded file')} is empty (0 bytes); please upload an image file.")
     if size > MAX_UPLOAD_BYTES:
-        raise UserError(
-            f"The uploaded file is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB."
-        )
+        raise UserError(too_large_message(size))
     return file.read_bytes()
 
 
@@ -317,7 +337,7 @@ class DashboardService:
             try:
                 return model.prepare(data)
             except ImageError as exc:
-                raise UserError(_image_message(Path(path).name, exc)) from None
+                raise UserError(_image_message(Path(path), exc)) from None
 
         try:
             seen = self._results.get_or_compute(("pixels", digest, tuple(model.input_size)), prepare)
@@ -396,13 +416,13 @@ class DashboardService:
         return panels
 
 
-def _image_message(name: str, error: Exception) -> str:
+def _image_message(file: Path, error: Exception) -> str:
     """``ImageError`` text as a sentence naming the upload."""
     reason = str(error).strip()
-    for prefix in ("image data: ", f"{name}: "):
+    for prefix in ("image data: ", f"{file.name}: "):
         if reason.startswith(prefix):
             reason = reason[len(prefix):]
-    return f"The upload '{name}' cannot be used as an image: {reason}."
+    return f"{_upload_label(file)} cannot be used as an image: {reason}."
 
 
 def _size(size: Any) -> str:
