@@ -44,7 +44,7 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from dashboard import CSS, DashboardService, build_demo, errors, gradio_fixes  # noqa: E402
 from dashboard.layout import ASSETS_DIR  # noqa: E402
-from dashboard.service import DEFAULT_CACHE_MB, MAX_UPLOAD_BYTES, too_large_message  # noqa: E402
+from dashboard.service import DATA_URL_FOLDER, DEFAULT_CACHE_MB, MAX_UPLOAD_BYTES, too_large_message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CONCURRENCY_LIMIT = 4  # per event; onnxruntime sessions are shared and thread-safe
@@ -52,8 +52,6 @@ SESSION_CAPACITY = 1000  # Gradio keeps this many sessions' state (its default: 
 MAX_FILE_SIZE = MAX_UPLOAD_BYTES  # the upload route's limit (HTTP 413), the app's own as well
 #: Uploads older than this are deleted (minutes); sweeps run every quarter of it.
 DEFAULT_UPLOAD_TTL_MIN = 30.0
-#: Where the upload component stores pasted/webcam images (base64 data URLs), inside the upload folder.
-DATA_URL_FOLDER = "dashboard_uploads"
 log = logging.getLogger("dashboard")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import gradio as gr
 from gradio.data_classes import ImageData
 
+from .service import DATA_URL_FOLDER
+
 __all__ = ["RawImage"]
 
 
@@ -53,7 +55,7 @@ class RawImage(gr.Image):
             data = base64.b64decode(url.split(",", 1)[1], validate=False)
         except (IndexError, binascii.Error, ValueError):
             raise gr.Error("The pasted image could not be decoded (malformed data URL).", print_exception=False) from None
-        folder = Path(self.GRADIO_CACHE) / "dashboard_uploads"
+        folder = Path(self.GRADIO_CACHE) / DATA_URL_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}.img"
         if not path.exists():

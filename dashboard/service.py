@@ -40,7 +40,7 @@ from exports.serving.runtime import OnnxModel
 from .figures import CropBox, SpectrumPanel
 
 __all__ = ["UserError", "Analysis", "DashboardService", "ByteLruCache", "approx_bytes",
-           "DEFAULT_CACHE_MB", "MAX_UPLOAD_BYTES", "too_large_message"]
+           "DATA_URL_FOLDER", "DEFAULT_CACHE_MB", "MAX_UPLOAD_BYTES", "too_large_message"]
 
 log = logging.getLogger("dashboard")
 
@@ -174,14 +174,15 @@ def too_large_message(size: int | None) -> str:
     return f"The uploaded file is {size / 2**20:.1f} MB; {limit}"
 
 
-#: Where ``dashboard.components.RawImage`` stores pasted (data URL) images, under content-hash names.
-_DATA_URL_FOLDER = "dashboard_uploads"
+#: Where ``dashboard.components.RawImage`` stores pasted (data URL) images, under content-hash
+#: names, inside the upload folder (``app.py`` sweeps it).
+DATA_URL_FOLDER = "dashboard_uploads"
 
 
 def _upload_label(file: Path, noun: str = "upload") -> str:
     """The subject of a sentence about an upload: its name, or for a pasted image (whose file
     name is a hash the caller never saw) what it was."""
-    if file.parent.name == _DATA_URL_FOLDER and file.suffix == ".img":
+    if file.parent.name == DATA_URL_FOLDER and file.suffix == ".img":
         return "The pasted image (data URL)"
     return f"The {noun} '{file.name}'"
 
