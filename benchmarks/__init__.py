@@ -6,7 +6,7 @@ from pathlib import Path
 
 def emit_report(report: str, markdown: Path | None) -> int:
     """Print a tool's Markdown report and, with ``--markdown``, write it (atomically): exit 0."""
-    from exports.serving.files import atomic_write_text
+    from serving.files import atomic_write_text
 
     print(report)
     if markdown is not None:

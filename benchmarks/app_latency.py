@@ -41,7 +41,7 @@ ASSETS = ROOT / "tests" / "assets"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from exports.serving.files import atomic_write_text  # noqa: E402
+from serving.files import atomic_write_text  # noqa: E402
 
 
 def distinct_images(folder: Path, count: int) -> list[Path]:
@@ -164,7 +164,7 @@ def throughput(make_caller, model: str, images: list[Path], clients: int, pid: i
 
 def model_cpu_ms(models_dir: Path, model: str, images: list[Path], repeats: int = 3) -> float:
     """CPU time (all threads of this process) of one ``predict_pixels`` of ``model``, ms."""
-    from exports.serving.registry import ModelRegistry
+    from serving.registry import ModelRegistry
 
     onnx = ModelRegistry(models_dir, verify_sha256=False).get(model)
     pixels = [onnx.prepare(p) for p in images[:16]]

@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exports.serving.cards import RunCard
-from exports.serving.files import atomic_write, atomic_write_json, atomic_write_text
+from serving.cards import RunCard
+from serving.files import atomic_write, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20

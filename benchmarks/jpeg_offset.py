@@ -31,9 +31,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from exports.serving.files import atomic_write_json
-from exports.serving.manifest import read_manifest
-from exports.serving.runtime import CPU, ModelError, OnnxModel, normalize_uint8
+from serving.files import atomic_write_json
+from serving.manifest import read_manifest
+from serving.runtime import CPU, ModelError, OnnxModel, normalize_uint8
 
 from . import emit_report
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from exports.serving.files import atomic_write_json
+from serving.files import atomic_write_json
 from hybrid_model import DiffStride2d, SpectralPool2d
 
 from .timing import time_steps

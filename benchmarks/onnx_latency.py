@@ -10,7 +10,7 @@ timed. Columns:
 * eager: the PyTorch model as trained (DiffStride layers rebuild their operators from the
   stride at every forward), ``torch.no_grad``;
 * eager frozen: ``hybrid_model.freeze(model)``, the module that was exported;
-* onnxruntime: ``exports.serving.runtime.OnnxModel.run`` (CPU provider, graph optimisation ALL);
+* onnxruntime: ``serving.runtime.OnnxModel.run`` (CPU provider, graph optimisation ALL);
 * int8 (``--int8``): the same export quantised by ``exports.quantize`` (QDQ, per-channel
   int8 weights, spectral MatMuls float, calibrated on 64 CIFAR-10 training images), run
   the same way. ``--no-eager`` leaves out the two PyTorch columns.
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exports.export import export_checkpoint  # noqa: E402
 from exports.quantize import quantize_model  # noqa: E402
-from exports.serving.runtime import CPU, OnnxModel  # noqa: E402
+from serving.runtime import CPU, OnnxModel  # noqa: E402
 from hybrid_model import VARIANTS, freeze, model_cost  # noqa: E402
 from training.checkpoint import fresh_checkpoint, load_checkpoint  # noqa: E402
 

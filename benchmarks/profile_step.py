@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 import torch
 
-from exports.serving.files import atomic_write_json, atomic_write_text
+from serving.files import atomic_write_json, atomic_write_text
 from hybrid_model import VARIANTS, parse_strides
 
 from .timing import sync

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exports.serving.files import atomic_write_json
+from serving.files import atomic_write_json
 from hybrid_model import VARIANTS, build_model, model_cost, parse_strides
 from training.train import parameter_groups
 

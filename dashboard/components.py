@@ -21,7 +21,7 @@ class RawImage(gr.Image):
     with Pillow before the app sees it, so a corrupted or non-image file fails inside Gradio
     with a generic "Error" and a server traceback. This subclass returns the upload's file
     path as is (``type="filepath"`` semantics), so the dashboard's own validation
-    (:func:`exports.serving.images.load_image`) decides and explains. The browser side is the stock
+    (:func:`serving.images.load_image`) decides and explains. The browser side is the stock
     Image component (``is_template`` makes Gradio reuse its front end).
     """
 

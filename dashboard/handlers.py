@@ -21,8 +21,8 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from exports.serving import STAGES
-from exports.serving.cards import RunCard
+from serving import STAGES
+from serving.cards import RunCard
 
 from . import figures
 from .service import Analysis, DashboardService, UserError

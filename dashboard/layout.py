@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from exports.serving.registry import by_accuracy
+from serving.registry import by_accuracy
 
 from .components import RawImage
 from .handlers import COMPARE_HEADERS, LAYER_HEADERS, MAX_COMPARE, Handlers

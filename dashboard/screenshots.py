@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exports.serving.files import atomic_write_bytes
+from serving.files import atomic_write_bytes
 
 if TYPE_CHECKING:  # playwright is a test tool, imported where a browser starts
     from playwright.sync_api import Browser, Playwright

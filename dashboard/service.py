@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from exports.serving import STAGES, log_spectrum  # torch-free: this process never imports torch
-from exports.serving.cards import RunCard
-from exports.serving.registry import ModelEntry
-from exports.serving.runtime import OnnxModel
+from serving import STAGES, log_spectrum  # torch-free: this process never imports torch
+from serving.cards import RunCard
+from serving.registry import ModelEntry
+from serving.runtime import OnnxModel
 
 from .figures import CropBox, SpectrumPanel
 
@@ -206,7 +206,7 @@ class DashboardService:
     """Models, cards and cached analyses for the dashboard.
 
     Args:
-        models_dir: folder of exported models (``exports.serving.registry.ModelRegistry``).
+        models_dir: folder of exported models (``serving.registry.ModelRegistry``).
         cache_mb: memory budget of all caches together, in MB (see the module docstring).
         upload_dir: the web server's upload folder; uploads inside it that are refused for
             their content are deleted. ``None``: never delete anything.
@@ -221,7 +221,7 @@ class DashboardService:
         self.registry = None
         self.load_error: str | None = None
         try:
-            from exports.serving.registry import ModelRegistry
+            from serving.registry import ModelRegistry
 
             self.registry = ModelRegistry(self.models_dir)
         except Exception as exc:  # the app must still start and say why
@@ -333,7 +333,7 @@ class DashboardService:
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
 
         def prepare() -> np.ndarray:
-            from exports.serving.images import ImageError
+            from serving.images import ImageError
 
             try:
                 return model.prepare(data)

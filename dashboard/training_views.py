@@ -10,7 +10,7 @@ import dataclasses
 import re
 from typing import Any
 
-from exports.serving.cards import RunCard
+from serving.cards import RunCard
 
 from .figures import message_figure, plot_data
 

@@ -1,12 +1,10 @@
-"""Exported models: ONNX export with model cards, parity checks, and the serving runtime.
+"""Export tooling and the bundled models: ONNX export with model cards, parity checks,
+int8/fp16 compression, and ingest of a GPU window's models into ``exports/models/``.
 
 * ``python -m exports.export CHECKPOINT --out exports/models/NAME.onnx`` (see ``export.py``)
 * ``python -m exports.parity MODEL.onnx CHECKPOINT`` (see ``parity.py``)
-* serving (``exports.serving``, torch-free): :class:`OnnxModel`, :class:`ModelRegistry`,
-  :func:`load_image`, :func:`preprocess`, re-exported here
+* ``python -m exports.ingest WINDOW_FOLDER...`` (see ``ingest.py``)
 
-Importing ``exports`` or ``exports.serving`` does not import torch; ``exports.export``,
-``exports.parity``'s CLI and ``training.checkpoint`` do.
+This package stands on ``training`` and ``hybrid_model`` (torch). Serving the exported
+models needs none of it: that is the torch-free ``serving`` package.
 """
-from .serving import *  # noqa: F403 (the torch-free serving API, re-exported as is)
-from .serving import __all__  # noqa: F401

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .serving.files import atomic_write_bytes
+from serving.files import atomic_write_bytes
 
 __all__ = ["FORMAT", "SCHEME", "dequantize_state_dict", "quantize_state_dict", "read_compact", "write_compact"]
 

@@ -39,11 +39,11 @@ from hybrid_model import PAPER_VARIANTS, describe_downsampling, freeze, model_co
 from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
 
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
-from .serving.cards import RunCard, as_card, embed_card
-from .serving.cli import DefaultsHelpFormatter
-from .serving.files import file_sha256
-from .serving.manifest import write_model
-from .serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems, graph_io
+from serving.cards import RunCard, as_card, embed_card
+from serving.cli import DefaultsHelpFormatter
+from serving.files import file_sha256
+from serving.manifest import write_model
+from serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems, graph_io
 
 __all__ = ["ExportResult", "OPSET", "export_checkpoint", "export_fresh", "fp16_weights", "main"]
 
@@ -154,7 +154,7 @@ def build_card(
     parity: ParityReport | None,
 ) -> dict:
     """The training card plus what the export knows: layers, cost, outputs, parity, provenance
-    (the card's export stage, :class:`~exports.serving.cards.RunCard`), as its JSON object."""
+    (the card's export stage, :class:`~serving.cards.RunCard`), as its JSON object."""
     _, outputs = graph_io(proto)
     full = RunCard.from_dict(card)  # a copy
     full.name = name

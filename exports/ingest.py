@@ -36,10 +36,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .serving.cards import RunCard, embed_card, read_onnx_card
-from .serving.files import atomic_write_json, atomic_write_text
-from .serving.manifest import drop_from_manifest, read_manifest, write_model
-from .serving.runtime import ModelError, normalize_uint8
+from serving.cards import RunCard, embed_card, read_onnx_card
+from serving.files import atomic_write_json, atomic_write_text
+from serving.manifest import drop_from_manifest, read_manifest, write_model
+from serving.runtime import ModelError, normalize_uint8
 
 if TYPE_CHECKING:
     import numpy as np

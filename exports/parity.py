@@ -2,7 +2,7 @@
 
 The PyTorch side is the *unfrozen* model (DiffStride/spectral layers as trained), so the
 check covers ``freeze`` and the export together. Inputs go through the same
-normalisation the runtime uses (:func:`exports.serving.runtime.normalize_uint8`).
+normalisation the runtime uses (:func:`serving.runtime.normalize_uint8`).
 
 Tolerances on ``max|d logits|`` over the batch, with ``s = max|reference logits|``:
 
@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .serving.cards import CardError, RunCard, read_onnx_card
-from .serving.files import file_sha256
-from .serving.runtime import CPU, ModelError, normalization_for, normalize_uint8
+from serving.cards import CardError, RunCard, read_onnx_card
+from serving.files import file_sha256
+from serving.runtime import CPU, ModelError, normalization_for, normalize_uint8
 
 if TYPE_CHECKING:  # torch is imported where the comparison runs
     from torch import nn

@@ -156,7 +156,7 @@ def _source_key() -> str:
     names = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions()
                    if str(d.metadata["Name"]).lower().startswith(("torch", "onnx")))  # onnxruntime(-gpu) too
     digest.update(" ".join(names).encode())
-    sources = [*sorted((ROOT / "hybrid_model").rglob("*.py")), *sorted((ROOT / "exports" / "serving").rglob("*.py")),
+    sources = [*sorted((ROOT / "hybrid_model").rglob("*.py")), *sorted((ROOT / "serving").rglob("*.py")),
                *(ROOT / "exports" / name for name in ("export.py", "parity.py")), ROOT / "training" / "checkpoint.py",
                ROOT / "training" / "data.py"]
     for path in sources:

@@ -20,7 +20,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from conftest import DEFAULT_MODEL, ROOT, TEST_ACC, VARIANTS, reference_prediction, top1
-from exports.serving.cifar import CIFAR10_CLASSES
+from serving.cifar import CIFAR10_CLASSES
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -117,7 +117,7 @@ def test_classify_every_model(client: Client, cifar_images, models_dir: Path, mo
 
 def test_classify_matches_the_runtime(client: Client, cifar_images, models_dir: Path):
     """The served probabilities are the ONNX model's (same file, same preprocessing)."""
-    from exports.serving.runtime import OnnxModel
+    from serving.runtime import OnnxModel
 
     model = OnnxModel(models_dir / "resnet18.onnx")
     for image in cifar_images[:3]:
@@ -130,7 +130,7 @@ def test_classify_matches_the_runtime(client: Client, cifar_images, models_dir: 
 
 
 def test_spectra_draws_each_layer_crop_on_the_map_it_reads(client: Client, cifar_images, models_dir: Path):
-    from exports.serving.runtime import OnnxModel
+    from serving.runtime import OnnxModel
 
     card = OnnxModel(models_dir / "hybrid.onnx").card
     spectral_layers = [layer for layer in card.layers if layer["crop"]]
@@ -208,7 +208,7 @@ def test_training_endpoint(client: Client):
 
 
 def test_compare_refuses_models_of_different_datasets(mixed_models_dir: Path, cifar_images):
-    from exports.serving.cifar import CIFAR100_CLASSES
+    from serving.cifar import CIFAR100_CLASSES
 
     app = InProcessApp(mixed_models_dir)
     info = app("models")

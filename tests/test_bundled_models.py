@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import reference_prediction, top1
-from exports.serving.registry import ModelRegistry
+from serving.registry import ModelRegistry
 
 MODELS = Path(__file__).resolve().parents[1] / "exports" / "models"
 VARIANTS = {"resnet18", "spectral", "diffstride", "hybrid", "diffstride2"}

@@ -1,4 +1,4 @@
-"""exports.serving.cards: the one typed run-card schema (round trips, legacy cards, checks)."""
+"""serving.cards: the one typed run-card schema (round trips, legacy cards, checks)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from exports.serving.cards import (
+from serving.cards import (
     RUN_FIELDS,
     CardError,
     RunCard,
@@ -20,7 +20,7 @@ from exports.serving.cards import (
     layer_name,
     read_onnx_card,
 )
-from exports.serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD
+from serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = sorted((ROOT / "exports" / "models").glob("*.onnx"))
@@ -254,5 +254,5 @@ def test_unreadable_cards_raise_card_error(tmp_path):
 
 
 def test_cards_import_no_torch():
-    code = "import sys, exports.serving.cards; assert 'torch' not in sys.modules and 'hybrid_model' not in sys.modules"
+    code = "import sys, serving.cards; assert 'torch' not in sys.modules and 'hybrid_model' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={"PYTHONPATH": str(ROOT)})

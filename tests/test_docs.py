@@ -193,7 +193,7 @@ def test_ci_runs_the_readme_test_command():
 # --------------------------------------------------------------------------------------
 # Project settings (pyproject.toml)
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", ["hybrid_model.layers", "training.train", "exports.serving.runtime", "dashboard.service", "app"])
+@pytest.mark.parametrize("module", ["hybrid_model.layers", "training.train", "serving.runtime", "dashboard.service", "app"])
 def test_deprecation_warnings_from_project_code_fail_the_tests(module: str):
     # The filters in pyproject.toml are active inside every test: a deprecation attributed
     # to the project's code must surface, not disappear as it did under pytest.ini.

@@ -19,7 +19,7 @@ from conftest import PARITY_IMAGES, calibration_images
 from exports import export as E
 from exports.parity import DEFAULT_DATA_DIR, FP16_TOLERANCE, FP32_TOLERANCE, check_parity, load_parity_images
 from exports.parity import main as parity_main
-from exports.serving.runtime import normalization_for, normalize_uint8
+from serving.runtime import normalization_for, normalize_uint8
 from hybrid_model import PAPER_VARIANTS, build_model, describe_downsampling
 from training.checkpoint import CheckpointError, fresh_checkpoint, load_checkpoint, make_card, save_checkpoint
 
@@ -73,7 +73,7 @@ def test_card_round_trips(bundle, variant):
     assert card["name"] == variant
     assert card["layers"] == json.loads(json.dumps([i.to_dict() for i in describe_downsampling(model)]))
     assert {"flops", "params", "activation_bytes"} <= set(card["cost"])
-    from exports.serving.files import file_sha256
+    from serving.files import file_sha256
 
     assert card["source_checkpoint_sha256"] == file_sha256(bundle / "checkpoints" / f"{variant}.safetensors")
     graph = onnx.load(str(bundle / "models" / f"{variant}.onnx"), load_external_data=False)
@@ -146,7 +146,7 @@ def test_manifest_lists_every_export(bundle):
     manifest = json.loads((bundle / "models" / "manifest.json").read_text())
     entries = {m["name"]: m for m in manifest["models"]}
     assert set(entries) >= set(VARIANTS)
-    from exports.serving.files import file_sha256
+    from serving.files import file_sha256
 
     for variant in VARIANTS:
         entry, path = entries[variant], bundle / "models" / f"{variant}.onnx"

@@ -15,7 +15,7 @@ import torch
 
 from benchmarks import gpu_window
 from exports import compact, ingest
-from exports.serving.cards import RunCard
+from serving.cards import RunCard
 from training import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_grid_order_and_coverage(tmp_path):
     todo = gpu_window.plan_grid(protocol, done)
     assert [(r.seed, r.variant, r.strides[-1]) for r in todo][:5] == [
         (0, "resnet18", 2), (0, "hybrid", 2), (0, "resnet18", 3), (0, "hybrid", 3), (1, "resnet18", 2)]
-    from exports.serving.files import atomic_write_json
+    from serving.files import atomic_write_json
 
     def card(run, **changes):
         """A finished card of ``run`` trained with the protocol's settings (then ``changes``)."""
@@ -118,7 +118,7 @@ def test_grid_order_and_coverage(tmp_path):
 
 def test_grid_skips_points_an_earlier_call_of_the_window_finished(tmp_path, monkeypatch):
     """By default ``grid`` also reads the work folders earlier calls left on the warm machine."""
-    from exports.serving.files import atomic_write_json
+    from serving.files import atomic_write_json
 
     monkeypatch.setenv("GPU_WINDOW_WORK", str(tmp_path / "work"))
     protocol = sweep.load_config(_tiny_protocol(tmp_path))
@@ -178,7 +178,7 @@ def test_prepare_and_restore_in_a_clone(tmp_path):
 @needs_data
 @pytest.mark.slow
 def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
-    from exports.serving.registry import ModelRegistry
+    from serving.registry import ModelRegistry
 
     monkeypatch.setenv("GPU_WINDOW_WORK", str(tmp_path / "work"))
     protocol = _tiny_protocol(tmp_path)
@@ -250,7 +250,7 @@ def test_onnx_accuracy_of_a_bundled_file_matches_the_serving_runtime():
     import numpy as np
     from PIL import Image
 
-    from exports.serving.registry import ModelRegistry
+    from serving.registry import ModelRegistry
     from training.data import load_cifar
 
     data = load_cifar("cifar10", str(DATA), limit_train=1, limit_test=48)

@@ -1,4 +1,4 @@
-"""Image loading (exports.serving.images) and preprocessing (exports.serving.runtime.preprocess / to_rgb):
+"""Image loading (serving.images) and preprocessing (serving.runtime.preprocess / to_rgb):
 every input kind, every Pillow mode we promise to handle, EXIF rotation, and the errors."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exports.serving.images import ImageError, load_image
-from exports.serving.runtime import normalize_uint8, preprocess, to_rgb
+from serving.images import ImageError, load_image
+from serving.runtime import normalize_uint8, preprocess, to_rgb
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

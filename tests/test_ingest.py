@@ -80,7 +80,7 @@ def write_window(out: Path, cards: list[dict], data_dir: Path = DATA, device: st
     import torch
 
     from exports.compact import write_compact
-    from exports.serving.files import atomic_write_json
+    from serving.files import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -129,7 +129,7 @@ def counted_passes(monkeypatch) -> list[int]:
 
 def _ingest(tmp_path: Path, card: dict) -> dict:
     from exports import ingest
-    from exports.serving.registry import ModelRegistry
+    from serving.registry import ModelRegistry
 
     window = write_window(tmp_path / "window", [card])
     models = tmp_path / "models"

@@ -138,7 +138,7 @@ def test_serving_path_imports_only_what_requirements_txt_installs():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    from exports.serving.registry import ModelRegistry
+    from serving.registry import ModelRegistry
 
     served = ModelRegistry(REPO / "exports" / "models").entry(result["model"])  # the model's own argmax, computed apart
     assert result["top"] == top1(reference_prediction(REPO / "exports" / "models" / served.file, image))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from exports.serving.spectra import log_spectrum
+from serving.spectra import log_spectrum
 from hybrid_model import VARIANTS, build_model, describe_downsampling, forward_features, freeze, model_cost
 from hybrid_model.layers import DiffStride2d, FixedSeparable2d
 

@@ -20,7 +20,7 @@ import pytest
 
 from exports import quantize as Q
 from exports.parity import DEFAULT_DATA_DIR
-from exports.serving.registry import ModelRegistry
+from serving.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(calibration_images=32, test_images=64, max_acc_drop=100.0, min_agreement=0.0, log=lambda _: None)
@@ -95,7 +95,7 @@ def test_int8_agrees_with_float_on_real_images(int8_hybrid, onnx_bundle):
     """Even untrained, int8 must track the float model's logits closely on real images."""
     folder, result = int8_hybrid
     images, _, _ = Q.load_cifar10_jpeg("test", 32)
-    from exports.serving.runtime import normalization_for, normalize_uint8
+    from serving.runtime import normalization_for, normalize_uint8
 
     x = normalize_uint8(images, *normalization_for(result.card))
     f = Q._session(folder / "hybrid.onnx").run(["logits"], {"input": x})[0]
@@ -119,7 +119,7 @@ def test_registry_serves_the_int8_twin_and_keeps_the_float_one(int8_hybrid):
 
 def test_evaluate_fails_a_model_that_disagrees(onnx_bundle):
     images, labels, source = Q.load_cifar10_jpeg("test", 64)
-    from exports.serving.runtime import normalize_uint8
+    from serving.runtime import normalize_uint8
 
     x = normalize_uint8(images, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     a = onnx.load(str(onnx_bundle / "models" / "resnet18.onnx"))

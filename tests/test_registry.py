@@ -1,4 +1,4 @@
-"""exports.serving.registry: discovery from manifest.json and *.onnx, validation with reasons,
+"""serving.registry: discovery from manifest.json and *.onnx, validation with reasons,
 lazy cached loading, default model choice — never crashing on a bad file."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 from exports.parity import DEFAULT_DATA_DIR
-from exports.serving.registry import ModelRegistry
-from exports.serving.runtime import OnnxModel
+from serving.registry import ModelRegistry
+from serving.runtime import OnnxModel
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_DATA_DIR / "cifar10_partial_test.npz").is_file(), reason=f"CIFAR-10 test images not in {DEFAULT_DATA_DIR}"

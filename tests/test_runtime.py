@@ -1,4 +1,4 @@
-"""exports.serving.runtime with real onnxruntime sessions: provider probing, OnnxModel, Prediction,
+"""serving.runtime with real onnxruntime sessions: provider probing, OnnxModel, Prediction,
 agreement with PyTorch through the full image path, thread safety, bad model files."""
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from PIL import Image
 
 from conftest import WIDTH
 from exports.parity import DEFAULT_DATA_DIR, load_parity_images
-from exports.serving.cifar import CIFAR_MEAN_STD
-from exports.serving.images import ImageError
-from exports.serving.runtime import (
+from serving.cifar import CIFAR_MEAN_STD
+from serving.images import ImageError
+from serving.runtime import (
     CPU,
     ModelError,
     OnnxModel,
@@ -53,7 +53,7 @@ def cuda_really_available() -> bool:
 def test_provider_probe_on_a_cpu_machine_is_cpu_only_and_silent(onnx_bundle):
     """onnxruntime-gpu lists CUDA here but cannot create it; the probe must not log that."""
     code = (
-        "import onnxruntime as ort; from exports.serving.runtime import select_providers, OnnxModel; "
+        "import onnxruntime as ort; from serving.runtime import select_providers, OnnxModel; "
         "assert 'CUDAExecutionProvider' in ort.get_available_providers(); "
         "print(select_providers()); "
         f"m = OnnxModel({str(onnx_bundle / 'models' / 'resnet18.onnx')!r}); print(m.providers); "
@@ -68,7 +68,7 @@ def test_provider_probe_on_a_cpu_machine_is_cpu_only_and_silent(onnx_bundle):
 @pytest.mark.skipif(cuda_really_available(), reason="this check is about CPU-only machines")
 def test_provider_probe_without_torch_loaded_is_silent_too():
     """The probe path that asks the CUDA driver directly (torch not imported)."""
-    code = "import sys; from exports.serving.runtime import select_providers; print(select_providers(), 'torch' in sys.modules)"
+    code = "import sys; from serving.runtime import select_providers; print(select_providers(), 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['CPUExecutionProvider'] False" and result.stderr == ""

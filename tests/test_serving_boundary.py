@@ -1,4 +1,4 @@
-"""The serving boundary: ``exports.serving``, ``dashboard`` and ``app.py`` work without torch.
+"""The serving boundary: ``serving``, ``dashboard`` and ``app.py`` work without torch.
 
 Two checks: a static one (no module on the serving side imports torch, ``hybrid_model`` or
 the torch side of ``training``/``exports``, at module level or inside a function), and a
@@ -15,7 +15,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from conftest import ROOT, run_app
-from exports.serving.cifar import CIFAR10_CLASSES
+from serving.cifar import CIFAR10_CLASSES
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -45,7 +45,7 @@ print("test_serving_boundary: blocking", sorted(BLOCKED), file=sys.stderr, flush
 
 
 def serving_modules() -> list[Path]:
-    return [*sorted((ROOT / "exports" / "serving").glob("*.py")), *sorted((ROOT / "dashboard").glob("*.py")), ROOT / "app.py"]
+    return [*sorted((ROOT / "serving").glob("*.py")), *sorted((ROOT / "dashboard").glob("*.py")), ROOT / "app.py"]
 
 
 def imported_names(path: Path, source: str | None = None) -> list[tuple[int, str]]:
@@ -73,9 +73,7 @@ def forbidden(path: Path, module: str) -> bool:
         return True
     if top == "training":
         return not (path.parent.name == "dashboard" and module in DASHBOARD_TRAINING_OK)
-    if top == "exports":  # the package root re-exports exports.serving; the rest is torch side
-        return module != "exports" and not module.startswith("exports.serving")
-    return False
+    return top == "exports"  # export tooling: stands on training and torch
 
 
 @pytest.mark.parametrize("path", serving_modules(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -85,14 +83,15 @@ def test_serving_modules_import_nothing_from_the_torch_side(path: Path):
 
 
 def test_the_static_check_sees_relative_and_nested_imports():
-    """The check itself: a nested ``import torch.nn`` and ``from ..checkpoint_io import x`` in
-    a serving module are both caught (so the test above can fail)."""
-    fake = ROOT / "exports" / "serving" / "probe.py"
-    source = "def f():\n    import torch.nn\n\nfrom ..checkpoint_io import load_card\nfrom .runtime import STAGES\n"
+    """The check itself: a nested ``import torch.nn`` and ``from exports.checkpoint_io import x``
+    in a serving module are both caught, and a relative import is resolved against its package
+    (so the test above can fail)."""
+    fake = ROOT / "serving" / "probe.py"
+    source = "def f():\n    import torch.nn\n\nfrom exports.checkpoint_io import load_card\nfrom .runtime import STAGES\n"
     names = [module for _, module in imported_names(fake, source)]
-    assert sorted(names) == ["exports.checkpoint_io", "exports.serving.runtime", "torch.nn"]
+    assert sorted(names) == ["exports.checkpoint_io", "serving.runtime", "torch.nn"]
     assert {module: forbidden(fake, module) for module in names} == {
-        "torch.nn": True, "exports.checkpoint_io": True, "exports.serving.runtime": False}
+        "torch.nn": True, "exports.checkpoint_io": True, "serving.runtime": False}
     assert not forbidden(ROOT / "dashboard" / "x.py", "training.report")
     assert forbidden(ROOT / "dashboard" / "x.py", "training.checkpoint")
     assert forbidden(fake, "training.report") and forbidden(fake, "hybrid_model.spectral")

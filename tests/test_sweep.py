@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exports.serving.cards import RunCard
+from serving.cards import RunCard
 from training import report
 from training.sweep import ConfigError, load_config, main, plan_runs
 

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 import hybrid_model
-from exports.serving.cards import is_finished
+from serving.cards import is_finished
 from training import checkpoint as ckpt
 from training.data import CIFAR10_CLASSES, CIFAR_MEAN_STD, load_cifar, normalize
 from training.train import lr_lambda, main, param_checksum, parse_args, resolution_penalty, run_name

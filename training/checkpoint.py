@@ -3,12 +3,12 @@
 A run named ``NAME`` in ``OUTDIR`` owns three files:
 
 * ``NAME.safetensors`` - the model's ``state_dict`` (weights, BN buffers, learned strides);
-* ``NAME.json`` - the model card (:class:`exports.serving.cards.RunCard`: variant, strides,
+* ``NAME.json`` - the model card (:class:`serving.cards.RunCard`: variant, strides,
   options, history, accuracy, provenance);
 * ``NAME.state.pt`` - everything ``--resume`` needs (model, optimizer, scheduler, RNG
   states); removed when the run finishes unless ``--keep-state``.
 
-Every write is atomic (:mod:`exports.serving.files`), so a reader (or a process killed
+Every write is atomic (:mod:`serving.files`), so a reader (or a process killed
 mid-write) only ever sees a complete old or new file. Every failure to read a checkpoint
 raises :class:`CheckpointError` with a one-line message that names the file and what is
 wrong with it, so command-line tools can print it without a traceback.
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 import hybrid_model
-from exports.serving.cards import RunCard, default_class_names
-from exports.serving.cifar import CIFAR_MEAN_STD
-from exports.serving.files import atomic_write, atomic_write_bytes, atomic_write_json
+from serving.cards import RunCard, default_class_names
+from serving.cifar import CIFAR_MEAN_STD
+from serving.files import atomic_write, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "CheckpointError",

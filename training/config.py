@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hybrid_model
-from exports.serving.cli import DefaultsHelpFormatter
+from serving.cli import DefaultsHelpFormatter
 
 from .data import DATASETS, SOURCES
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from exports.serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, DATASETS, NUM_CLASSES
-from exports.serving.files import atomic_write, file_sha256
+from serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, DATASETS, NUM_CLASSES
+from serving.files import atomic_write, file_sha256
 
 __all__ = [
     "CIFAR10_CLASSES",

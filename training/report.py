@@ -1,6 +1,6 @@
 """Results tables and plotly figures built from model cards (see ``training.checkpoint``).
 
-The functions take typed cards (:class:`exports.serving.cards.RunCard`, e.g.
+The functions take typed cards (:class:`serving.cards.RunCard`, e.g.
 ``training.checkpoint.load_card``) so the dashboard can reuse them:
 
 * :func:`results_table` - the papers' layout: one row per stride tuple, one column per
@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exports.serving.cards import RunCard, layer_name
-from exports.serving.files import atomic_write_text
+from serving.cards import RunCard, layer_name
+from serving.files import atomic_write_text
 
 if TYPE_CHECKING:  # plotly is imported where a figure is drawn (tables need no plotly)
     import plotly.graph_objects as go

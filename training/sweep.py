@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exports.serving.cards import RunCard, is_finished
-from exports.serving.files import atomic_write_text
+from serving.cards import RunCard, is_finished
+from serving.files import atomic_write_text
 
 from . import checkpoint as ckpt
 from . import report

@@ -36,8 +36,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from exports.serving.cards import RunCard
-from exports.serving.files import atomic_write_json
+from serving.cards import RunCard
+from serving.files import atomic_write_json
 
 from . import checkpoint as ckpt
 from .config import (  # noqa: F401  (build_parser/parse_args/... re-exported: the CLI's public names)

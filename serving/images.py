@@ -5,7 +5,7 @@ Everything that can go wrong with an upload is reported as :class:`ImageError` (
 corrupted data, empty file, too large, unsupported kind of input. The returned image is
 fully decoded (no lazy file handle left open) and, for animated images, positioned on
 its first frame. Mode conversion, EXIF orientation and resizing are
-``exports.serving.runtime.preprocess``'s job.
+``serving.runtime.preprocess``'s job.
 """
 from __future__ import annotations
 

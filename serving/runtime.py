@@ -154,7 +154,7 @@ def normalization_for(card: RunCard | Mapping[str, Any]) -> tuple[tuple[float, .
     """``(mean, std)`` of the model's input normalisation (:meth:`RunCard.mean_std`).
 
     The card's ``normalize`` (what this model was trained with) wins; otherwise the
-    standard ``CIFAR_MEAN_STD`` of the card's dataset (``exports.serving.cifar``).
+    standard ``CIFAR_MEAN_STD`` of the card's dataset (``serving.cifar``).
     """
     try:
         return as_card(card).mean_std()
@@ -244,7 +244,7 @@ def normalize_uint8(images: np.ndarray, mean: Sequence[float], std: Sequence[flo
 def preprocess(
     image: ImageSource, mean: Sequence[float], std: Sequence[float], size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An image (anything :func:`exports.serving.images.load_image` accepts) -> model input.
+    """An image (anything :func:`serving.images.load_image` accepts) -> model input.
 
     Steps: decode/validate, EXIF orientation, convert to RGB (see :func:`to_rgb`), centre
     crop to a square, resize to ``size`` x ``size`` with Lanczos, normalise.
@@ -389,7 +389,7 @@ class OnnxModel:
         intra_op_threads: threads per run; default :func:`default_threads`.
 
     Attributes: ``name``, ``path``, ``card`` (the embedded model card, a
-    :class:`~exports.serving.cards.RunCard`),
+    :class:`~serving.cards.RunCard`),
     ``class_names``, ``feature_names`` (stage outputs in graph order), ``output_names``,
     ``providers`` (as the session actually uses them), ``input_size`` ``(H, W)``,
     ``mean``/``std`` (input normalisation).

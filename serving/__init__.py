@@ -1,4 +1,4 @@
-"""The torch-free serving side of ``exports``: what a server needs to run exported models.
+"""The torch-free serving package, the ground floor: what a server needs to run exported models.
 
 * ``runtime`` - :class:`OnnxModel` (onnxruntime sessions), :func:`preprocess`, ``STAGES``
 * ``registry`` - :class:`ModelRegistry`: the models of a folder, validated, loaded lazily
@@ -9,7 +9,7 @@
 * ``cifar`` - CIFAR-10/100 class names and input mean/std
 * ``files`` - atomic writes and ``file_sha256``
 
-Nothing under ``exports.serving`` imports torch, ``hybrid_model`` or ``training`` (numpy,
+Nothing under ``serving`` imports torch, ``hybrid_model`` or ``training`` (numpy,
 Pillow, onnx and onnxruntime only): the dashboard and any other server build on it alone.
 """
 from .images import ImageError, load_image

@@ -1,7 +1,7 @@
 """``manifest.json``: the list of a models folder's exports (name, file, precision, sha256).
 
 The exporters (``exports.export``, ``exports.quantize``, ``exports.ingest``) add and drop
-rows; :class:`~exports.serving.registry.ModelRegistry` reads it. Updates are serialised
+rows; :class:`~serving.registry.ModelRegistry` reads it. Updates are serialised
 between processes with a lock on the folder and written atomically, so a reader sees the
 old manifest or the new one.
 """

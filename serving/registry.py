@@ -1,6 +1,6 @@
 """The set of exported models a server offers: validated at start-up, loaded on first use.
 
-``ModelRegistry(models_dir)`` reads ``manifest.json`` (see ``exports.serving.manifest``) and
+``ModelRegistry(models_dir)`` reads ``manifest.json`` (see ``serving.manifest``) and
 also picks up ``*.onnx`` files the manifest does not list. Each model is validated without
 starting onnxruntime (protobuf parse, ``onnx.checker``, SHA-256 against the manifest,
 embedded card against the graph's inputs/outputs); anything wrong lands in ``.skipped``
