@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from serving.files import atomic_write_json
 from hybrid_model import DiffStride2d, SpectralPool2d
+from serving.files import atomic_write_json
 
 from .timing import time_steps
 from .train_throughput import bench_variant

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exports.export import export_checkpoint  # noqa: E402
 from exports.quantize import quantize_model  # noqa: E402
-from serving.runtime import CPU, OnnxModel  # noqa: E402
 from hybrid_model import VARIANTS, freeze, model_cost  # noqa: E402
+from serving.runtime import CPU, OnnxModel  # noqa: E402
 from training.checkpoint import fresh_checkpoint, load_checkpoint  # noqa: E402
 
 STRIDES = (1, 1, 2, 2, 2)

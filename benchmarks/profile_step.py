@@ -42,8 +42,8 @@ from collections.abc import Sequence
 
 import torch
 
-from serving.files import atomic_write_json, atomic_write_text
 from hybrid_model import VARIANTS, parse_strides
+from serving.files import atomic_write_json, atomic_write_text
 
 from .timing import sync
 from .train_throughput import training_step

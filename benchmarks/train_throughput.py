@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serving.files import atomic_write_json
 from hybrid_model import VARIANTS, build_model, model_cost, parse_strides
+from serving.files import atomic_write_json
 from training.train import parameter_groups
 
 from .timing import time_steps

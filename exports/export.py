@@ -36,14 +36,14 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from hybrid_model import PAPER_VARIANTS, describe_downsampling, freeze, model_cost
-from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
-
-from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 from serving.cards import RunCard, as_card, embed_card
 from serving.cli import DefaultsHelpFormatter
 from serving.files import file_sha256
 from serving.manifest import write_model
 from serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems, graph_io
+from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
+
+from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 
 __all__ = ["ExportResult", "OPSET", "export_checkpoint", "export_fresh", "fp16_weights", "main"]
 

@@ -46,12 +46,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from .parity import DEFAULT_DATA_DIR
 from serving.cards import CardError, RunCard, embed_card, read_onnx_card
 from serving.cli import DefaultsHelpFormatter
 from serving.files import file_sha256
 from serving.manifest import write_model
 from serving.runtime import CPU, ModelError, card_problems, graph_io, normalization_for, normalize_uint8
+
+from .parity import DEFAULT_DATA_DIR
 
 __all__ = [
     "AccuracyReport",

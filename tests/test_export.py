@@ -19,8 +19,8 @@ from conftest import PARITY_IMAGES, calibration_images
 from exports import export as E
 from exports.parity import DEFAULT_DATA_DIR, FP16_TOLERANCE, FP32_TOLERANCE, check_parity, load_parity_images
 from exports.parity import main as parity_main
-from serving.runtime import normalization_for, normalize_uint8
 from hybrid_model import PAPER_VARIANTS, build_model, describe_downsampling
+from serving.runtime import normalization_for, normalize_uint8
 from training.checkpoint import CheckpointError, fresh_checkpoint, load_checkpoint, make_card, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from serving.spectra import log_spectrum
 from hybrid_model import VARIANTS, build_model, describe_downsampling, forward_features, freeze, model_cost
 from hybrid_model.layers import DiffStride2d, FixedSeparable2d
+from serving.spectra import log_spectrum
 
 
 def test_describe_lists_sizes_that_chain_through_the_network():
