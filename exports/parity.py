@@ -97,18 +97,18 @@ class ParityReport:
 # --------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------
-#: How each source of :func:`training.data.first_test_images` is described in a report.
+#: How each source of :func:`serving.cifar_data.first_test_images` is described in a report.
 _SOURCE_WORDS = {"partial": ", bit-exact", "jpeg": " (JPEG copy)", "torchvision": " (torchvision files)"}
 
 
 def load_parity_images(n: int = DEFAULT_IMAGES, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """The first ``n`` CIFAR-10 test images as ``(uint8 (n, 32, 32, 3), labels, description)``.
 
-    Read by :func:`training.data.first_test_images` from ``data_dir`` (default
+    Read by :func:`serving.cifar_data.first_test_images` from ``data_dir`` (default
     ``shared/data``), bit-exact copies first: the partial arrays, then the JPEG copy, then
     torchvision's files.
     """
-    from training.data import first_test_images
+    from serving.cifar_data import first_test_images
 
     root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     if n < 1:

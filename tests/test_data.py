@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import serving.cifar_data
 from training import data as D
 from training.data import CIFAR10_CLASSES, CIFAR_MEAN_STD, GpuLoader, load_cifar, normalize
 
@@ -160,6 +161,10 @@ def test_torchvision_folders(tmp_path, partial, monkeypatch):
     loaded = load_cifar("cifar10", tmp_path)
     assert "official cifar-10-batches-py" in loaded.source and loaded.exact
     assert torch.equal(loaded.x_train, partial.x_train) and torch.equal(loaded.y_test, partial.y_test)
+    # The torch-free reader of the first test images reads the same pickle, pixel for pixel.
+    x_test, y_test, source = serving.cifar_data.first_test_images(7, tmp_path, sources=("torchvision",))
+    assert source == "torchvision" and np.array_equal(x_test, partial.x_test.numpy()[:7])
+    assert np.array_equal(y_test, partial.y_test.numpy()[:7]) and y_test.dtype == np.int64
 
     # CIFAR-100: fine labels and the 100 class names.
     folder = tmp_path / "cifar-100-python"
@@ -204,7 +209,7 @@ def test_jpeg_decode_is_cached_atomically(tmp_path, partial, monkeypatch):
     assert len(cached) == 3 and all(p.endswith("-v1.npy") for p in cached)  # <stem>-<sha256[:16]>-v1.npy
 
     # Second load: no decoding at all.
-    monkeypatch.setattr(D, "_decode_jpegs", lambda *a: pytest.fail("decoded again despite the cache"))
+    monkeypatch.setattr(serving.cifar_data, "_decode_jpegs", lambda *a: pytest.fail("decoded again despite the cache"))
     second = load_cifar("cifar10", tmp_path)
     assert torch.equal(second.x_train, first.x_train)
     # The limit only decodes the parts it needs: part1 is not read for 20 images.

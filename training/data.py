@@ -1,6 +1,9 @@
 """CIFAR-10/100 loading and an airbench-style on-device batch loader.
 
-Sources, in the order they are tried inside one data directory:
+Where the data is and the readers of the compact copies live in the torch-free
+:mod:`serving.cifar_data` (re-exported here); this module adds torchvision's reader,
+:func:`load_cifar` and the GPU loader. Sources, in the order they are tried inside one
+data directory:
 
 1. torchvision's standard folders ``cifar-10-batches-py/`` / ``cifar-100-python/`` (the
    official pickles; ``download=True`` fetches them where the internet is reachable);
@@ -18,9 +21,7 @@ runtime, so the two can never disagree on the constants.
 """
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,18 @@ import torch
 from torch import Tensor
 
 from serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, DATASETS, NUM_CLASSES
-from serving.files import atomic_write, file_sha256
+from serving.cifar_data import (
+    PRETTY_NAMES,
+    TORCHVISION_FOLDERS,
+    available_sources,
+    cache_dir,
+    candidate_data_dirs,
+    first_test_images,
+    missing_message,
+    read_jpeg,
+    read_partial,
+    resolve_data_dir,
+)
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -49,17 +61,9 @@ __all__ = [
     "resolve_data_dir",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 #: Accepted values of ``load_cifar(source=...)``.
 SOURCES: tuple[str, ...] = ("auto", "torchvision", "jpeg", "partial")
 
-_TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-_PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-_JPEG_TRAIN_GLOB = "cifar10_train_jpeg_part*.npz"
-_JPEG_TEST = "cifar10_test_jpeg.npz"
-_PARTIAL = ("cifar10_partial_train.npz", "cifar10_partial_test.npz")
-_CACHE_FORMAT = "v1"  # bump to invalidate every cached decode
 
 
 # --------------------------------------------------------------------------------------
@@ -149,151 +153,6 @@ class CifarData:
         return {"source": self.source, "n_train": self.n_train, "n_test": self.n_test}
 
 
-# --------------------------------------------------------------------------------------
-# Locating the data
-# --------------------------------------------------------------------------------------
-def candidate_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Directories to search: ``[data_dir]``, else ``[$HYBRID_DATA_DIR]``, else the defaults."""
-    if data_dir is not None:
-        return [Path(data_dir).expanduser()]
-    env = os.environ.get("HYBRID_DATA_DIR")
-    if env:
-        return [Path(env).expanduser()]
-    return [REPO_ROOT.parent / "shared" / "data", Path.cwd() / "data"]
-
-
-def _available_sources(directory: Path, dataset: str) -> list[str]:
-    """The sources present in ``directory`` for ``dataset``, in preference order."""
-    found = []
-    folder = directory / _TORCHVISION_FOLDERS[dataset]
-    if folder.is_dir() and any(folder.iterdir()):
-        found.append("torchvision")
-    if dataset == "cifar10":
-        if (directory / _JPEG_TEST).is_file() and list(directory.glob(_JPEG_TRAIN_GLOB)):
-            found.append("jpeg")
-        if all((directory / name).is_file() for name in _PARTIAL):
-            found.append("partial")
-    return found
-
-
-def _missing_message(dataset: str, searched: Sequence[Path]) -> str:
-    where = ", ".join(str(p) for p in searched)
-    folder = _TORCHVISION_FOLDERS[dataset]
-    compact = (
-        f" or the compact files {_JPEG_TRAIN_GLOB} + {_JPEG_TEST} (or {_PARTIAL[0]} + {_PARTIAL[1]})"
-        if dataset == "cifar10"
-        else " (there is no compact copy of CIFAR-100)"
-    )
-    return (
-        f"no {_PRETTY[dataset]} data found in {where}: either put torchvision's '{folder}/' folder there "
-        f"(or pass --download / download=True where the internet is reachable){compact}, "
-        f"and point --data-dir or HYBRID_DATA_DIR at that directory"
-    )
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None, dataset: str = "cifar10") -> Path:
-    """The directory holding ``dataset``: explicit > ``$HYBRID_DATA_DIR`` > first default that has it.
-
-    Raises ``FileNotFoundError`` (naming both ways to provide the data) when none does.
-    """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    candidates = candidate_data_dirs(data_dir)
-    for directory in candidates:
-        if directory.is_dir() and _available_sources(directory, dataset):
-            return directory.resolve()
-    raise FileNotFoundError(_missing_message(dataset, candidates))
-
-
-# --------------------------------------------------------------------------------------
-# Readers
-# --------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """Where decoded JPEG arrays are cached (``$HYBRID_CACHE_DIR`` or ``~/.cache/hybrid-spectral``)."""
-    return Path(os.environ.get("HYBRID_CACHE_DIR") or Path.home() / ".cache" / "hybrid-spectral")
-
-
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Concatenated JPEG files -> uint8 ``(N, H, W, 3)`` (Pillow, ~10k images/s)."""
-    from PIL import Image
-
-    images = []
-    for k in range(len(offsets) - 1):
-        data = blob[offsets[k]:offsets[k + 1]].tobytes()
-        with Image.open(io.BytesIO(data)) as image:
-            images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
-    return np.stack(images)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Readers see the old cache file or the complete new one."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:  # a handle: np.save would append ".npy" to a bare name
-            np.save(handle, array)
-
-    atomic_write(path, write)
-
-
-def load_jpeg_npz(path: str | os.PathLike, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One JPEG ``.npz`` -> (images uint8 ``(N, 32, 32, 3)``, labels uint8 ``(N,)``).
-
-    The decode runs once per file content: the result is cached as
-    ``<cache>/<stem>-<sha256[:16]>-v1.npy``, written atomically (several processes, e.g.
-    DDP ranks, may race to write it; each rename is whole).
-    """
-    path = Path(path)
-    cache = cache_dir() if cache is None else Path(cache)
-    with np.load(path, allow_pickle=False) as archive:
-        labels = archive["y"]
-        target = cache / f"{path.stem}-{file_sha256(path)[:16]}-{_CACHE_FORMAT}.npy"
-        if target.is_file():
-            try:
-                images = np.load(target, allow_pickle=False)
-                if images.shape == (len(labels), 32, 32, 3) and images.dtype == np.uint8:
-                    return images, labels
-            except (OSError, ValueError):
-                pass  # a damaged cache entry: decode again and overwrite it
-        images = _decode_jpegs(archive["jpeg"], archive["offsets"])
-    if images.shape[0] != len(labels):
-        raise ValueError(f"{path}: {images.shape[0]} images but {len(labels)} labels")
-    try:
-        _atomic_save_npy(target, images)
-    except OSError as error:  # a read-only home must not stop training
-        warnings.warn(f"could not cache decoded JPEGs at {target}: {error}", stacklevel=2)
-    return images, labels
-
-
-def _read_jpeg(directory: Path, limit_train: int | None) -> tuple[np.ndarray, ...]:
-    parts = []
-    for path in directory.glob(_JPEG_TRAIN_GLOB):
-        with np.load(path, allow_pickle=False) as archive:
-            parts.append((int(archive["start"]), len(archive["y"]), path))
-    parts.sort()
-    expected = 0
-    for start, count, path in parts:
-        if start != expected:
-            raise ValueError(f"{directory}: JPEG training parts are not contiguous ({path.name} starts at {start}, expected {expected})")
-        expected += count
-    xs, ys, loaded = [], [], 0
-    for _, count, path in parts:
-        if limit_train is not None and loaded >= limit_train:
-            break  # only decode the parts the limit needs
-        x, y = load_jpeg_npz(path)
-        xs.append(x), ys.append(y)
-        loaded += count
-    x_test, y_test = load_jpeg_npz(directory / _JPEG_TEST)
-    return np.concatenate(xs), np.concatenate(ys), x_test, y_test
-
-
-def _read_partial(directory: Path) -> tuple[np.ndarray, ...]:
-    arrays = []
-    for name in _PARTIAL:
-        with np.load(directory / name, allow_pickle=False) as archive:
-            arrays += [archive["x"], archive["y"]]
-    return tuple(arrays)
-
-
 def _read_torchvision(directory: Path, dataset: str, download: bool) -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
     import torchvision
 
@@ -304,7 +163,7 @@ def _read_torchvision(directory: Path, dataset: str, download: bool) -> tuple[tu
         train = cls(str(directory), train=True, download=download)
         test = cls(str(directory), train=False, download=download)
     except RuntimeError as error:  # torchvision: "Dataset not found or corrupted"
-        raise FileNotFoundError(f"{directory / _TORCHVISION_FOLDERS[dataset]}: {error}") from None
+        raise FileNotFoundError(f"{directory / TORCHVISION_FOLDERS[dataset]}: {error}") from None
     except OSError as error:  # the download failed (no internet: urllib's URLError is an OSError)
         if not existed:
             archive.unlink(missing_ok=True)  # no partial archive left behind
@@ -358,25 +217,25 @@ def load_cifar(
             raise
         directory = candidates[0] if data_dir or os.environ.get("HYBRID_DATA_DIR") else Path.cwd() / "data"
         directory.mkdir(parents=True, exist_ok=True)
-    available = _available_sources(directory, dataset) or (["torchvision"] if download else [])
+    available = available_sources(directory, dataset) or (["torchvision"] if download else [])
     chosen = available[0] if source == "auto" else source
     if chosen not in available:
         raise FileNotFoundError(
             f"source {source!r} requested but {directory} only has {available or 'nothing'} for {dataset}; "
-            + _missing_message(dataset, [directory])
+            + missing_message(dataset, [directory])
         )
 
-    pretty = _PRETTY[dataset]
+    pretty = PRETTY_NAMES[dataset]
     classes: tuple[str, ...] = CIFAR10_CLASSES if dataset == "cifar10" else CIFAR100_CLASSES
     if chosen == "torchvision":
         arrays, classes = _read_torchvision(directory, dataset, download)
-        folder = _TORCHVISION_FOLDERS[dataset]
+        folder = TORCHVISION_FOLDERS[dataset]
         description = f"{pretty} ({'fine labels, ' if dataset == 'cifar100' else ''}official {folder}) from {directory}"
     elif chosen == "jpeg":
-        arrays = _read_jpeg(directory, limit_train)
+        arrays = read_jpeg(directory, limit_train)
         description = f"{pretty} (JPEG copy) from {directory}"
     else:
-        arrays = _read_partial(directory)
+        arrays = read_partial(directory)
         description = f"{pretty} (bit-exact partial copy) from {directory}"
     x_train, y_train, x_test, y_test = arrays
     x_train, y_train = x_train[:limit_train], y_train[:limit_train]
@@ -397,28 +256,6 @@ def load_cifar(
         source=description,
         exact=chosen != "jpeg",
     )
-
-
-def first_test_images(
-    n: int, data_dir: str | os.PathLike | None = None, sources: Sequence[str] = ("partial", "jpeg", "torchvision")
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """The first ``n`` CIFAR-10 test images: ``(uint8 (n, 32, 32, 3), int64 labels (n,), source)``.
-
-    Read with :func:`load_cifar` from the first of ``sources`` in the data directory (see
-    :func:`resolve_data_dir`) that holds at least ``n`` test images; the default order puts
-    the bit-exact partial copy first (what the parity checks compare on). Raises
-    ``FileNotFoundError`` when none does, ``ValueError`` for ``n < 1``.
-    """
-    if n < 1:
-        raise ValueError(f"need at least one test image, got {n}")
-    directory = resolve_data_dir(data_dir, "cifar10")
-    available = _available_sources(directory, "cifar10")
-    for source in sources:
-        if source in available:
-            data = load_cifar("cifar10", directory, source=source, limit_train=1, limit_test=n)
-            if data.n_test >= n:
-                return data.x_test.numpy(), data.y_test.numpy(), source
-    raise FileNotFoundError(f"no CIFAR-10 source among {', '.join(sources)} in {directory} holds {n} test images")
 
 
 # --------------------------------------------------------------------------------------
