@@ -50,9 +50,43 @@ ROOT = Path(__file__).resolve().parent
 CONCURRENCY_LIMIT = 4  # per event; onnxruntime sessions are shared and thread-safe
 SESSION_CAPACITY = 1000  # Gradio keeps this many sessions' state (its default: 10,000)
 MAX_FILE_SIZE = MAX_UPLOAD_BYTES  # the upload route's limit (HTTP 413), the app's own as well
+# Request bodies, checked while they stream in, before anything is buffered, decoded or
+# written (gradio_fixes.RequestLimits: HTTP 413 with one sentence; see docs/api.md).
+#: The upload route: one file of MAX_UPLOAD_BYTES and its multipart framing (boundaries and
+#: part headers, a few hundred bytes; 64 KB leaves room for long file names).
+MAX_UPLOAD_BODY = MAX_UPLOAD_BYTES + 64 * 2**10
+#: Every other route (/call, /queue/join, /run, /api and whatever Gradio adds) takes JSON,
+#: which may carry an image inline as a base64 data URL: 4/3 of the image's bytes, so a
+#: 10 MB image is 13.3 MB of text. Rounded up to the next whole MB (14 MB), which leaves
+#: 0.67 MB for the data URL's prefix, the JSON around it and the other inputs.
+MAX_BODY = (MAX_UPLOAD_BYTES * 4 // 3 // 2**20 + 1) * 2**20
+#: Bodies over LARGE_BODY (a real photo, not a CIFAR image or a JSON call with a file path)
+#: are received at most MAX_LARGE_BODIES at a time; another is answered HTTP 503.
+LARGE_BODY = 2**20
+MAX_LARGE_BODIES = 4
 #: Uploads older than this are deleted (minutes); sweeps run every quarter of it.
 DEFAULT_UPLOAD_TTL_MIN = 30.0
 log = logging.getLogger("dashboard")
+
+
+def body_too_large_message(size: int | None) -> str:
+    """The one sentence for a request body over :data:`MAX_BODY` (``size`` in bytes, if sent)."""
+    limit = (f"the limit is {MAX_BODY // 2**20} MB, enough for one {MAX_UPLOAD_BYTES // 2**20} MB image "
+             "sent inline as a data URL.")
+    if size is None:
+        return f"The request body is over the limit; {limit}"
+    return f"The request body is {size / 2**20:.1f} MB; {limit}"
+
+
+BUSY_MESSAGE = (f"The server is already receiving {MAX_LARGE_BODIES} large uploads, as many as it takes at once; "
+                "try again in a few seconds.")
+
+
+def request_limits() -> Middleware:
+    """The body limits above, checked before Gradio's routes see a request."""
+    return Middleware(gradio_fixes.RequestLimits, limit=MAX_BODY, upload_limit=MAX_UPLOAD_BODY,
+                      upload_message=too_large_message, body_message=body_too_large_message, busy=BUSY_MESSAGE,
+                      large=LARGE_BODY, max_large=MAX_LARGE_BODIES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -243,8 +277,8 @@ def _launch(demo: gr.Blocks, args: argparse.Namespace) -> None:
         server_port=args.port,
         share=args.share,
         max_file_size=MAX_FILE_SIZE,
-        # the upload route's 413 in the app's sentence (the one an inline data URL gets)
-        app_kwargs={"middleware": [Middleware(gradio_fixes.UploadLimitMessage, message=too_large_message)]},
+        # every request body limited as it streams in; the upload route's 413 in the app's sentence
+        app_kwargs={"middleware": [request_limits()]},
         allowed_paths=[str(ASSETS_DIR)],
         show_error=True,
         css=CSS,

@@ -8,11 +8,15 @@ directory), then ``--clients`` threads send ``--calls`` requests over plain HTTP
 ``/gradio_api/upload`` and ``/gradio_api/call/<endpoint>`` routes, as any client would),
 drawn in a fixed shuffled order from this mix:
 
-* **good** (60 %): a distinct CIFAR-10 image (flipped/shifted, so each runs the model) to
+* **good** (57 %): a distinct CIFAR-10 image (flipped/shifted, so each runs the model) to
   ``/classify`` (3 in 4) or ``/spectra``, round-robin over every served model;
 * **bad file** (15 %): a text file, a truncated PNG, an empty file, a PDF named .jpg;
-* **oversized** (5 %): an 11 MB upload (the upload route must answer 413) or a 12 MB image
-  as a base64 data URL in the call itself (the app must refuse it);
+* **oversized** (5 %): an 11 MB upload (the upload route must answer 413), a 12 MB image as
+  a base64 data URL in the call itself (16 MB of JSON: the request body limit's 413), or a
+  10.2 MB one (within the body limit: the app must refuse it);
+* **huge body** (3 %): 200 MB streamed to ``/call/classify``, ``/queue/join``, ``/upload``
+  or ``/run/classify``, with ``Content-Length`` or chunked: HTTP 413 with one sentence,
+  or 503 (large bodies already being received) for a chunked one;
 * **unknown model** (10 %);
 * **malformed** (10 %): no inputs, text where a file goes, a server path, a slider out of
   range.
@@ -20,7 +24,7 @@ drawn in a fixed shuffled order from this mix:
 Bounded in count (``--calls``) and time (``--max-seconds``: no new call after it). Samples
 the server's RSS and the upload folder (files, bytes) every second. Reports per kind: sent,
 answered as expected, server errors (a good call that failed, a bad one answered with an
-internal error or HTTP 5xx, or accepted); then memory and upload folder at the start,
+internal error or an unexpected HTTP status, or accepted); then memory and upload folder at the start,
 peak and end, after one more upload TTL (the scheduled sweep), and after SIGTERM.
 """
 from __future__ import annotations
@@ -30,7 +34,10 @@ import base64
 import os
 import platform
 import random
+import re
+import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,7 +56,69 @@ if str(ROOT) not in sys.path:
 from benchmarks.app_latency import distinct_images  # noqa: E402
 from benchmarks.raw_api import FILE, call, folder_state, rss_mb, start_server, upload  # noqa: E402
 
-MIX = {"good": 60, "bad file": 15, "oversized": 5, "unknown model": 10, "malformed": 10}
+MIX = {"good": 57, "bad file": 15, "oversized": 5, "huge body": 3, "unknown model": 10, "malformed": 10}
+HUGE = 200 * 2**20
+HUGE_ROUTES = ("call/classify", "queue/join", "upload", "run/classify")
+
+
+def stream_body(base: str, route: str, total: int, chunked: bool, timeout: float = 60) -> tuple[int, str]:
+    """POST ``total`` bytes (JSON with an inline data URL, or a multipart upload) to
+    ``/gradio_api/<route>``, streamed in 256 KB chunks (``Content-Length`` or chunked), and
+    read the answer while sending (a server that refuses early closes the connection before
+    the body is through). ``(HTTP status, body)``; ``(0, ...)`` when no answer came."""
+    host, port = base.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+    if route.endswith("upload"):
+        head = (b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n")
+        content_type = "multipart/form-data; boundary=b"
+    else:
+        head, content_type = b'{"data": [{"url": "data:image/png;base64,', "application/json"
+    block = b"A" * (256 * 2**10)
+    blocks = (total - len(head)) // len(block)
+
+    def framed():  # one block, sent again and again
+        for piece in [head] + [block] * blocks:
+            yield b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+        if chunked:
+            yield b"0\r\n\r\n"
+
+    pieces = framed()
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(head) + blocks * len(block)}"
+    out = f"POST /gradio_api/{route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n{framing}\r\n\r\n".encode()
+    reply, deadline = bytearray(), time.monotonic() + timeout
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock, selectors.DefaultSelector() as sel:
+        sock.setblocking(False)
+        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while time.monotonic() < deadline:
+            head_end = reply.find(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", reply[:head_end]) if head_end >= 0 else None
+            if length and len(reply) - head_end - 4 >= int(length.group(1)):
+                break
+            for _, mask in sel.select(timeout=1):
+                if mask & selectors.EVENT_READ:
+                    try:
+                        data = sock.recv(65536)
+                    except (ConnectionError, BlockingIOError):
+                        data = b""
+                    if not data:
+                        deadline = 0.0  # closed: parse what came
+                        break
+                    reply += data
+                elif mask & selectors.EVENT_WRITE:
+                    if not out:
+                        out = next(pieces, b"")
+                        if not out:  # all sent
+                            sel.modify(sock, selectors.EVENT_READ)
+                            continue
+                    try:
+                        out = out[sock.send(out):]
+                    except BlockingIOError:
+                        pass
+                    except ConnectionError:  # the server answered and closed: read the answer
+                        out = b""
+                        sel.modify(sock, selectors.EVENT_READ)
+    head, _, body = bytes(reply).partition(b"\r\n\r\n")
+    return (int(head.split()[1]), body.decode(errors="replace")) if head else (0, "(no answer)")
 
 
 # ------------------------------------------------------------------ the calls
@@ -62,7 +131,10 @@ class Soak:
         self.lock = threading.Lock()
         self.rng = random.Random(seed)
         self.big = b"\x89PNG\r\n\x1a\n" + bytes(11 * 2**20)  # 11 MB: over the 10 MB limit
-        self.big_url = "data:image/png;base64," + base64.b64encode(images[0].read_bytes() + bytes(12 * 2**20)).decode()
+        png = images[0].read_bytes()
+        self.big_url = "data:image/png;base64," + base64.b64encode(png + bytes(12 * 2**20)).decode()
+        self.over_url = "data:image/png;base64," + base64.b64encode(png + bytes(int(10.2 * 2**20) - len(png))).decode()
+        self.statuses: dict[str, Counter] = defaultdict(Counter)  # HTTP answers to oversized and huge bodies
 
     def record(self, kind: str, ok: bool, what: str, started: float) -> None:
         with self.lock:
@@ -106,11 +178,28 @@ class Soak:
         name = sorted(self.bad)[index % len(self.bad)]
         return self._refused(*call(self.base, "classify", [self._file(name, self.bad[name]), None]))
 
+    @staticmethod
+    def _one_sentence(text: str) -> bool:
+        return bool(text) and "\n" not in text and text.endswith(".") and len(re.findall(r"[.!?](?:\s|$)", text)) == 1
+
     def _oversized(self, index: int) -> tuple[bool, str]:
-        if index % 2:
+        if index % 3 == 0:
             status, _ = upload(self.base, "big.png", self.big)
-            return status == 413, f"upload answered HTTP {status}"
-        return self._refused(*call(self.base, "classify", [{"url": self.big_url, "meta": FILE}, None]))
+            self.statuses["oversized"][status] += 1
+            return status in (413, 503), f"upload answered HTTP {status}"
+        event, payload = call(self.base, "classify", [{"url": self.big_url if index % 3 == 1 else self.over_url,
+                                                       "meta": FILE}, None])
+        self.statuses["oversized"][event] += 1
+        if event in ("http 413", "http 503"):  # the body limit, or large bodies already being received
+            return self._one_sentence(str(payload)), f"{event} {str(payload)[:160]}"
+        return self._refused(event, payload)
+
+    def _huge_body(self, index: int) -> tuple[bool, str]:
+        route, chunked = HUGE_ROUTES[index % len(HUGE_ROUTES)], bool(index // len(HUGE_ROUTES) % 2)
+        status, text = stream_body(self.base, route, HUGE, chunked)
+        self.statuses["huge body"][status] += 1
+        ok = (status == 413 or (chunked and status == 503)) and self._one_sentence(text)
+        return ok, f"{route} ({'chunked' if chunked else 'Content-Length'}): HTTP {status} {text[:160]}"
 
     def _unknown_model(self, index: int) -> tuple[bool, str]:
         image = self.images[index % len(self.images)]
@@ -218,6 +307,8 @@ def soak(args: argparse.Namespace, process: subprocess.Popen, base: str, uploads
         p50, p95 = np.percentile(lat, [50, 95])
         rows.append(f"| {kind} | {c['sent']} | {c['expected']} | {c['server error']} | {p50:.2f} / {p95:.2f} |")
     rows.append(f"| **all** | {total['sent']} | {total['expected']} | {total['server error']} | |")
+    answers = "; ".join(f"{kind}: " + ", ".join(f"{answer} × {n}" for answer, n in sorted(c.items(), key=str))
+                        for kind, c in soaker.statuses.items())
     peak_rss = max([s[1] for s in samples] + [end_rss])
     peak_files = max([s[2] for s in samples] + [end_folder[0]])
     peak_bytes = max([s[3] for s in samples] + [end_folder[1]])
@@ -228,6 +319,8 @@ def soak(args: argparse.Namespace, process: subprocess.Popen, base: str, uploads
         f"({total['sent'] / wall:.1f} calls/s), models {', '.join(models)}.",
         "",
         *rows,
+        "",
+        f"Answers to over-limit bodies (HTTP status or event): {answers or 'none sent'}.",
         "",
         "| server | at start | peak | end of calls | one TTL later | after SIGTERM |",
         "|---|---:|---:|---:|---:|---:|",

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.data_classes import ImageData
 
-from .service import DATA_URL_FOLDER
+from .service import DATA_URL_FOLDER, MAX_UPLOAD_BYTES, too_large_message
 
 __all__ = ["RawImage"]
 
@@ -50,7 +50,12 @@ class RawImage(gr.Image):
         return str(payload.path)
 
     def _save_data_url(self, url: str) -> str:
-        """Webcam/clipboard images may arrive as base64 data URLs: store the raw bytes."""
+        """Webcam/clipboard images may arrive as base64 data URLs: store the raw bytes. One
+        over the upload limit is refused by its length, before it is decoded or written."""
+        text = url.partition(",")[2]
+        size = len(text) * 3 // 4 - text[-2:].count("=")  # the decoded size (base64 without line breaks)
+        if size > MAX_UPLOAD_BYTES:
+            raise gr.Error(too_large_message(size), print_exception=False)
         try:
             data = base64.b64decode(url.split(",", 1)[1], validate=False)
         except (IndexError, binascii.Error, ValueError):

@@ -17,9 +17,17 @@
   climb by 600 MB over 2,000 calls. :func:`bound_malloc_arenas` caps the arenas at 2
   (what ``MALLOC_ARENA_MAX=2`` does: +260 MB over the same soak) and :func:`trim_malloc`
   hands free memory back (the app calls it after each upload sweep).
-* **The upload limit's message.** The upload route refuses a file over ``max_file_size``
-  with HTTP 413 and Gradio's "File size exceeded maximum allowed size of 10485760 bytes.";
-  :class:`UploadLimitMessage` says it in the app's own sentence (the one a data URL gets).
+* **Request bodies.** Only the upload route has a limit (``max_file_size``), and it applies
+  per file, while the body streams to disk; every other route (``/call``, ``/queue/join``,
+  ``/run``, ...) reads the whole body into memory first: one 210 MB JSON body with an inline
+  data URL took the server from 292 MB to 1.3 GB. :class:`RequestLimits` bounds the body of
+  every request while it streams in (HTTP 413 before anything is buffered, decoded or
+  written) and how many large bodies are received at once (HTTP 503); it also answers the
+  upload route's own 413 (Gradio's "File size exceeded maximum allowed size of 10485760
+  bytes.") in the app's sentence, the one an inline data URL gets. Gradio's upload parser
+  deletes its partial temporary file only on its own errors: a client that went away
+  mid-upload left it in the upload folder for good (no sweep knows it); RequestLimits hands
+  the parser such an error then.
 * **Client disconnects.** A client that drops mid-upload (e.g. after an over-limit upload
   is refused) makes uvicorn log a full traceback; :class:`OneLineDisconnects` shortens that
   to one line.
@@ -35,7 +43,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["lean_sessions", "sweep_uploads", "OneLineDisconnects", "UploadLimitMessage", "bound_malloc_arenas",
+from starlette.formparsers import MultiPartException
+
+__all__ = ["lean_sessions", "sweep_uploads", "OneLineDisconnects", "RequestLimits", "bound_malloc_arenas",
            "trim_malloc"]
 
 log = logging.getLogger("dashboard")
@@ -118,38 +128,156 @@ class OneLineDisconnects(logging.Filter):
         return True
 
 
-class UploadLimitMessage:
-    """ASGI middleware: the upload route's HTTP 413 carries ``message(request bytes)``, one
-    sentence of plain text, instead of Gradio's. Everything else passes through untouched.
+class BodyRefused(MultiPartException):
+    """Raised to the app from ``receive`` when :class:`RequestLimits` refuses a body that is
+    streaming in. A ``MultiPartException`` because Gradio's upload parser deletes its partial
+    temporary files on exactly that (on any other exception they stay on disk)."""
 
-    The request's ``Content-Length`` stands for the file's size (the multipart framing adds a
-    few hundred bytes); ``None`` when the client did not send one.
+
+class ClientGone(BodyRefused):
+    """Raised to the app from ``receive`` when the client went away before the end of its
+    body (instead of Starlette's ``ClientDisconnect``: the same clean-up as a refusal)."""
+
+
+def _header(scope: dict, name: bytes) -> bytes | None:
+    return next((value for key, value in scope.get("headers", []) if key.lower() == name), None)
+
+
+class RequestLimits:
+    """ASGI middleware: a size limit on the body of every HTTP request, and a bound on how
+    many large bodies are received at once. Pure ASGI: nothing is buffered here.
+
+    * A ``Content-Length`` over the route's limit is answered with HTTP 413 and one sentence;
+      the app never sees the request, and no byte of its body is kept (see below).
+    * Otherwise the body is counted as the app reads it; the chunk that takes it over the
+      limit (a body without ``Content-Length``) never reaches the app: the 413 is sent and the
+      app's ``receive`` raises :class:`BodyRefused` (its own answer is dropped).
+    * A body over ``large`` bytes (by ``Content-Length``, or once that much has streamed in)
+      needs one of ``max_large`` slots until the request ends; without a free one it is
+      answered HTTP 503 with ``busy`` and ``Retry-After``.
+    * The upload route's own 413 (the per-file ``max_file_size`` in Gradio's multipart parser)
+      is answered with ``upload_message(Content-Length)`` too.
+    * A client that goes away before the end of its body: ``receive`` raises :class:`ClientGone`.
+
+    A body refused by its ``Content-Length`` of at most ``drain`` bytes is read to its end and
+    dropped (never held) before the answer: clients that send the whole body before they read
+    (urllib, requests) get the answer rather than a reset connection. A larger one, one
+    refused while streaming, and one whose client waits for ``100 Continue`` are answered at
+    once with ``Connection: close``: clients that read while they send (curl, browsers) see it.
+
+    Args:
+        limit / upload_limit: body limits in bytes for every route / the upload route.
+        upload_message / body_message: the 413 sentence for the upload route / the others,
+            from the body's size in bytes (``None`` when it was sent without a length).
+        upload_suffix: paths ending in this (with or without a final ``/``) are the upload route.
     """
 
-    def __init__(self, app: Any, message: Callable[[int | None], str]) -> None:
-        self.app, self.message = app, message
+    def __init__(self, app: Any, *, limit: int, upload_limit: int, upload_message: Callable[[int | None], str],
+                 body_message: Callable[[int | None], str], busy: str, large: int = 2**20, max_large: int = 4,
+                 drain: int = 64 * 2**20, upload_suffix: str = "/gradio_api/upload", retry_after_s: int = 2) -> None:
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
+        self.upload_message, self.body_message, self.busy = upload_message, body_message, busy
+        self.large, self.max_large, self.drain = large, max_large, drain
+        self.upload_suffix, self.retry_after_s = upload_suffix, retry_after_s
+        self.large_in_flight = 0  # only touched on the event loop: no lock needed
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") != "http" or scope.get("method") != "POST" or not scope.get("path", "").endswith("/upload"):
+        if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        length = next((int(value) for key, value in scope.get("headers", [])
-                       if key.lower() == b"content-length" and value.isdigit()), None)
-        replaced = False
+        upload = scope.get("path", "").rstrip("/").endswith(self.upload_suffix)
+        limit = self.upload_limit if upload else self.limit
+        raw_length = _header(scope, b"content-length")
+        length = int(raw_length) if raw_length is not None and raw_length.isdigit() else None
+        drain = (length is not None and length <= self.drain
+                 and (_header(scope, b"expect") or b"").lower() != b"100-continue")
 
-        async def send_in_our_words(event: dict) -> None:
-            nonlocal replaced
-            if event["type"] == "http.response.start" and event.get("status") == 413:
-                replaced = True
-                body = self.message(length).encode()
-                headers = [(k, v) for k, v in event.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
-                headers += [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-                await send({**event, "headers": headers})
-                await send({"type": "http.response.body", "body": body, "more_body": False})
-            elif not (replaced and event["type"] == "http.response.body"):  # Gradio's own body is dropped
-                await send(event)
+        def too_large() -> str:
+            return (self.upload_message if upload else self.body_message)(length)
 
-        await self.app(scope, receive, send_in_our_words)
+        if length is not None and length > limit:
+            await self._refuse(scope, receive if drain else None, send, 413, too_large())
+            return
+        holding = False
+        if length is not None and length > self.large:
+            if self.large_in_flight >= self.max_large:
+                await self._refuse(scope, receive if drain else None, send, 503, self.busy)
+                return
+            self.large_in_flight += 1
+            holding = True
+        received, refused, answered, started, ended = 0, False, False, False, False
+
+        async def limited_receive() -> dict:
+            nonlocal received, refused, answered, holding, ended
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message.get("type") == "http.disconnect" and not ended:
+                refused = True
+                raise ClientGone("the client went away before the end of its request body")
+            if message.get("type") != "http.request":
+                return message
+            ended = not message.get("more_body", False)
+            received += len(message.get("body", b""))
+            status = sentence = None
+            if received > limit:
+                status, sentence = 413, too_large()
+            elif received > self.large and not holding:
+                if self.large_in_flight >= self.max_large:
+                    status, sentence = 503, self.busy
+                else:
+                    self.large_in_flight += 1
+                    holding = True
+            if status is None:
+                return message
+            refused = True
+            if not started:
+                answered = True
+                await self._refuse(scope, None, send, status, sentence)
+            raise BodyRefused(sentence)
+
+        async def checked_send(event: dict) -> None:
+            nonlocal started, answered
+            if answered:  # the app's own answer after ours (e.g. to BodyRefused) is dropped
+                return
+            if event["type"] == "http.response.start":
+                started = True
+                if upload and event.get("status") == 413:  # Gradio's per-file limit, in our words
+                    answered = True
+                    await self._answer(scope, send, 413, too_large(), close=False)
+                    return
+            await send(event)
+
+        try:
+            await self.app(scope, limited_receive, checked_send)
+        except Exception:
+            if not refused:
+                raise
+            # the app stopped reading at the refusal (or the client's leaving): no fault of its
+        finally:
+            if holding:
+                self.large_in_flight -= 1
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any, status: int, sentence: str) -> None:
+        """Answer ``status`` and ``sentence``: after reading the body to its end and dropping
+        it, chunk by chunk, with ``receive``; at once and closing the connection without it."""
+        if receive is not None:
+            while True:
+                message = await receive()
+                if message.get("type") != "http.request" or not message.get("more_body", False):
+                    break
+        await self._answer(scope, send, status, sentence, close=receive is None)
+
+    async def _answer(self, scope: dict, send: Any, status: int, sentence: str, close: bool) -> None:
+        body = sentence.encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        if status == 503:
+            headers.append((b"retry-after", str(self.retry_after_s).encode()))
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        log.info("refused %s (%s, HTTP %d): %s", scope.get("path"), scope.get("method"), status, sentence)
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number

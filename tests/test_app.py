@@ -567,13 +567,21 @@ def test_byte_lru_cache_evicts_by_bytes():
 
 
 def test_oversized_data_url_leaves_nothing_on_disk(guarded, cifar_images):
-    """The issue's repro: a 12 MB image as a base64 data URL to /call/classify is refused
-    and none of its bytes stay in the upload folder."""
+    """The issue's repro: an image over the limit as a base64 data URL to /call/classify is
+    refused and none of its bytes stay in the upload folder: a 12 MB one (16 MB of base64) by
+    the request body limit, HTTP 413 before the body is kept, decoded or written (issue 23);
+    one of 10.2 MB, within the body limit, by the app."""
     server, uploads = guarded
     before = files_in(uploads)
-    event, body = raw_call(server.url, "classify", [data_url(cifar_images[0].path.read_bytes() + b"\0" * (12 * 2**20)),
-                                                    None])
-    assert event == "error" and body["error"] == documented_refusal("a 12 MB image"), body
+    png = cifar_images[0].path.read_bytes()
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        raw_call(server.url, "classify", [data_url(png + b"\0" * (12 * 2**20)), None])
+    assert excinfo.value.code == 413
+    sentence = excinfo.value.read().decode()
+    assert sentence == documented_refusal("a 12 MB image inline")
+    assert_one_sentence(sentence)
+    event, body = raw_call(server.url, "classify", [data_url(png + b"\0" * (int(10.2 * 2**20) - len(png))), None])
+    assert event == "error" and body["error"] == documented_refusal("a 10.2 MB image inline"), body
     assert_one_sentence(body["error"])
     assert files_in(uploads) <= before  # (the schedule may have swept older files meanwhile)
     assert not files_in(uploads / "dashboard_uploads")
