@@ -1,4 +1,7 @@
-"""Speed, accuracy and GPU-window tools; their results live in ``benchmarks/RESULTS.md``."""
+"""Speed and accuracy measurements; their results live in ``benchmarks/RESULTS.md``.
+
+The GPU-window runbook is its own package, ``gpu_window``; the tables both print are in
+``training.tables``."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU window, one device call per line (the runbook is benchmarks/gpu_window.py; the
+# One GPU window, one device call per line (the runbook is python -m gpu_window; the
 # whole procedure, with the `run` calls to make and what to do before and after them, is in
 # docs/gpu-window.md). On the device machine, in the repository root, carrying ["data"]:
 #
@@ -24,4 +24,4 @@ case "$mode" in
   *) echo "$usage" >&2; exit 2 ;;
 esac
 shift $(( $# < 2 ? $# : 2 ))
-PYTHONUNBUFFERED=1 exec "${PYTHON:-python3}" -m benchmarks.gpu_window "$mode" --budget "$budget" --out "${OUT:-artifacts/gpu_window}" "$@"
+PYTHONUNBUFFERED=1 exec "${PYTHON:-python3}" -m gpu_window "$mode" --budget "$budget" --out "${OUT:-artifacts/gpu_window}" "$@"

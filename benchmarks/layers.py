@@ -17,6 +17,7 @@ import torch
 
 from hybrid_model import DiffStride2d, SpectralPool2d
 from serving.files import atomic_write_json
+from training.tables import layer_table
 
 from .timing import time_steps
 from .train_throughput import bench_variant
@@ -66,16 +67,6 @@ def bench_model_step(variant: str, batch: int, device: torch.device, repeats: in
     """One SGD training step (fwd+bwd+update) of a CIFAR ResNet-18 variant at (1,1,2,2,2), fp32."""
     result = bench_variant(variant, (1, 1, 2, 2, 2), batch, repeats, 1, device, bf16=False, channels_last=False, options={})
     return {"variant": variant, "batch": batch, "device": str(device), "step_s": result["step_s"]}
-
-
-def layer_table(rows: list[dict]) -> str:
-    lines = ["| layer | device | precision | C×H×W | batch | fast (ms) | torch.fft (ms) | speed-up | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        shape = "×".join(map(str, r["shape"]))
-        lines.append(f"| {r['layer']} | {r['device']} | {r['autocast']} | {shape} | {r['batch']} | "
-                     f"{1e3 * r['fast_s']:.1f} | {1e3 * r['ref_s']:.1f} | {r['speedup']:.2f}× | {r['max_abs_diff']:.1e} |")
-    return "\n".join(lines)
 
 
 def model_table(rows: list[dict]) -> str:

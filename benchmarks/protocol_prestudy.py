@@ -3,7 +3,7 @@
 Issue 20 asks for a ranking of protocol candidates *before* GPU time is spent on them. This
 trains ``resnet18`` (or ``--variant``) at a reduced width on a subset of CIFAR-10 under the
 protocol (``training/sweeps/short_cifar10.json``) and under changes of it, written as the
-GPU probe writes them (``VARIANT:FLAG=VALUE,...``, :func:`benchmarks.gpu_window.parse_probe_point`),
+GPU probe writes them (``VARIANT:FLAG=VALUE,...``, :func:`gpu_window.probe.parse_probe_point`),
 one run per setting and seed, in this process, one after another; then prints a Markdown
 table (test accuracy per seed, mean) and writes it with ``--markdown``. The warm-up keeps its
 fraction of the run; ``--batch-size`` keeps a subset's step count near a real run's, with

@@ -25,6 +25,7 @@ from torch import nn
 
 from hybrid_model import VARIANTS, build_model, model_cost, parse_strides
 from serving.files import atomic_write_json
+from training.tables import throughput_table
 from training.train import parameter_groups
 
 from .timing import time_steps
@@ -72,19 +73,6 @@ def bench_variant(variant: str, strides: tuple[float, ...], batch: int, steps: i
     return {"variant": variant, "step_s": median, "images_per_s": batch / median, "times_s": times,
             "warmup_s": first, "compiled": compile, "peak_memory_bytes": peak, "forward_flops_per_image": flops,
             "achieved_tflops": 3 * flops * batch / median / 1e12}
-
-
-def markdown_table(results: list[dict]) -> str:
-    base = next((r["step_s"] for r in results if r["variant"] == "resnet18"), None)
-    lines = ["| variant | step time (s) | images/s | step time / resnet18 | warm-up (s) | peak memory (GiB) | achieved TFLOP/s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        ratio = f"{r['step_s'] / base:.2f}" if base else "–"
-        peak = f"{r['peak_memory_bytes'] / 2**30:.2f}" if r.get("peak_memory_bytes") is not None else "–"
-        tflops = f"{r['achieved_tflops']:.2f}" if r.get("achieved_tflops") is not None else "–"
-        lines.append(f"| {r['variant']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} | {ratio} | "
-                     f"{r['warmup_s']:.1f} | {peak} | {tflops} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 "steps": args.steps, "warmup": args.warmup, "compile": args.compile, "options": options, "results": results,
                 "command": ["python", "-m", "benchmarks.train_throughput", *(argv if argv is not None else sys.argv[1:])],
             })
-    print(markdown_table(results))
+    print(throughput_table(results))
     return 0
 
 

@@ -24,17 +24,18 @@ import numpy as np
 from serving import STAGES
 from serving.cards import RunCard
 
-from . import figures
+from . import figures, robustness_views
 from .service import Analysis, DashboardService, UserError
 from .training_views import budget
 
-__all__ = ["Handlers", "MAX_COMPARE", "COMPARE_TAB", "LAYER_HEADERS", "COMPARE_HEADERS"]
+__all__ = ["Handlers", "MAX_COMPARE", "COMPARE_TAB", "ROBUSTNESS_TAB", "LAYER_HEADERS", "COMPARE_HEADERS"]
 
 log = logging.getLogger("dashboard")
 MAX_COMPARE = 4
 TOP_K = 5
 VIEW_SCALE = 8  # 32x32 -> 256x256, nearest neighbour
 COMPARE_TAB = "Compare"
+ROBUSTNESS_TAB = "Robustness"
 LAYER_HEADERS = ["layer", "stage", "kind", "stride s (h × w)", "size in → out (effective stride)",
                  "frequencies kept: h (full axis) · w (half spectrum, rfft)"]
 COMPARE_HEADERS = ["model", "top-1 (p %)", "test acc (%)", "trained", "GFLOPs", "params (M)",
@@ -358,6 +359,69 @@ class Handlers:
             training_views.reproduction(cards),
             training_views.overview(cards),
         )
+
+    # ------------------------------------------------------------------ robustness
+    def _robustness_names(self, models: Sequence[str] | str | None) -> list[str]:
+        if not self.service.names():
+            raise UserError(self.service.no_models_message())
+        if isinstance(models, str):
+            models = [models]
+        names = [m for m in (self.service.names() if models is None else models) if m]
+        unknown = [n for n in names if n not in self.service.names()]
+        if unknown:
+            raise UserError(f"Unknown model '{unknown[0]}'; the available models are {', '.join(self.service.names())}.")
+        return names
+
+    @user_errors
+    def robustness(self, models: Sequence[str] | str | None = None,
+                   corruption: str | None = None) -> tuple[str, list[list[str]], Any, Any, Any]:
+        """The measured figures of the chosen models (all by default): a note on what was
+        measured, the summary table, accuracy vs shift, vs filter radius and vs severity of
+        ``corruption`` (default: the mean of all corruptions)."""
+        names = self._robustness_names(models)
+        document = self.service.robustness()
+        return (
+            robustness_views.measured_note(document, names),
+            robustness_views.summary_table(document, names),
+            robustness_views.shift_figure(document, names),
+            robustness_views.frequency_figure(document, names),
+            robustness_views.corruption_figure(document, names, corruption or robustness_views.MEAN_OF_ALL),
+        )
+
+    @user_errors
+    def robustness_probe(self, image: str | None, models: Sequence[str] | str | None = None,
+                         family: str = "shift (circular)") -> tuple[Any, Any, list[list[str]]]:
+        """One image transformed step by step (``family``: a shift, a filter or a corruption):
+        the steps as one picture, each model's confidence per step, and a table of top classes."""
+        if image is None:
+            raise UserError("Upload an image (or pick an example) to probe it.")
+        names = self._robustness_names(models)
+        if not names:
+            raise UserError("Tick at least one model to probe the image with.")
+        labels, picture, results = self.service.probe(image, names, family)
+        return picture, robustness_views.probe_figure(labels, results, family), robustness_views.probe_rows(labels, results)
+
+    def robustness_probe_tab(self, image: str | None, models: Sequence[str] | None, family: str,
+                             evt: gr.SelectData) -> tuple[Any, Any, list[list[str]]]:
+        """Browser tab click: opening Robustness probes the current image; other tabs change nothing."""
+        if str(evt.value) != ROBUSTNESS_TAB:
+            return gr.skip(), gr.skip(), gr.skip()
+        return self.robustness_probe_ui(image, models, family, ROBUSTNESS_TAB)
+
+    def robustness_probe_ui(self, image: str | None, models: Sequence[str] | None, family: str,
+                            active_tab: str | None = ROBUSTNESS_TAB) -> tuple[Any, Any, list[list[str]]]:
+        """The browser's automatic probe, while the Robustness tab is open: cleared (never an
+        error toast) without an image or a model, or on a refused upload, which the Classify
+        tab already reported."""
+        empty = (None, figures.plot_data(figures.message_figure("Upload an image to probe it.", 300)), [])
+        if image is None or not models:
+            return empty
+        if active_tab != ROBUSTNESS_TAB:  # no model runs for a tab nobody looks at
+            return None, figures.plot_data(figures.message_figure("Open this tab to probe the current image.", 300)), []
+        try:
+            return self.robustness_probe(image, models, family)
+        except gr.Error as error:
+            return None, figures.plot_data(figures.message_figure(str(error.message)[:200], 300)), []
 
     # ------------------------------------------------------------------ models
     def models(self) -> dict:

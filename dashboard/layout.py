@@ -1,4 +1,4 @@
-"""The Gradio Blocks of the dashboard: a shared input panel and four tabs."""
+"""The Gradio Blocks of the dashboard: a shared input panel and five tabs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,10 +6,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from robustness.corruptions import CORRUPTIONS
+from robustness.probe import FAMILIES
 from serving.registry import by_accuracy
 
 from .components import RawImage
 from .handlers import COMPARE_HEADERS, LAYER_HEADERS, MAX_COMPARE, Handlers
+from .robustness_views import MEAN_OF_ALL, PROBE_HEADERS, SUMMARY_HEADERS
 from .service import DashboardService
 from .training_views import OVERVIEW_HEADERS, budget
 
@@ -22,6 +25,7 @@ NARROW_PX = 768  # below this the columns stack (phones): see SCROLL_TO_RESULTS_
 CSS = """
 #dash-title h1 {margin-bottom: 0.1em}
 #model-view img {image-rendering: pixelated}
+#probe-strip img {image-rendering: pixelated; object-fit: contain}
 #input-image img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain}
 .dash-note {font-size: 0.9em; color: var(--body-text-color-subdued)}
 /* Example thumbnails: CIFAR images are 32x32, show them crisp and small */
@@ -38,6 +42,8 @@ TABLE_PX = {
     "layers": ["172px", "70px", "92px", "90px", "180px", "290px"],
     "compare": ["130px", "120px", "72px", "120px", "72px", "72px", "250px"],
     "overview": ["110px", "130px", "72px", "260px", "90px", "220px"],
+    "robustness": ["110px"] + ["120px"] * 6,
+    "probe": ["110px", "90px", "140px", "90px", "110px"],
 }
 
 # Client-side snippets (run in the browser, no server round trip).
@@ -379,6 +385,81 @@ class TrainingTab:
         demo.load(h.training, inputs, outputs, api_name="_training_load", api_visibility="private")
 
 
+ROBUSTNESS_HELP = (
+    "How the models behave when the image moves, is corrupted or loses frequencies. **Shift consistency**: how often "
+    "the top class stays the same when the image is shifted by 1–8 px (circularly, or with black entering). "
+    "**Corruptions**: CIFAR-10-C-style noise, blur, weather and digital corruptions at five severities. "
+    "**Frequency**: accuracy when only the low (or only the high) frequencies within a radius are kept. "
+    "Spectral downsampling crops in the Fourier domain, so it should move less under shifts than a strided convolution."
+)
+
+
+@dataclass
+class RobustnessTab:
+    """Measured shift consistency, corruption and frequency robustness, and the per-upload probe
+    (/robustness, /robustness_probe)."""
+
+    models: gr.CheckboxGroup
+    note: gr.Markdown
+    table: gr.Dataframe
+    shift: gr.Plot
+    frequency: gr.Plot
+    corruption: gr.Dropdown
+    corruption_plot: gr.Plot
+    family: gr.Dropdown
+    strip: gr.Image
+    probe_plot: gr.Plot
+    probe_table: gr.Dataframe
+    api: gr.Button
+
+    @classmethod
+    def build(cls, service: DashboardService, choices: list[tuple[str, str]]) -> RobustnessTab:
+        with gr.Tab("Robustness", id="robustness"):
+            gr.Markdown(ROBUSTNESS_HELP, elem_classes=["dash-note"])
+            models = gr.CheckboxGroup(choices=choices, value=service.names(), label="Models",
+                                      elem_id="robustness-models")
+            note = gr.Markdown(elem_id="robustness-note", elem_classes=["dash-note"])
+            gr.Markdown("Scroll the table sideways for all columns →", elem_classes=["scroll-note"])
+            table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Measured on the test set (95 % intervals)",
+                                 interactive=False, wrap=True, elem_id="robustness-table",
+                                 column_widths=TABLE_PX["robustness"])
+            with gr.Row():
+                shift = gr.Plot(label="Accuracy vs shift", elem_id="robustness-shift", min_width=300)
+                frequency = gr.Plot(label="Accuracy vs filter radius", elem_id="robustness-frequency", min_width=300)
+            corruption = gr.Dropdown(choices=[MEAN_OF_ALL, *CORRUPTIONS], value=MEAN_OF_ALL, label="Corruption",
+                                     elem_id="robustness-corruption")
+            corruption_plot = gr.Plot(label="Accuracy vs severity", elem_id="robustness-corruption-plot")
+            gr.Markdown("### Your image, transformed step by step")
+            family = gr.Dropdown(choices=list(FAMILIES), value=FAMILIES[0], label="Transform",
+                                 elem_id="probe-family",
+                                 info="Shifts move the image down and right by 0–8 px; filters keep frequencies "
+                                      "by radius; corruptions go from clean to severity 5.")
+            strip = gr.Image(label="The steps, as the models see them", format="png", interactive=False,
+                             elem_id="probe-strip", buttons=["download"])
+            probe_plot = gr.Plot(label="Confidence per step", elem_id="probe-plot")
+            with gr.Accordion("Top class per step", open=False):
+                probe_table = gr.Dataframe(headers=PROBE_HEADERS, interactive=False, wrap=True,
+                                           elem_id="probe-table", column_widths=TABLE_PX["probe"])
+            api = gr.Button(visible=False)  # /robustness_probe for API callers
+        return cls(models, note, table, shift, frequency, corruption, corruption_plot, family, strip, probe_plot,
+                   probe_table, api)
+
+    def wire(self, demo: gr.Blocks, h: Handlers, panel: InputPanel, state: BrowserState, tabs: gr.Tabs) -> None:
+        inputs = [self.models, self.corruption]
+        outputs = [self.note, self.table, self.shift, self.frequency, self.corruption_plot]
+        gr.on([self.models.change, self.corruption.change], h.robustness, inputs, outputs, api_name="robustness",
+              trigger_mode="always_last")
+        demo.load(h.robustness, inputs, outputs, api_name="_robustness_load", api_visibility="private")
+        probe_out = [self.strip, self.probe_plot, self.probe_table]
+        gr.on([panel.image.change, self.models.change, self.family.change], h.robustness_probe_ui,
+              [panel.image, self.models, self.family, state.active_tab], probe_out, api_name="_probe_auto",
+              api_visibility="private", trigger_mode="always_last")
+        tabs.select(h.robustness_probe_tab, [panel.image, self.models, self.family], probe_out,
+                    api_name="_probe_tab", api_visibility="private", trigger_mode="always_last")
+        self.api.click(h.robustness_probe, [panel.image, self.models, self.family], probe_out,
+                       api_name="robustness_probe")
+
+
 def build_demo(service: DashboardService) -> gr.Blocks:
     examples = example_images()
     h = Handlers(service, examples)
@@ -406,11 +487,13 @@ def build_demo(service: DashboardService) -> gr.Blocks:
                     spectra = SpectraTab.build(h, default)
                     compare = CompareTab.build(service, choices)
                     training = TrainingTab.build(service, choices)
+                    robustness = RobustnessTab.build(service, choices)
 
         demo.load(None, None, state.viewport, js=VIEWPORT_JS)
         classify.wire(h, panel, state, spectra, compare)
         spectra.wire(h, panel, state)
         compare.wire(h, panel, state, tabs)
         training.wire(demo, h)
+        robustness.wire(demo, h, panel, state, tabs)
         gr.api(h.models, api_name="models")
     return demo

@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from robustness import probe
+from robustness.report import ResultsError, read_results
+from robustness.transforms import TransformError
 from serving import STAGES, log_spectrum  # torch-free: this process never imports torch
 from serving.cards import RunCard
 from serving.registry import ModelEntry
@@ -388,6 +391,61 @@ class DashboardService:
 
     def cached_figure(self, key: Hashable, build: Callable[[], Any]) -> Any:
         return self._results.get_or_compute(("figure", key), build)
+
+    # ---------------------------------------------------------------- robustness
+    def robustness(self) -> dict | None:
+        """The folder's ``robustness.json`` (current models only), re-read when the file changes;
+        ``None`` when absent. An unreadable file is reported once in the log and treated as absent."""
+        path = self.models_dir / "robustness.json"
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return None
+
+        def read() -> dict | None:
+            try:
+                return read_results(self.models_dir)
+            except ResultsError as exc:
+                log.warning("%s", exc)
+                return None
+
+        return self._results.get_or_compute(("robustness", stamp), read)
+
+    def probe(self, path: str | Path | None, names: list[str], family: str) -> tuple[list[str], np.ndarray, dict]:
+        """The upload transformed step by step (:func:`robustness.probe.steps`) and, per model,
+        each step's top class, its confidence and the probability of the untouched image's class.
+
+        Returns ``(step labels, the steps side by side as one image, {model: [step dicts]})``.
+        """
+        if family not in probe.FAMILIES:
+            raise UserError(f"Unknown transform '{family}'; choose one of {', '.join(probe.FAMILIES)}.")
+        models = [self.model(name) for name in names]
+        digest, seen = self.pixels(path, models[0])
+
+        def run_steps() -> tuple[list[str], list[np.ndarray]]:
+            try:
+                pairs = probe.steps(seen, family)
+            except TransformError as exc:
+                raise UserError(str(exc)) from None
+            return [label for label, _ in pairs], [image for _, image in pairs]
+
+        labels, images = self._results.get_or_compute(("probe-steps", digest, family), run_steps)
+        batch = np.stack(images)
+        results = {}
+        for model in models:
+            if tuple(model.input_size) != tuple(seen.shape[:2]):
+                raise UserError(f"Model '{model.name}' takes another input size; probe it on its own.")
+
+            def classify(model: OnnxModel = model) -> list[dict]:
+                logits = model.logits(batch).astype(np.float64)
+                probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+                probs /= probs.sum(axis=1, keepdims=True)
+                first = int(probs[0].argmax())
+                return [{"top": model.class_names[int(p.argmax())], "confidence": float(p.max()),
+                         "p_original": float(p[first])} for p in probs]
+
+            results[model.name] = self._results.get_or_compute(("probe", digest, family, model.name), classify)
+        return labels, probe.strip(images), results
 
     # ---------------------------------------------------------------- spectra
     def spectrum_panels(self, analysis: Analysis) -> list[SpectrumPanel]:

@@ -6,7 +6,7 @@ convolution / linear weight is stored as int8 with one float32 scale per output 
 (symmetric, ``scale = max|w| / 127``), everything else (BatchNorm, biases, learned
 strides) as float32: ~11.3 MB per ResNet-18, five in one call. The accuracy the
 compression costs is measured on the GPU right after training (``compression`` in the card,
-see ``benchmarks.gpu_window``), and ``exports.ingest`` checks the bundled ONNX file against
+see ``gpu_window``), and ``exports.ingest`` checks the bundled ONNX file against
 the uncompressed model's accuracy.
 
 File: one ``.safetensors`` per model; int8 tensor ``K`` plus float32 ``K.__scale__``; the

@@ -1,6 +1,6 @@
 """Bring a GPU window's results into the repository: ``python -m exports.ingest DIR [DIR ...]``.
 
-Each ``DIR`` is what one device call of ``benchmarks.gpu_window`` returned (its
+Each ``DIR`` is what one device call of ``gpu_window`` returned (its
 ``window.json``, ``window.log`` and, from the ``models`` call, one ``NAME.int8.safetensors``
 per model; see ``exports.compact``). In order:
 
@@ -18,10 +18,13 @@ per model; see ``exports.compact``). In order:
    bundled (and then evaluated). The result goes into the card (``test_acc``,
    ``bundled_accuracy``) and the manifest; then the staging folder replaces
    ``--models-dir`` (two renames; the old folder is deleted last);
-3. README's bundled-model table, the Table 1 block and ``benchmarks/RESULTS.md`` are
-   rewritten from those numbers (``--no-docs`` skips this; tests use it).
+3. the robustness lab measures the new models (``robustness.json`` beside them, which the
+   dashboard's Robustness tab reads; ``--robustness-scale`` shrinks its plan, 0 skips it);
+4. README's bundled-model table, robustness table, the Table 1 block and
+   ``benchmarks/RESULTS.md`` are rewritten from those numbers (``--no-docs`` skips this;
+   tests use it).
 
-Run it after ``python -m benchmarks.gpu_window restore``. Exit status: 0 done; 1 a parity
+Run it after ``python -m gpu_window restore``. Exit status: 0 done; 1 a parity
 check failed (nothing replaced); 2 bad input (one line).
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ from serving.cards import RunCard, embed_card, read_onnx_card
 from serving.files import atomic_write_json, atomic_write_text
 from serving.manifest import drop_from_manifest, read_manifest, write_model
 from serving.runtime import ModelError, normalize_uint8
+from training.tables import layer_table, throughput_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,6 +53,7 @@ PROTOCOL = REPO / "training" / "sweeps" / "short_cifar10.json"
 #: The targets of issue 10, checked and reported (never enforced: an honest miss is recorded).
 TARGET_DEFAULT, TARGET_EVERY, TARGET_DELTA_POINTS = 0.92, 0.90, 0.3
 MODELS_BLOCK, RESULTS_BLOCK, BENCH_BLOCK = "bundled-models", "gpu-window-models", "gpu-window-bench"
+ROBUSTNESS_BLOCK = "robustness"
 
 
 class IngestError(ValueError):
@@ -332,13 +337,9 @@ def bench_markdown(windows: Sequence[dict]) -> str | None:
         for step in window.get("steps", []):
             result = step["result"]
             if step["name"].startswith("throughput"):
-                from benchmarks.train_throughput import markdown_table
-
                 parts.append(f"**{step['name']}** ({result.get('device')}, torch {result.get('torch')}, batch {result.get('batch')}, "
-                             f"compile={result.get('compile')}):\n\n{markdown_table(result['results'])}\n")
+                             f"compile={result.get('compile')}):\n\n{throughput_table(result['results'])}\n")
             else:
-                from benchmarks.layers import layer_table
-
                 parts.append(f"**{step['name']}** ({window.get('device')}, torch {result.get('torch')}; fwd+bwd, fast "
                              f"separable path vs torch.fft reference):\n\n{layer_table(result.get('layers', []))}\n")
     return "\n".join(parts) if parts else None
@@ -370,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "GPU float32 accuracy stands in for an fp16 pass (default 500)")
     p.add_argument("--precision", choices=("int8", "fp16"), default="int8",
                    help="bundled files: int8 (exports.quantize, gated; the dashboard's default) or the fp16 export")
+    p.add_argument("--robustness-scale", type=float, default=1.0,
+                   help="the robustness lab's plan, scaled (1: python -m robustness's defaults, ~30 min for five models "
+                        "on a 2-core CPU; 0: skip it)")
     p.add_argument("--allow-unfinished", action="store_true", help="also bundle models whose training was cut short")
     p.add_argument("--readme", type=Path, default=REPO / "README.md")
     p.add_argument("--results-md", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
@@ -377,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.limit_test is not None and args.limit_test < 1:
         p.error(f"--limit-test must be >= 1, got {args.limit_test}")
+    if not args.robustness_scale >= 0:
+        p.error(f"--robustness-scale must be >= 0, got {args.robustness_scale}")
     if args.agreement_images is not None and args.agreement_images < 1:
         p.error(f"--agreement-images must be >= 1, got {args.agreement_images}")
     from training.checkpoint import CheckpointError
@@ -385,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.models_dir.resolve() == (REPO / "exports" / "models").resolve() and (REPO / ".git" / "gpu-window.json").exists():
         print("error: the repository is still on the GPU-window scratch branch: run "
-              "`python -m benchmarks.gpu_window restore` first", file=sys.stderr)
+              "`python -m gpu_window restore` first", file=sys.stderr)
         return 2
     try:
         protocol = load_config(args.protocol)
@@ -400,13 +406,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"error: {error}; {args.models_dir} not replaced", file=sys.stderr)
         return 1
+    robustness = None
     if rows:
         print(models_markdown(rows, next(w for w in windows if w.get("mode") == "models")))
+        if args.robustness_scale > 0:
+            from robustness.report import Plan, markdown_table, measure_folder
+
+            robustness = markdown_table(measure_folder(args.models_dir, Plan().scaled(args.robustness_scale),
+                                                       data_dir=args.data_dir))
+            print(robustness)
     if not args.no_docs:
         if rows:
             table = models_markdown(rows, next(w for w in windows if w.get("mode") == "models"))
             update_block(args.readme, MODELS_BLOCK, table)
             update_block(args.results_md, RESULTS_BLOCK, table)
+        if robustness:
+            update_block(args.readme, ROBUSTNESS_BLOCK, robustness)
         bench = bench_markdown(windows)
         if bench:
             update_block(args.results_md, BENCH_BLOCK, bench)

@@ -4,7 +4,7 @@
 # The variants train in parallel, one CPU thread each (faster than sharing threads on 2 cores).
 # Usage: bash exports/train_defaults.sh [extra training flags]   (outputs in runs/defaults/)
 # The GPU-trained models (all 50,000 images, Table 1's short protocol) come from one GPU
-# window instead: docs/gpu-window.md (benchmarks/gpu_window.py, then python -m exports.ingest).
+# window instead: docs/gpu-window.md (python -m gpu_window, then python -m exports.ingest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

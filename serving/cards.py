@@ -9,7 +9,7 @@ Who writes which fields (each group is a stage of the same flat JSON object):
   ``name`` and ``input_size``);
 * the int8 quantiser (``exports.quantize``): ``float_parity``, ``accuracy_gate`` (and
   ``export.precision = "int8"``);
-* the bundler and the GPU window (``exports.ingest``, ``benchmarks/gpu_window.py``):
+* the bundler and the GPU window (``exports.ingest``, the ``gpu_window`` package):
   ``compression``, ``off_protocol``, ``training_test_acc``, ``bundled_accuracy``.
 
 Build a card (the trainer)::
@@ -142,7 +142,7 @@ class RunCard:
     # --- added by the int8 quantiser (exports.quantize) --------------------------------
     float_parity: dict[str, Any] | None = _stage("int8")
     accuracy_gate: dict[str, Any] | None = _stage("int8")  # set => an int8 card
-    # --- added when bundling (exports.ingest, benchmarks/gpu_window.py) ----------------
+    # --- added when bundling (exports.ingest, gpu_window) ----------------
     compression: dict[str, Any] | None = _stage("bundle")
     off_protocol: bool = _stage("bundle", False)
     training_test_acc: float | None = _stage("bundle")

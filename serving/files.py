@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_sha256"]
+__all__ = ["MARKERS", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_sha256",
+           "replace_marked_block", "update_marked_block"]
 
 # Read once (os.umask can only be read by setting it): the mode a plain open() would give.
 _UMASK = os.umask(0)
@@ -74,3 +75,23 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: The start and end markers of a generated block in a Markdown file (README, RESULTS.md).
+MARKERS = ("<!-- {name}:start -->", "<!-- {name}:end -->")
+
+
+def replace_marked_block(text: str, name: str, body: str) -> str:
+    """``text`` with the part between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` replaced;
+    ``ValueError`` when the markers are missing or out of order."""
+    start, end = (marker.format(name=name) for marker in MARKERS)
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise ValueError(f"markers {start} ... {end} not found")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + body.rstrip("\n") + "\n" + end + rest.split(end, 1)[1]
+
+
+def update_marked_block(path: str | os.PathLike, name: str, body: str) -> Path:
+    """Rewrite the block ``name`` of the file at ``path`` (atomically) with ``body``."""
+    path = Path(path)
+    return atomic_write_text(path, replace_marked_block(path.read_text(encoding="utf-8"), name, body))

@@ -450,6 +450,17 @@ class OnnxModel:
         outputs = self.session.run(self.output_names, {INPUT_NAME: batch})
         return outputs[0], dict(zip(self.feature_names, outputs[1:]))
 
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """``(B, H, W, 3)`` uint8 images, as the model sees them -> ``(B, K)`` logits.
+
+        Only the logits output is fetched (no copies of the feature maps): the path for
+        evaluating many images (``robustness``, accuracy checks).
+        """
+        batch = normalize_uint8(np.asarray(images), self.mean, self.std)
+        if tuple(batch.shape[2:]) != self.input_size or len(batch) < 1:
+            raise ValueError(f"expected images of {self.input_size[0]}x{self.input_size[1]} pixels, got {images.shape}")
+        return self.session.run([LOGITS], {INPUT_NAME: batch})[0]
+
     def preprocess(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
         """:func:`preprocess` with this model's normalisation and input size."""
         return preprocess(image, self.mean, self.std, self.input_size[0])

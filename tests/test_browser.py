@@ -279,7 +279,7 @@ def test_phone_layout(browser):
     """390x844: every tab reachable without a "…" menu, results scrolled into view after
     picking an image, Spectra text never overlaps, tables scroll instead of squeezing."""
     with open_page(browser, PHONE) as page:
-        for name in ("Classify", "Spectra", "Compare", "Training"):
+        for name in ("Classify", "Spectra", "Compare", "Training", "Robustness"):
             # Gradio lays the tab bar out after the upload input attaches (its overflow menu is
             # decided on resize): wait for each tab to settle visible, not a single instant
             # (an instant check failed once in 4 full-suite runs); a tab left in the "…" menu
@@ -310,6 +310,15 @@ def test_phone_layout(browser):
                               ".map((td) => td.getBoundingClientRect().height)")
         assert names and max(names) < 80, names  # a model name on one or two lines, not one letter per line
         page.screenshot(path=str(SHOTS / "phone_compare.png"), full_page=True)
+
+        open_tab(page, "Robustness")  # the per-upload probe runs when the tab opens, and fits the phone
+        wait_for_plot(page, "#probe-plot")
+        page.locator("#probe-strip").scroll_into_view_if_needed()  # the image loads lazily, once in view
+        page.locator("#probe-strip img").wait_for()
+        strip = page.evaluate("() => { const r = document.querySelector('#probe-strip img').getBoundingClientRect();"
+                              " return [r.left, r.right]; }")
+        assert strip[0] >= -1 and strip[1] <= PHONE["width"] + 1, f"the probe's image strip overflows: {strip}"
+        page.screenshot(path=str(SHOTS / "phone_robustness.png"), full_page=True)
         assert not page.js_errors, page.js_errors
 
 
@@ -333,6 +342,30 @@ def test_training_tab(browser):
         for i in range(boxes.count()):
             boxes.nth(i).uncheck()
         page.locator("#training-curves").get_by_text("No model selected").wait_for()
+        assert not page.js_errors, page.js_errors
+
+
+def test_robustness_tab(browser):
+    """Without robustness.json the tab says how to make one; the per-upload probe follows the
+    image, the transform and the ticked models (one line per model, nine steps for a shift)."""
+    with open_page(browser) as page:
+        open_tab(page, "Robustness")
+        page.locator("#robustness-note").get_by_text("python -m robustness").wait_for()
+        page.locator("#probe-plot").get_by_text("Upload an image").wait_for()
+        pick_example(page, "0001_ship")
+        wait_for_plot(page, "#probe-plot")
+        read = "() => document.querySelector('#probe-plot .js-plotly-plot').data.map((t) => [t.name, t.x.length])"
+        page.wait_for_function(f"() => ({read})().length > 0")
+        traces = page.evaluate(read)
+        assert all(n == 9 for _, n in traces) and len(traces) >= 2, traces
+        page.locator("#probe-family input").click()
+        page.get_by_role("option", name="jpeg_compression").click()
+        page.wait_for_function(f"() => ({read})().every(([_, n]) => n === 6)")
+        boxes = page.locator("#robustness-models input[type=checkbox]")
+        for i in range(1, boxes.count()):
+            boxes.nth(i).uncheck()
+        page.wait_for_function(f"() => ({read})().length === 1")
+        page.screenshot(path=str(SHOTS / "robustness.png"), full_page=True)
         assert not page.js_errors, page.js_errors
 
 

@@ -1,6 +1,6 @@
 """The GPU-window runbook rehearsed on the CPU: prepare/restore, models -> ingest, extra (bench + grid), report.
 
-The rehearsal runs the same code as a device call (``benchmarks.gpu_window``) at toy sizes:
+The rehearsal runs the same code as a device call (``python -m gpu_window``) at toy sizes:
 one model variant, 64 training images, one epoch, stem stride 4 (small maps), then
 ``exports.ingest`` into a temporary models folder (never the real ``exports/models``).
 """
@@ -13,16 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_window
 from exports import compact, ingest
+from gpu_window import __main__ as runbook
+from gpu_window import plan, probe, travel
+from gpu_window.record import WindowError, work_dir
 from serving.cards import RunCard
+from serving.manifest import read_manifest
 from training import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 MiB = 1 << 20
 
-needs_data = pytest.mark.skipif(not all((DATA / f).is_file() for f in gpu_window.DATA_FILES),
+needs_data = pytest.mark.skipif(not all((DATA / f).is_file() for f in travel.DATA_FILES),
                                 reason="the CIFAR-10 JPEG copy (../shared/data) is not here")
 
 
@@ -42,13 +45,13 @@ def _tiny_protocol(tmp_path: Path) -> Path:
 # Pieces
 # --------------------------------------------------------------------------------------
 def test_protocol_is_table1_grid():
-    config = sweep.load_config(gpu_window.PROTOCOL)
+    config = sweep.load_config(plan.PROTOCOL)
     import hybrid_model
 
     assert config["out"] == "results/table1" and config["seeds"] == [0, 1, 2]
     assert [tuple(s) for s in config["strides"]] == [tuple(map(float, s)) for s in hybrid_model.PAPER_STRIDES]
-    assert set(gpu_window.DASHBOARD_VARIANTS) <= set(config["variants"])
-    assert gpu_window.DASHBOARD_VARIANTS == hybrid_model.PAPER_VARIANTS  # the window trains exactly the paper variants
+    assert set(plan.DASHBOARD_VARIANTS) <= set(config["variants"])
+    assert plan.DASHBOARD_VARIANTS == hybrid_model.PAPER_VARIANTS  # the window trains exactly the paper variants
     assert config["args"]["schedule"] == "onecycle" and "epochs" not in config["args"]
 
 
@@ -75,20 +78,20 @@ def test_compact_roundtrip_and_size(tmp_path):
 
 
 def test_out_limits(tmp_path):
-    assert gpu_window.check_out_limits(tmp_path)["ok"]
+    assert travel.check_out_limits(tmp_path)["ok"]
     (tmp_path / "big.bin").write_bytes(b"\0" * (16 * MiB + 1))
-    report = gpu_window.check_out_limits(tmp_path)
+    report = travel.check_out_limits(tmp_path)
     assert not report["ok"] and "big.bin" in report["problems"][0]
     (tmp_path / "big.bin").unlink()
     for i in range(9):
         (tmp_path / f"f{i}").write_text("x")
-    assert "9 files" in gpu_window.check_out_limits(tmp_path)["problems"][0]
+    assert "9 files" in travel.check_out_limits(tmp_path)["problems"][0]
 
 
 def test_grid_order_and_coverage(tmp_path):
     protocol = sweep.load_config(_tiny_protocol(tmp_path))
     done = tmp_path / "results"
-    todo = gpu_window.plan_grid(protocol, done)
+    todo = plan.plan_grid(protocol, done)
     assert [(r.seed, r.variant, r.strides[-1]) for r in todo][:5] == [
         (0, "resnet18", 2), (0, "hybrid", 2), (0, "resnet18", 3), (0, "hybrid", 3), (1, "resnet18", 2)]
     from serving.files import atomic_write_json
@@ -104,13 +107,13 @@ def test_grid_order_and_coverage(tmp_path):
     # other settings than the protocol's (an earlier protocol's card): not done either
     other = dict(sweep.protocol_config(todo[2], protocol), lr=0.123)
     atomic_write_json(done / f"{todo[2].name}.json", card(todo[2], config=other))
-    left = gpu_window.plan_grid(protocol, done)
+    left = plan.plan_grid(protocol, done)
     assert todo[0].name not in {r.name for r in left} and left[0].name == todo[1].name  # off-protocol: re-run
     assert todo[2].name in {r.name for r in left}
     # a later call of the same window also reads the earlier call's (not yet ingested) cards
     earlier = tmp_path / "earlier-call"
     atomic_write_json(earlier / f"{todo[1].name}.json", card(todo[1]))
-    both = gpu_window.plan_grid(protocol, [done, earlier])
+    both = plan.plan_grid(protocol, [done, earlier])
     assert [r.name for r in both] == [r.name for r in left[1:]]
     cards = [RunCard.from_dict(json.loads(p.read_text())) for p in done.glob("*.json")]
     assert sweep.coverage(protocol, cards) == "1 / 4 points, seed 0; 0 / 4, seed 1"
@@ -122,14 +125,14 @@ def test_grid_skips_points_an_earlier_call_of_the_window_finished(tmp_path, monk
 
     monkeypatch.setenv("GPU_WINDOW_WORK", str(tmp_path / "work"))
     protocol = sweep.load_config(_tiny_protocol(tmp_path))
-    dirs = gpu_window.grid_done_dirs(protocol)
-    assert gpu_window.work_dir("models") in dirs and gpu_window.work_dir("grid") in dirs
-    todo = gpu_window.plan_grid(protocol, dirs)
+    dirs = plan.grid_done_dirs(protocol)
+    assert work_dir("models") in dirs and work_dir("grid") in dirs
+    todo = plan.plan_grid(protocol, dirs)
     first = todo[0]
     card = {"name": first.name, "variant": first.variant, "strides": list(first.strides), "seed": first.seed,
             "epoch": 1, "epochs": 1, "dataset": "cifar10", "config": sweep.protocol_config(first, protocol)}
-    atomic_write_json(gpu_window.work_dir("models") / f"{first.name}.json", card)
-    assert [r.name for r in gpu_window.plan_grid(protocol, dirs)] == [r.name for r in todo[1:]]
+    atomic_write_json(work_dir("models") / f"{first.name}.json", card)
+    assert [r.name for r in plan.plan_grid(protocol, dirs)] == [r.name for r in todo[1:]]
 
 
 def test_readme_block_and_errors(tmp_path, capsys):
@@ -139,7 +142,7 @@ def test_readme_block_and_errors(tmp_path, capsys):
     assert ingest.main([str(tmp_path)]) == 2
     assert "no window.json" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert gpu_window.main(["models", "--budget", "10", "--out", str(tmp_path / "o")]) == 2
+        assert runbook.main(["models", "--budget", "10", "--out", str(tmp_path / "o")]) == 2
         assert "no CUDA device" in capsys.readouterr().err
 
 
@@ -157,19 +160,19 @@ def test_prepare_and_restore_in_a_clone(tmp_path):
     # The bundled models (57 MB of int8 files) and the carried JPEG copy (56 MB) together are
     # over the limit: prepare must leave the models behind.
     data_bytes = sum(p.stat().st_size for p in DATA.glob("cifar10_*jpeg*.npz"))
-    assert gpu_window.travel_bytes(repo, []) + data_bytes > 64 * MiB
-    result = gpu_window.prepare(repo, DATA, log=lambda _: None)
-    assert result["travel_bytes"] <= gpu_window.TREE_LIMIT
-    assert gpu_window.travel_bytes(repo, ["data"]) == result["travel_bytes"]
+    assert travel.travel_bytes(repo, []) + data_bytes > 64 * MiB
+    result = travel.prepare(repo, DATA, log=lambda _: None)
+    assert result["travel_bytes"] <= travel.TREE_LIMIT
+    assert travel.travel_bytes(repo, ["data"]) == result["travel_bytes"]
     assert not _git(repo, "ls-files", "exports/models") and (repo / "exports/models/manifest.json").is_file()
-    assert _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == gpu_window.SCRATCH_BRANCH
+    assert _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == travel.SCRATCH_BRANCH
     assert not _git(repo, "status", "--porcelain")  # models ignored, data ignored: nothing else travels
-    gpu_window.restore(repo, log=lambda _: None)
-    assert _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() != gpu_window.SCRATCH_BRANCH
+    travel.restore(repo, log=lambda _: None)
+    assert _git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() != travel.SCRATCH_BRANCH
     assert "exports/models/manifest.json" in _git(repo, "ls-files", "exports/models")
-    assert not _git(repo, "status", "--porcelain") and gpu_window.SCRATCH_BRANCH not in _git(repo, "branch")
-    with pytest.raises(gpu_window.WindowError, match="nothing to restore"):
-        gpu_window.restore(repo)
+    assert not _git(repo, "status", "--porcelain") and travel.SCRATCH_BRANCH not in _git(repo, "branch")
+    with pytest.raises(WindowError, match="nothing to restore"):
+        travel.restore(repo)
 
 
 # --------------------------------------------------------------------------------------
@@ -186,7 +189,7 @@ def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
 
     # call 1: the dashboard models (one of the five, at toy sizes: the hybrid, the one that diverged)
     out1 = tmp_path / "out1"
-    assert gpu_window.main(["models", "--budget", "500", "--out", str(out1), "--strides", "4,1,2,2,2",
+    assert runbook.main(["models", "--budget", "500", "--out", str(out1), "--strides", "4,1,2,2,2",
                             "--variants", "hybrid", "--profile-seconds", "60", *common]) == 0
     record = json.loads((out1 / "window.json").read_text())
     assert record["profile"]["results"][0]["rows"]  # the next window's call 1 profiles first (issue 21)
@@ -196,7 +199,7 @@ def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
         card = run["card"]
         assert card["compression"]["test_images"] == 32 and card["torch"] == torch.__version__
         assert "CPU" in card["hardware"] and card["train_wall_seconds"] > 0 and len(card["history"]) == 1
-    limits = gpu_window.check_out_limits(out1)
+    limits = travel.check_out_limits(out1)
     assert limits["ok"] and len(limits["files"]) == 5  # window.json, window.log, profile.json/.md, the model
     model_bytes = max(size for name, size in limits["files"] if name.endswith(".int8.safetensors"))
     other_bytes = sum(size for name, size in limits["files"] if not name.endswith(".int8.safetensors"))
@@ -205,9 +208,12 @@ def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
     # back here: ingest into a temporary models folder
     models, results = tmp_path / "models", tmp_path / "results"
     assert ingest.main([str(out1), "--models-dir", str(models), "--protocol", str(protocol), "--data-dir", str(DATA),
-                        "--limit-test", "32", "--no-docs"]) == 0
+                        "--limit-test", "32", "--robustness-scale", "0.01", "--no-docs"]) == 0
     registry = ModelRegistry(models)
     assert registry.names() == ["hybrid"] and not registry.skipped
+    lab = json.loads((models / "robustness.json").read_text())  # the robustness lab ran on the new model
+    assert list(lab["models"]) == ["hybrid"] and lab["plan"]["images"] == 15
+    assert lab["models"]["hybrid"]["sha256"] == next(r["sha256"] for r in read_manifest(models)["models"])
     for name in registry.names():
         entry = next(e for e in registry.entries if e.name == name)
         bundled = entry.card.bundled_accuracy
@@ -218,7 +224,7 @@ def test_rehearsal_models_ingest_grid_report(tmp_path, monkeypatch):
 
     # call 2: benchmarks (toy sizes) then the next undone grid point; cards only come back
     out2 = tmp_path / "out2"
-    assert gpu_window.main(["extra", "--budget", "500", "--out", str(out2), "--done", str(results), "--max-points", "1",
+    assert runbook.main(["extra", "--budget", "500", "--out", str(out2), "--done", str(results), "--max-points", "1",
                             "--bench-seconds", "200", *common]) == 0
     record = json.loads((out2 / "window.json").read_text())
     assert [s["name"] for s in record["steps"]] == ["layers", "throughput"]
@@ -275,20 +281,20 @@ def _applied(ns, flag: str, value) -> bool:
 
 
 def test_probe_points_names_and_verdict():
-    assert gpu_window.parse_probe_point("resnet18") == ("resnet18", {})
-    assert gpu_window.parse_probe_point("hybrid:grad-clip=0,lr=0.4,nesterov=false,schedule=onecycle") == (
+    assert probe.parse_probe_point("resnet18") == ("resnet18", {})
+    assert probe.parse_probe_point("hybrid:grad-clip=0,lr=0.4,nesterov=false,schedule=onecycle") == (
         "hybrid", {"grad-clip": 0, "lr": 0.4, "nesterov": False, "schedule": "onecycle"})
-    with pytest.raises(gpu_window.WindowError, match="expected VARIANT"):
-        gpu_window.parse_probe_point("resnet18:lr")
-    assert gpu_window.probe_name("resnet18", {}) == "probe_resnet18_base"
-    assert gpu_window.probe_name("resnet18", {"grad-clip": 0, "lr": 0.4}) == "probe_resnet18_grad-clip0_lr0p4"
-    assert len({gpu_window.probe_name(*gpu_window.parse_probe_point(p)) for p in gpu_window.PROBE_POINTS}) == len(
-        gpu_window.PROBE_POINTS)
+    with pytest.raises(WindowError, match="expected VARIANT"):
+        probe.parse_probe_point("resnet18:lr")
+    assert probe.probe_name("resnet18", {}) == "probe_resnet18_base"
+    assert probe.probe_name("resnet18", {"grad-clip": 0, "lr": 0.4}) == "probe_resnet18_grad-clip0_lr0p4"
+    assert len({probe.probe_name(*probe.parse_probe_point(p)) for p in probe.PROBE_POINTS}) == len(
+        probe.PROBE_POINTS)
     # the default points are valid settings of the real protocol, applied as written (the device call must not fail on them)
-    real = sweep.load_config(gpu_window.PROTOCOL)
-    for text in gpu_window.PROBE_POINTS:
-        variant, changes = gpu_window.parse_probe_point(text)
-        _, ns = gpu_window._train_namespace(variant, (1, 1, 2, 2, 2), 0, real["epochs"],
+    real = sweep.load_config(plan.PROTOCOL)
+    for text in probe.PROBE_POINTS:
+        variant, changes = probe.parse_probe_point(text)
+        _, ns = plan._train_namespace(variant, (1, 1, 2, 2, 2), 0, real["epochs"],
                                             dict(real, args={**real["args"], **changes}))
         assert ns.variant == variant and ns.epochs == changes.get("epochs", 15) and ns.batch_size == 512
         assert ns.warmup == 3 and ns.lr == changes.get("lr", 0.4)  # a check's own epochs keep the real warm-up
@@ -301,14 +307,14 @@ def test_probe_points_names_and_verdict():
 
     base = row({}, 0.880)
     # the best clipped setting wins when it beats the protocol by more than the margin
-    verdict = gpu_window.choose_setting([base, row({"lr": 0.4}, 0.893), row({"grad-clip": 5}, 0.889)], protocol)
+    verdict = probe.choose_setting([base, row({"lr": 0.4}, 0.893), row({"grad-clip": 5}, 0.889)], protocol)
     assert verdict["changes"] == {"lr": 0.4} and verdict["args"] == {"lr": 0.4, "grad-clip": 1}
     # an unclipped run is measured but never chosen (the hybrid diverges without clipping)
-    verdict = gpu_window.choose_setting([base, row({"grad-clip": 0}, 0.93), row({"grad-clip": 5}, 0.884)], protocol)
+    verdict = probe.choose_setting([base, row({"grad-clip": 0}, 0.93), row({"grad-clip": 5}, 0.884)], protocol)
     assert verdict["changes"] == {} and verdict["args"] == protocol and "by more than 0.005" in verdict["reason"]
     # within the same seed's spread: the protocol stays; unfinished runs (None) are ignored
-    assert gpu_window.choose_setting([base, row({"lr": 0.4}, 0.884), row({"grad-clip": 5}, None)], protocol)["changes"] == {}
-    assert "no finished run of the protocol" in gpu_window.choose_setting([row({"lr": 0.4}, 0.9)], protocol)["reason"]
+    assert probe.choose_setting([base, row({"lr": 0.4}, 0.884), row({"grad-clip": 5}, None)], protocol)["changes"] == {}
+    assert "no finished run of the protocol" in probe.choose_setting([row({"lr": 0.4}, 0.9)], protocol)["reason"]
 
 
 def test_stability_checks_and_their_verdict():
@@ -319,23 +325,23 @@ def test_stability_checks_and_their_verdict():
         return RunCard.from_dict({"name": "probe_hybrid_epochs4", "variant": "hybrid", "num_classes": 10, "epoch": len(losses),
                                   "epochs": epochs, "history": history, "test_loss": test_loss, "test_acc": test_acc})
 
-    assert gpu_window.trained_stably(card([2.0, 1.6, 1.4, 1.2]))
-    assert not gpu_window.trained_stably(card([2.0, 5.1, 2.2, 1.9]))  # an epoch above 2 ln 10 = 4.6
-    assert not gpu_window.trained_stably(card([2.0, 1.9], epochs=4))  # unfinished
-    assert not gpu_window.trained_stably(card([2.0, 1.9, 1.8, 1.7], test_loss=12.0))
-    assert not gpu_window.trained_stably(card([2.0, 1.9, 1.8, 1.7], test_acc=0.3))
+    assert probe.trained_stably(card([2.0, 1.6, 1.4, 1.2]))
+    assert not probe.trained_stably(card([2.0, 5.1, 2.2, 1.9]))  # an epoch above 2 ln 10 = 4.6
+    assert not probe.trained_stably(card([2.0, 1.9], epochs=4))  # unfinished
+    assert not probe.trained_stably(card([2.0, 1.9, 1.8, 1.7], test_loss=12.0))
+    assert not probe.trained_stably(card([2.0, 1.9, 1.8, 1.7], test_acc=0.3))
 
     protocol = {"lr": 0.4, "grad-clip": 5, "label-smoothing": 0.2}
     verdict = {"args": dict(protocol, **{"label-smoothing": 0.1}), "changes": {"label-smoothing": 0.1}, "reason": "r"}
     check = {"name": "probe_hybrid_epochs4", "changes": {"epochs": 4}, "stable": True}
-    assert gpu_window.apply_checks(verdict, [check], protocol) is verdict
-    assert gpu_window.apply_checks(verdict, [dict(check, changes={"epochs": 4, "lr": 0.8}, stable=False)], protocol) is verdict
-    safe = gpu_window.apply_checks(verdict, [dict(check, stable=False)], protocol)
+    assert probe.apply_checks(verdict, [check], protocol) is verdict
+    assert probe.apply_checks(verdict, [dict(check, changes={"epochs": 4, "lr": 0.8}, stable=False)], protocol) is verdict
+    safe = probe.apply_checks(verdict, [dict(check, stable=False)], protocol)
     assert safe["args"] == {"lr": 0.2, "grad-clip": 1, "label-smoothing": 0.1} == {**protocol, **safe["changes"]}
     assert "probe_hybrid_epochs4 did not train stably" in safe["reason"]
     # a point with epochs of its own (the check) costs the same whatever the others get
-    assert gpu_window._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), {"c": {"args": {"epochs": 4}}}) == 4
-    assert gpu_window._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), None) is None
+    assert plan._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), {"c": {"args": {"epochs": 4}}}) == 4
+    assert plan._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), None) is None
 
 
 @needs_data
@@ -349,7 +355,7 @@ def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, cap
 
     # call 1: the probe (the protocol and two changes of it)
     out1 = tmp_path / "out1"
-    assert gpu_window.main(["probe", "--budget", "300", "--out", str(out1), "--points", "resnet18",
+    assert runbook.main(["probe", "--budget", "300", "--out", str(out1), "--points", "resnet18",
                             "resnet18:lr=0.2", "resnet18:grad-clip=0", *common]) == 0
     record = json.loads((out1 / "window.json").read_text())
     names = ["probe_resnet18_base", "probe_resnet18_lr0p2", "probe_resnet18_grad-clip0"]
@@ -363,7 +369,7 @@ def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, cap
     best = json.loads((tmp_path / "work" / "probe" / "best.json").read_text())
     assert best == record["probe"]["best"] and best["variant"] == "resnet18" and best["epochs"] == 1
     rows = {r["name"]: r["test_acc"] for r in record["probe"]["rows"]}
-    assert best == dict(gpu_window.choose_setting(record["probe"]["rows"], config["args"]), variant="resnet18", epochs=1,
+    assert best == dict(probe.choose_setting(record["probe"]["rows"], config["args"]), variant="resnet18", epochs=1,
                         protocol_epochs=1)
     assert rows == {c.name: c.test_acc for c in cards} and best["changes"] in ({}, {"lr": 0.2})  # never unclipped
 
@@ -372,7 +378,7 @@ def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, cap
     chosen = dict(best, args={**config["args"], "lr": 0.1}, changes={"lr": 0.1})  # a verdict that changes lr
     best_path.write_text(json.dumps(chosen))
     out2 = tmp_path / "out2"
-    assert gpu_window.main(["models", "--budget", "300", "--out", str(out2), "--variants", "resnet18",
+    assert runbook.main(["models", "--budget", "300", "--out", str(out2), "--variants", "resnet18",
                             "--args-from", str(best_path), *common]) == 0
     record = json.loads((out2 / "window.json").read_text())
     assert record["protocol"]["args"]["lr"] == 0.1 and record["protocol"]["args_from"] == str(best_path)
@@ -389,12 +395,12 @@ def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, cap
 
     # bad input: one line each, exit 2
     capsys.readouterr()
-    assert gpu_window.main(["models", "--budget", "60", "--out", str(tmp_path / "o"), "--args-from", str(tmp_path / "none.json"),
+    assert runbook.main(["models", "--budget", "60", "--out", str(tmp_path / "o"), "--args-from", str(tmp_path / "none.json"),
                             *common]) == 2
     assert "needs a probe call earlier" in capsys.readouterr().err
-    assert gpu_window.main(["probe", "--budget", "60", "--out", str(tmp_path / "o"), "--points", "resnet18:foo=1", *common]) == 2
+    assert runbook.main(["probe", "--budget", "60", "--out", str(tmp_path / "o"), "--points", "resnet18:foo=1", *common]) == 2
     assert "unknown train flag --foo" in capsys.readouterr().err
     # five models and the profile would be nine files: one more than a call returns
-    assert gpu_window.main(["models", "--budget", "60", "--out", str(tmp_path / "o5"), "--profile-seconds", "30",
+    assert runbook.main(["models", "--budget", "60", "--out", str(tmp_path / "o5"), "--profile-seconds", "30",
                             *common]) == 2
     assert "9 files; a call returns 8: profile with at most 4 models" in capsys.readouterr().err

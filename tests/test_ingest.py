@@ -135,7 +135,7 @@ def _ingest(tmp_path: Path, card: dict) -> dict:
     models = tmp_path / "models"
     assert ingest.main([str(window), "--models-dir", str(models), "--results-dir", str(tmp_path / "results"),
                         "--data-dir", str(DATA), "--limit-test", str(N_TEST), "--agreement-images", str(AGREEMENT),
-                        "--no-docs"]) == 0
+                        "--robustness-scale", "0", "--no-docs"]) == 0
     registry = ModelRegistry(models)
     assert registry.names() == ["resnet18"] and not registry.skipped
     return registry.entry("resnet18").card.to_dict()

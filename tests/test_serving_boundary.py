@@ -1,4 +1,4 @@
-"""The serving boundary: ``serving``, ``dashboard`` and ``app.py`` work without torch.
+"""The serving boundary: ``serving``, ``robustness``, ``dashboard`` and ``app.py`` work without torch.
 
 Two checks: a static one (no module on the serving side imports torch, ``hybrid_model`` or
 the torch side of ``training``/``exports``, at module level or inside a function), and a
@@ -45,7 +45,8 @@ print("test_serving_boundary: blocking", sorted(BLOCKED), file=sys.stderr, flush
 
 
 def serving_modules() -> list[Path]:
-    return [*sorted((ROOT / "serving").glob("*.py")), *sorted((ROOT / "dashboard").glob("*.py")), ROOT / "app.py"]
+    return [*sorted((ROOT / "serving").glob("*.py")), *sorted((ROOT / "robustness").glob("*.py")),
+            *sorted((ROOT / "dashboard").glob("*.py")), ROOT / "app.py"]
 
 
 def imported_names(path: Path, source: str | None = None) -> list[tuple[int, str]]:

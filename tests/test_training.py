@@ -498,13 +498,13 @@ def test_the_paper_protocol_trains_the_hybrid_stably_from_the_first_step():
 
 def test_the_stable_fallback_trains_the_hybrid_stably_at_peak_lr():
     """training/sweeps/short_cifar10.json's flags with the GPU probe's fallback
-    (benchmarks.gpu_window.STABLE_FALLBACK: v1's clip 1 and peak lr 0.2) and the warm-up
+    (gpu_window.probe.STABLE_FALLBACK: v1's clip 1 and peak lr 0.2) and the warm-up
     compressed to 3 steps (one step per epoch), so the later steps run at the peak lr: a
     stress beyond the real run (291 warm-up steps), bounded at 3 ln C. Under the same stress
     protocol v2 itself (lr 0.4, clip 5) is not bounded (the hybrid's loss reached 17.8 in 5
     steps; resnet18's 7.2): whether its real warm-up suffices is what the GPU probe's
     4-epoch hybrid check measures at full size (docs/training.md, Stability)."""
-    from benchmarks.gpu_window import STABLE_FALLBACK
+    from gpu_window.probe import STABLE_FALLBACK
     from training.stability import is_stable, probe
     from training.sweep import flag_args, load_config
 

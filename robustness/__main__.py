@@ -1,0 +1,79 @@
+"""``python -m robustness [MODELS_DIR]``: measure shift consistency, corruption and frequency
+robustness of a models folder's ONNX files and write ``MODELS_DIR/robustness.json``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from serving.cli import DefaultsHelpFormatter
+from serving.files import update_marked_block
+
+from .corruptions import CORRUPTIONS
+from .report import RESULTS_FILE, Plan, ResultsError, markdown_table, measure_folder
+
+DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "exports" / "models"
+README_BLOCK = "robustness"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m robustness", description=__doc__,
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("models_dir", nargs="?", type=Path, default=DEFAULT_MODELS,
+                        help="a folder of exported models (with manifest.json)")
+    parser.add_argument("--models", help="comma-separated model names (default: every model of the folder)")
+    defaults = Plan()
+    parser.add_argument("--images", type=int, default=defaults.images,
+                        help="test images for the clean and shift figures")
+    parser.add_argument("--corruption-images", type=int, default=defaults.corruption_images,
+                        help="test images per corruption (spread over the five severities)")
+    parser.add_argument("--filter-images", type=int, default=defaults.filter_images,
+                        help="test images per filter and radius")
+    parser.add_argument("--radii", default=",".join(f"{r:g}" for r in defaults.radii),
+                        help="filter radii in frequency bins, comma-separated")
+    parser.add_argument("--corruptions", default="all", help=f"comma-separated, or 'all' ({', '.join(CORRUPTIONS)})")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--data-dir", type=Path, help="the CIFAR-10 folder (default: $HYBRID_DATA_DIR, ../shared/data, ./data)")
+    parser.add_argument("--readme", type=Path, help="also rewrite this file's robustness block (e.g. README.md)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def plan_from(args: argparse.Namespace) -> Plan:
+    try:
+        radii = tuple(float(r) for r in args.radii.split(","))
+    except ValueError:
+        raise ValueError(f"--radii takes comma-separated numbers, got {args.radii!r}") from None
+    corruptions = CORRUPTIONS if args.corruptions == "all" else tuple(c.strip() for c in args.corruptions.split(","))
+    return Plan(images=args.images, corruption_images=args.corruption_images, filter_images=args.filter_images,
+                radii=radii, corruptions=corruptions, seed=args.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        plan = plan_from(args)
+        if not (args.models_dir / "manifest.json").is_file():
+            raise ValueError(f"{args.models_dir} has no manifest.json: pass a folder of exported models")
+        names = [n.strip() for n in args.models.split(",")] if args.models else None
+        start = time.perf_counter()
+        document = measure_folder(args.models_dir, plan, names, args.data_dir, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, ResultsError) as error:
+        parser.exit(2, f"python -m robustness: {error}\n")
+    table = markdown_table(document)
+    print(table)
+    if args.readme is not None:
+        try:
+            update_marked_block(args.readme, README_BLOCK, table)
+        except (OSError, ValueError) as error:
+            parser.exit(2, f"python -m robustness: {args.readme}: {error}\n")
+        print(f"updated the {README_BLOCK} block of {args.readme}")
+    print(f"\nwrote {args.models_dir / RESULTS_FILE} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

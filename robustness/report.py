@@ -1,0 +1,340 @@
+"""Measuring a model's robustness, and the ``robustness.json`` file beside the models.
+
+One :class:`Plan` says how many test images each figure uses; :func:`evaluate_model` runs
+it on one ONNX model and returns counts (hits of n), never bare percentages, so every
+figure carries its 95 % interval (:mod:`robustness.stats`). Every model sees the same
+images, shifts, corruptions and filters (one seed): differences between models are paired.
+
+The figures, per model:
+
+* **clean**: top-1 accuracy on the ``images`` test images of the shift figures;
+* **shift consistency** (circular, zero-padded): the share of those images whose top-1
+  class is unchanged when the image is shifted by a random offset of 1..8 pixels
+  (Chebyshev distance, each distance equally often). Zhang (2019) compares two random
+  shifts of one image; here the first of the pair is the unshifted image, which reuses the
+  clean prediction and halves the cost (stated in ``docs/robustness.md``);
+* **accuracy per shift distance** (0..8 px) from the same predictions;
+* **corruptions**: accuracy per corruption and severity, each corruption on its own
+  ``corruption_images`` images (the five severities in turn), so the mean over all of them
+  is a count of independent trials;
+* **frequency**: accuracy after a low-pass and a high-pass filter at each radius, each
+  condition on its own ``filter_images`` images.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.cifar_data import first_test_images
+from serving.files import atomic_write_json, file_sha256
+from serving.manifest import read_manifest
+from serving.registry import ModelRegistry
+from serving.runtime import OnnxModel
+
+from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from .stats import Count, pooled
+from .transforms import FILTERS, MAX_SHIFT, SHIFT_MODES, filtered, shift
+
+__all__ = ["FORMAT", "RESULTS_FILE", "Plan", "ResultsError", "evaluate_model", "read_results", "summary",
+           "summary_rows", "markdown_table", "write_results", "SUMMARY_HEADERS"]
+
+RESULTS_FILE = "robustness.json"
+FORMAT = 1
+BATCH = 250  # images per onnxruntime call: large enough to amortise the call, small in memory (~3 MB)
+
+
+class ResultsError(ValueError):
+    """A robustness file that cannot be read (one sentence)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many test images each figure uses (see the module docstring)."""
+
+    # Sized for about 30 min for the five bundled models on a 2-core CPU without AVX-512
+    # (the DiffStride family's int8 graphs take ~70 ms per image there): the headline
+    # consistency and clean figures get +-1.5 points at 90 %; see docs/robustness.md.
+    images: int = 1500
+    corruption_images: int = 200
+    filter_images: int = 100
+    radii: tuple[float, ...] = (4.0, 8.0)
+    corruptions: tuple[str, ...] = CORRUPTIONS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("images", "corruption_images", "filter_images"):
+            if int(getattr(self, name)) < len(SEVERITIES):
+                raise ValueError(f"{name} must be at least {len(SEVERITIES)}, got {getattr(self, name)}")
+        unknown = sorted(set(self.corruptions) - set(CORRUPTIONS))
+        if unknown:
+            raise ValueError(f"unknown corruption {unknown[0]!r}; expected some of {', '.join(CORRUPTIONS)}")
+
+    def scaled(self, factor: float) -> Plan:
+        """The same plan with every image count multiplied by ``factor`` (at least one per severity)."""
+        def size(n: int) -> int:
+            return max(len(SEVERITIES), round(n * factor))
+
+        return replace(self, images=size(self.images), corruption_images=size(self.corruption_images),
+                       filter_images=size(self.filter_images))
+
+    @property
+    def evaluations(self) -> int:
+        """Images each model classifies under this plan."""
+        return (self.images * (1 + len(SHIFT_MODES)) + self.corruption_images * len(self.corruptions)
+                + self.filter_images * len(FILTERS) * len(self.radii))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "radii": list(self.radii), "corruptions": list(self.corruptions)}
+
+
+# --------------------------------------------------------------------------------------
+# What every model sees: one draw for all of them
+# --------------------------------------------------------------------------------------
+def ring_offsets(distance: int) -> np.ndarray:
+    """All ``(dy, dx)`` at Chebyshev distance ``distance`` from the origin (8*distance of them)."""
+    span = np.arange(-distance, distance + 1)
+    grid = np.stack(np.meshgrid(span, span, indexing="ij"), axis=-1).reshape(-1, 2)
+    return grid[np.abs(grid).max(axis=1) == distance]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The images and offsets of one plan on one test set."""
+
+    shift_images: np.ndarray  # indices into the test set
+    offsets: np.ndarray  # (images, 2): one offset per shift image
+    corruption_images: dict[str, np.ndarray]
+    filter_images: dict[tuple[str, float], np.ndarray]
+
+
+def draw(plan: Plan, n_test: int) -> Draw:
+    """Random (seeded) disjoint-as-possible image sets for each figure."""
+    needed = max(plan.images, plan.corruption_images, plan.filter_images)
+    if needed > n_test:
+        raise ValueError(f"the plan needs {needed} test images per figure but the test set has {n_test}")
+    rng = np.random.default_rng(plan.seed)
+    order = rng.permutation(n_test)
+
+    def block(k: int, size: int) -> np.ndarray:  # the k-th block of ``size`` images, wrapping around
+        return order[(k * size + np.arange(size)) % n_test]
+
+    distances = 1 + np.arange(plan.images) % MAX_SHIFT
+    offsets = np.stack([ring_offsets(int(d))[rng.integers(8 * int(d))] for d in distances])
+    conditions = [(kind, float(r)) for kind in FILTERS for r in plan.radii]
+    return Draw(
+        shift_images=block(0, plan.images),
+        offsets=offsets,
+        corruption_images={name: block(k, plan.corruption_images) for k, name in enumerate(plan.corruptions)},
+        filter_images={c: block(k, plan.filter_images) for k, c in enumerate(conditions)},
+    )
+
+
+def severities(n: int) -> np.ndarray:
+    """The severity of each of ``n`` images of a corruption: 1, 2, .., 5, 1, 2, .."""
+    return np.asarray(SEVERITIES)[np.arange(n) % len(SEVERITIES)]
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------
+Progress = Callable[[int], None]
+
+
+def top1(model: OnnxModel, images: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    """The top-1 class of each uint8 image, in batches of :data:`BATCH`."""
+    out = []
+    for start in range(0, len(images), BATCH):
+        chunk = images[start:start + BATCH]
+        out.append(model.logits(chunk).argmax(axis=1))
+        if progress:
+            progress(len(chunk))
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _count(hits: np.ndarray) -> list[int]:
+    return Count(int(np.count_nonzero(hits)), int(hits.size)).to_list()
+
+
+def _shift_figures(model, x, y, offsets, clean, progress) -> dict[str, Any]:
+    distance = np.abs(offsets).max(axis=1)
+    figures: dict[str, Any] = {}
+    for mode in SHIFT_MODES:
+        moved = top1(model, shift(x, offsets, mode), progress)
+        figures[mode] = {
+            "consistency": _count(moved == clean),
+            "accuracy": _count(moved == y),
+            "by_distance": [[0, *_count(clean == y)]]
+            + [[int(d), *_count(moved[distance == d] == y[distance == d])] for d in range(1, MAX_SHIFT + 1)],
+        }
+    return figures
+
+
+def evaluate_model(model: OnnxModel, images: np.ndarray, labels: np.ndarray, plan: Plan = Plan(),
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """Every figure of ``plan`` for one model, as counts ``[hits, n]`` (see the module docstring).
+
+    ``images``: the test set, uint8 ``(N, 32, 32, 3)``; ``labels``: ``(N,)``.
+    """
+    start = time.perf_counter()
+    chosen = draw(plan, len(images))
+    x, y = images[chosen.shift_images], labels[chosen.shift_images]
+    clean = top1(model, x, progress)
+    result: dict[str, Any] = {"clean": _count(clean == y),
+                              "shift": _shift_figures(model, x, y, chosen.offsets, clean, progress)}
+    corruptions = {}
+    for k, (name, index) in enumerate(chosen.corruption_images.items()):
+        level = severities(len(index))
+        rows = []
+        for severity in SEVERITIES:
+            subset = index[level == severity]
+            seen = corrupt(images[subset], name, int(severity), seed=plan.seed + k)
+            rows.append([int(severity), *_count(top1(model, seen, progress) == labels[subset])])
+        corruptions[name] = rows
+    result["corruptions"] = corruptions
+    frequency: dict[str, list] = {kind: [] for kind in FILTERS}
+    for (kind, radius), index in chosen.filter_images.items():
+        seen = filtered(images[index], radius, kind)
+        frequency[kind].append([radius, *_count(top1(model, seen, progress) == labels[index])])
+    result["frequency"] = frequency
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# The file beside the models
+# --------------------------------------------------------------------------------------
+def machine() -> str:
+    """The CPU's model name and core count (every figure's time is named with its machine)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical cores"
+
+
+def write_results(directory: str | os.PathLike, models: dict[str, dict], plan: Plan, data: str,
+                  previous: dict | None = None) -> Path:
+    """Write (atomically) ``directory/robustness.json``: ``models`` (name -> figures, each
+    with its file's ``sha256``) merged over the rows of ``previous`` that are still current."""
+    kept = {name: row for name, row in (previous or {}).get("models", {}).items() if name not in models}
+    document = {"format": FORMAT, "plan": plan.to_dict(), "data": data, "machine": machine(),
+                "models": {**kept, **models}}
+    return atomic_write_json(Path(directory) / RESULTS_FILE, document)
+
+
+def read_results(directory: str | os.PathLike, current_only: bool = True) -> dict | None:
+    """``directory/robustness.json`` (``None`` if absent). With ``current_only``, a model's row
+    is kept only while the manifest lists that model with the same file hash."""
+    path = Path(directory) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ResultsError(f"{path.name} cannot be read ({error}); recompute it with python -m robustness") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("models"), dict):
+        raise ResultsError(f"{path.name} is not a robustness file of format {FORMAT}; recompute it with python -m robustness")
+    if current_only:
+        hashes = {row.get("name"): row.get("sha256") for row in read_manifest(directory).get("models", [])}
+        document["models"] = {name: row for name, row in document["models"].items()
+                              if row.get("sha256") and hashes.get(name) == row.get("sha256")}
+    return document
+
+
+# --------------------------------------------------------------------------------------
+# Summaries and tables
+# --------------------------------------------------------------------------------------
+SUMMARY_HEADERS = ["model", "clean", "consistency (circular)", "consistency (zero pad)", "corruptions (mean)",
+                   "low-pass (mean)", "high-pass (mean)"]
+
+
+def summary(figures: dict[str, Any]) -> dict[str, Count]:
+    """The headline counts of one model's figures (the table's columns)."""
+    corrupt_rows = (Count.from_list(row[1:]) for rows in figures["corruptions"].values() for row in rows)
+    return {
+        "clean": Count.from_list(figures["clean"]),
+        "consistency (circular)": Count.from_list(figures["shift"]["circular"]["consistency"]),
+        "consistency (zero pad)": Count.from_list(figures["shift"]["zero"]["consistency"]),
+        "corruptions (mean)": pooled(corrupt_rows),
+        "low-pass (mean)": pooled(Count.from_list(row[1:]) for row in figures["frequency"]["low"]),
+        "high-pass (mean)": pooled(Count.from_list(row[1:]) for row in figures["frequency"]["high"]),
+    }
+
+
+def summary_rows(document: dict, order: Sequence[str] | None = None) -> list[list[str]]:
+    """One row per model: ``"91.2 % ± 1.4"`` per column of :data:`SUMMARY_HEADERS`."""
+    names = [n for n in (order or document["models"]) if n in document["models"]]
+    return [[name, *(count.text() for count in summary(document["models"][name]).values())] for name in names]
+
+
+def _n_line(document: dict) -> str:
+    plan = document["plan"]
+    return (f"n per model: {plan['images']} test images for clean and each shift consistency; "
+            f"{plan['corruption_images']} per corruption ({len(plan['corruptions'])} corruptions × 5 severities, "
+            f"{plan['corruption_images'] * len(plan['corruptions'])} in the mean); {plan['filter_images']} per filter "
+            f"and radius (radii {', '.join(f'{r:g}' for r in plan['radii'])}; "
+            f"{plan['filter_images'] * len(plan['radii'])} per mean). ± is the 95 % (Wilson) interval's half-width.")
+
+
+def markdown_table(document: dict, order: Iterable[str] | None = None) -> str:
+    """The README's robustness table, with the sample sizes and the data named."""
+    lines = ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|---" + "|---:" * (len(SUMMARY_HEADERS) - 1) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(document, list(order) if order else None)]
+    seconds = sum(float(document["models"][name].get("seconds", 0)) for name in document["models"])
+    timing = f" Measured in {seconds / 60:.0f} min on {document['machine']} (`python -m robustness`)."
+    return "\n".join(lines) + f"\n\n{document['data']}; {_n_line(document)}{timing}"
+
+
+# --------------------------------------------------------------------------------------
+# A whole models folder
+# --------------------------------------------------------------------------------------
+#: The test sets the lab reads, most faithful first (the partial copy has too few images).
+SOURCES = ("torchvision", "jpeg")
+_SOURCE_WORDS = {"torchvision": "CIFAR-10 test set (official files)", "jpeg": "CIFAR-10 test set (JPEG copy)"}
+
+
+def test_set(data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """All 10,000 CIFAR-10 test images, labels and how to name them."""
+    images, labels, source = first_test_images(10_000, data_dir, sources=SOURCES)
+    return images, labels, _SOURCE_WORDS[source]
+
+
+def measure_folder(directory: str | os.PathLike, plan: Plan = Plan(), names: Sequence[str] | None = None,
+                   data_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Measure ``names`` (default: every model of the folder) and update ``robustness.json``.
+
+    Rows of other models that are still current are kept. Returns the written document.
+    """
+    from tqdm import tqdm  # the progress bar only; importing the package stays light
+
+    registry = ModelRegistry(directory)
+    names = list(names or registry.names())
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise ValueError(f"no model named {unknown[0]!r} in {directory}; it has {', '.join(registry.names()) or 'none'}")
+    images, labels, data = test_set(data_dir)
+    measured = {}
+    with tqdm(total=plan.evaluations * len(names), unit="img", disable=not progress, desc="robustness") as bar:
+        for name in names:
+            bar.set_postfix_str(name)
+            entry = registry.entry(name)
+            figures = evaluate_model(registry.get(name), images, labels, plan, bar.update)
+            measured[name] = {"file": entry.file, "sha256": file_sha256(Path(directory) / entry.file), **figures}
+    try:
+        previous = read_results(directory)
+    except ResultsError:
+        previous = None  # an unreadable file is replaced
+    write_results(directory, measured, plan, data, previous)
+    return read_results(directory, current_only=False)
