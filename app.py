@@ -45,8 +45,8 @@ from starlette.middleware import Middleware  # noqa: E402
 from dashboard import CSS, DashboardService, build_demo, errors, gradio_fixes  # noqa: E402
 from dashboard.layout import ASSETS_DIR  # noqa: E402
 from dashboard.service import DATA_URL_FOLDER, DEFAULT_CACHE_MB, MAX_UPLOAD_BYTES, too_large_message  # noqa: E402
+from serving.paths import BUNDLED_MODELS_DIR  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
 CONCURRENCY_LIMIT = 4  # per event; onnxruntime sessions are shared and thread-safe
 SESSION_CAPACITY = 1000  # Gradio keeps this many sessions' state (its default: 10,000)
 MAX_FILE_SIZE = MAX_UPLOAD_BYTES  # the upload route's limit (HTTP 413), the app's own as well
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Spectral downsampling dashboard (Gradio).")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--models-dir", type=Path, default=ROOT / "exports" / "models",
+    parser.add_argument("--models-dir", type=Path, default=BUNDLED_MODELS_DIR,
                         help="folder of exported models (default exports/models)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--no-preload", dest="preload", action="store_false",

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# Computed here, not imported from serving.paths: run as a script, this file puts the project
+# on sys.path before it can import anything of it.
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "tests" / "assets"
 if str(ROOT) not in sys.path:

@@ -33,11 +33,11 @@ from PIL import Image
 
 from serving.files import atomic_write_json
 from serving.manifest import read_manifest
+from serving.paths import BUNDLED_MODELS_DIR, REPO_ROOT
 from serving.runtime import CPU, ModelError, OnnxModel, normalize_uint8
 
 from . import emit_report
 
-REPO = Path(__file__).resolve().parents[1]
 EXACT_FILE, JPEG_FILE = "cifar10_partial_test.npz", "cifar10_test_jpeg.npz"
 BATCH = 128
 PROG = "python -m benchmarks.jpeg_offset"
@@ -173,8 +173,8 @@ def measure(models: dict[str, Path], exact: np.ndarray, jpeg: np.ndarray, labels
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--models-dir", type=Path, default=REPO / "exports" / "models")
-    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--models-dir", type=Path, default=BUNDLED_MODELS_DIR)
+    p.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data")
     p.add_argument("--models", default=None, help="comma-separated names (default: every model of the manifest)")
     p.add_argument("--limit", type=int, default=None, help="the first N image pairs (default: all 517)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: cores up to 4)")

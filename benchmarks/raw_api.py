@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from serving.paths import REPO_ROOT
+
 FILE = {"_type": "gradio.FileData"}
 
 __all__ = ["FILE", "upload", "call", "start_server", "rss_mb", "cpu_seconds", "folder_state", "free_port"]
@@ -87,9 +88,9 @@ def start_server(models_dir: Path, uploads: Path, ttl_min: float, log_path: Path
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), "--models-dir",
+            [sys.executable, str(REPO_ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), "--models-dir",
              str(models_dir), "--upload-dir", str(uploads), "--upload-ttl-min", str(ttl_min)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     base = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

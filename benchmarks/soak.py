@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+# Computed here, not imported from serving.paths: run as a script, this file puts the project
+# on sys.path before it can import anything of it.
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

@@ -8,6 +8,7 @@ import gradio as gr
 
 from robustness.corruptions import CORRUPTIONS
 from robustness.probe import FAMILIES
+from serving.paths import REPO_ROOT
 from serving.registry import by_accuracy
 
 from .components import RawImage
@@ -18,8 +19,7 @@ from .training_views import OVERVIEW_HEADERS, budget
 
 __all__ = ["build_demo", "ASSETS_DIR", "example_images", "CSS"]
 
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS_DIR = ROOT / "tests" / "assets"
+ASSETS_DIR = REPO_ROOT / "tests" / "assets"
 NARROW_PX = 768  # below this the columns stack (phones): see SCROLL_TO_RESULTS_JS
 
 CSS = """
@@ -82,7 +82,7 @@ def _shown_path(path: Path) -> str:
     """A folder as the page names it: relative to the project, else only its name (the
     server's absolute paths are not the visitor's business)."""
     try:
-        return str(path.resolve().relative_to(ROOT))
+        return str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:
         return path.name
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serving.files import atomic_write_bytes
+from serving.paths import REPO_ROOT
 
 if TYPE_CHECKING:  # playwright is a test tool, imported where a browser starts
     from playwright.sync_api import Browser, Playwright
@@ -27,7 +28,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
 ]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def find_chromium() -> str | None:
@@ -132,8 +132,8 @@ def capture_all(url: str, out: Path, image: Path, executable: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:7860/")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
-    parser.add_argument("--image", type=Path, default=ROOT / "tests" / "assets" / "0001_ship.png")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "screenshots")
+    parser.add_argument("--image", type=Path, default=REPO_ROOT / "tests" / "assets" / "0001_ship.png")
     parser.add_argument("--model", default=None, help="model to show (default: the dashboard's default)")
     parser.add_argument("--chromium", default=None)
     parser.add_argument("--width", type=int, default=1440)

@@ -40,16 +40,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serving.cards import RunCard, embed_card, read_onnx_card
+from serving.cifar_data import SOURCE_NAMES, first_test_images, resolve_data_dir
 from serving.files import atomic_write_json, atomic_write_text
 from serving.manifest import drop_from_manifest, read_manifest, write_model
+from serving.paths import BUNDLED_MODELS_DIR, REPO_ROOT
 from serving.runtime import ModelError, normalize_uint8
 from training.tables import layer_table, throughput_table
 
 if TYPE_CHECKING:
     import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-PROTOCOL = REPO / "training" / "sweeps" / "short_cifar10.json"
+PROTOCOL = REPO_ROOT / "training" / "sweeps" / "short_cifar10.json"
 #: The targets of issue 10, checked and reported (never enforced: an honest miss is recorded).
 TARGET_DEFAULT, TARGET_EVERY, TARGET_DELTA_POINTS = 0.92, 0.90, 0.3
 MODELS_BLOCK, RESULTS_BLOCK, BENCH_BLOCK = "bundled-models", "gpu-window-models", "gpu-window-bench"
@@ -97,10 +98,9 @@ def collect_cards(windows: Sequence[dict], results_dir: Path, log: Callable[[str
 
 
 def _test_split(data_dir: str | None, limit_test: int | None):
-    from training.data import load_cifar
-
-    data = load_cifar("cifar10", data_dir, limit_train=1, limit_test=limit_test)
-    return data.x_test.numpy(), data.y_test.numpy(), data.source
+    """The test images the bundled files are evaluated on: official files, else the JPEG copy."""
+    images, labels, source = first_test_images(limit_test or 10_000, data_dir, sources=("torchvision", "jpeg"))
+    return images, labels, f"{SOURCE_NAMES[source]} from {resolve_data_dir(data_dir)}"
 
 
 def onnx_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, normalize: dict,
@@ -360,7 +360,7 @@ def update_block(path: Path, name: str, body: str, log: Callable[[str], None] = 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m exports.ingest", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", type=Path, help="files_at folders of the window's device calls")
-    p.add_argument("--models-dir", type=Path, default=REPO / "exports" / "models")
+    p.add_argument("--models-dir", type=Path, default=BUNDLED_MODELS_DIR)
     p.add_argument("--protocol", type=Path, default=PROTOCOL, help="Table 1 protocol (its 'out' is the results folder)")
     p.add_argument("--results-dir", type=Path, default=None, help="default: the protocol's out (results/table1)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 JPEG copy (default: ../shared/data, ./data)")
@@ -375,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the robustness lab's plan, scaled (1: python -m robustness's defaults, ~30 min for five models "
                         "on a 2-core CPU; 0: skip it)")
     p.add_argument("--allow-unfinished", action="store_true", help="also bundle models whose training was cut short")
-    p.add_argument("--readme", type=Path, default=REPO / "README.md")
-    p.add_argument("--results-md", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    p.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
+    p.add_argument("--results-md", type=Path, default=REPO_ROOT / "benchmarks" / "RESULTS.md")
     p.add_argument("--no-docs", action="store_true", help="do not touch README / RESULTS.md / the Table 1 report")
     args = p.parse_args(argv)
     if args.limit_test is not None and args.limit_test < 1:
@@ -389,13 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.sweep import ConfigError, load_config
 
 
-    if args.models_dir.resolve() == (REPO / "exports" / "models").resolve() and (REPO / ".git" / "gpu-window.json").exists():
+    if args.models_dir.resolve() == (BUNDLED_MODELS_DIR).resolve() and (REPO_ROOT / ".git" / "gpu-window.json").exists():
         print("error: the repository is still on the GPU-window scratch branch: run "
               "`python -m gpu_window restore` first", file=sys.stderr)
         return 2
     try:
         protocol = load_config(args.protocol)
-        results_dir = args.results_dir or (REPO / protocol["out"])
+        results_dir = args.results_dir or (REPO_ROOT / protocol["out"])
         windows = read_windows(args.dirs)
         collect_cards(windows, results_dir)
         rows = bundle_models(windows, args.models_dir, args.data_dir, args.limit_test, args.allow_unfinished, args.threads,

@@ -24,6 +24,7 @@ Command line (exit 1 when the tolerance is exceeded, 2 on bad input)::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from serving.cards import CardError, RunCard, read_onnx_card
+from serving.cifar_data import SHARED_DATA_DIR
 from serving.files import file_sha256
 from serving.runtime import CPU, ModelError, normalization_for, normalize_uint8
 
@@ -55,7 +57,7 @@ FP32_RELATIVE = 1e-6
 FP16_TOLERANCE = 2e-2
 DEFAULT_IMAGES = 64
 #: ``shared/data`` next to the repository checkout (read-only CIFAR copies).
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA_DIR = SHARED_DATA_DIR  # the default data folder (after --data-dir and $HYBRID_DATA_DIR)
 _CHUNK = 64
 
 
@@ -104,20 +106,20 @@ _SOURCE_WORDS = {"partial": ", bit-exact", "jpeg": " (JPEG copy)", "torchvision"
 def load_parity_images(n: int = DEFAULT_IMAGES, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """The first ``n`` CIFAR-10 test images as ``(uint8 (n, 32, 32, 3), labels, description)``.
 
-    Read by :func:`serving.cifar_data.first_test_images` from ``data_dir`` (default
-    ``shared/data``), bit-exact copies first: the partial arrays, then the JPEG copy, then
-    torchvision's files.
+    Read by :func:`serving.cifar_data.first_test_images` from ``data_dir`` (else
+    ``$HYBRID_DATA_DIR``, else ``../shared/data`` or ``./data``, as training reads it),
+    bit-exact copies first: the partial arrays, then the JPEG copy, then torchvision's files.
     """
     from serving.cifar_data import first_test_images
 
-    root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     if n < 1:
         raise ValueError(f"need at least one parity image, got {n}")
     try:
-        images, labels, source = first_test_images(n, root)
+        images, labels, source = first_test_images(n, data_dir)
     except FileNotFoundError:
+        where = data_dir or os.environ.get("HYBRID_DATA_DIR") or f"{DEFAULT_DATA_DIR} or ./data"
         raise FileNotFoundError(
-            f"no CIFAR-10 test images (at least {n}) in {root}: expected cifar10_partial_test.npz, "
+            f"no CIFAR-10 test images (at least {n}) in {where}: expected cifar10_partial_test.npz, "
             "cifar10_test_jpeg.npz or cifar-10-batches-py/test_batch (use --data-dir)"
         ) from None
     return images, labels, f"CIFAR-10 test{_SOURCE_WORDS[source]}, first {n}"

@@ -47,6 +47,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from serving.cards import CardError, RunCard, embed_card, read_onnx_card
+from serving.cifar_data import first_test_images, training_images
 from serving.cli import DefaultsHelpFormatter
 from serving.files import file_sha256
 from serving.manifest import write_model
@@ -88,31 +89,19 @@ CALIBRATION_POOL = 25_000
 
 def load_cifar10_jpeg(split: str, n: int, data_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """``(uint8 (n, 32, 32, 3), labels, description)`` from the CIFAR-10 JPEG copy, read by
-    :func:`training.data.load_cifar`.
+    :mod:`serving.cifar_data` (``data_dir``, else ``$HYBRID_DATA_DIR``, else the defaults).
 
     ``split="test"``: the first ``n`` test images. ``split="train"``: ``n`` images drawn
     without replacement (seeded) from the first :data:`CALIBRATION_POOL` training images.
     """
-    from training.data import load_cifar
-
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
-    root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-    try:
-        data = load_cifar("cifar10", root, source="jpeg", limit_train=CALIBRATION_POOL if split == "train" else 1)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{root}: the CIFAR-10 JPEG copy is needed (use --data-dir)") from None
-    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
-    total = len(y)
-    if not 1 <= n <= total:
-        raise ValueError(f"need 1..{total} CIFAR-10 {split} images, got {n}")
-    if split == "test":
-        indices = np.arange(n)
-        what = f"CIFAR-10 test (JPEG copy), first {n}"
-    else:
-        indices = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
-        what = f"CIFAR-10 train (JPEG copy), {n} drawn from the first {total} (seed {seed})"
-    return x.numpy()[indices], y.numpy()[indices], what
+    if split == "train":
+        return training_images(n, data_dir, CALIBRATION_POOL, seed)
+    if n < 1:
+        raise ValueError(f"need at least 1 CIFAR-10 test image, got {n}")
+    images, labels, _ = first_test_images(n, data_dir, sources=("jpeg",))
+    return images, labels, f"CIFAR-10 test (JPEG copy), first {n}"
 
 
 # --------------------------------------------------------------------------------------

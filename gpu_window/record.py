@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.files import atomic_write_json
-
-REPO = Path(__file__).resolve().parents[1]
+from serving.paths import REPO_ROOT
 
 
 class WindowError(RuntimeError):
@@ -59,4 +58,4 @@ def _now() -> str:
 def work_dir(mode: str) -> Path:
     """Where a mode's runs write (``$GPU_WINDOW_WORK`` or ``runs/gpu_window``, then the mode):
     git-ignored, so it stays on a warm device machine between the calls of one window."""
-    return Path(os.environ.get("GPU_WINDOW_WORK") or (REPO / "runs" / "gpu_window")) / mode
+    return Path(os.environ.get("GPU_WINDOW_WORK") or (REPO_ROOT / "runs" / "gpu_window")) / mode

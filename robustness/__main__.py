@@ -10,18 +10,18 @@ from pathlib import Path
 
 from serving.cli import DefaultsHelpFormatter
 from serving.files import update_marked_block
+from serving.paths import BUNDLED_MODELS_DIR
 
 from .corruptions import CORRUPTIONS
 from .report import RESULTS_FILE, Plan, ResultsError, markdown_table, measure_folder
 
-DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "exports" / "models"
 README_BLOCK = "robustness"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m robustness", description=__doc__,
                                      formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("models_dir", nargs="?", type=Path, default=DEFAULT_MODELS,
+    parser.add_argument("models_dir", nargs="?", type=Path, default=BUNDLED_MODELS_DIR,
                         help="a folder of exported models (with manifest.json)")
     parser.add_argument("--models", help="comma-separated model names (default: every model of the folder)")
     defaults = Plan()

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.cifar_data import first_test_images
+from serving.cifar_data import SOURCE_NAMES, first_test_images
 from serving.files import atomic_write_json, file_sha256
 from serving.manifest import read_manifest
 from serving.registry import ModelRegistry
@@ -302,13 +302,12 @@ def markdown_table(document: dict, order: Iterable[str] | None = None) -> str:
 # --------------------------------------------------------------------------------------
 #: The test sets the lab reads, most faithful first (the partial copy has too few images).
 SOURCES = ("torchvision", "jpeg")
-_SOURCE_WORDS = {"torchvision": "CIFAR-10 test set (official files)", "jpeg": "CIFAR-10 test set (JPEG copy)"}
 
 
 def test_set(data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """All 10,000 CIFAR-10 test images, labels and how to name them."""
     images, labels, source = first_test_images(10_000, data_dir, sources=SOURCES)
-    return images, labels, _SOURCE_WORDS[source]
+    return images, labels, f"{SOURCE_NAMES[source]} test set"
 
 
 def measure_folder(directory: str | os.PathLike, plan: Plan = Plan(), names: Sequence[str] | None = None,

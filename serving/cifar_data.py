@@ -29,12 +29,15 @@ from PIL import Image
 
 from .cifar import DATASETS
 from .files import atomic_write, file_sha256
+from .paths import SHARED_DATA_DIR
 
 __all__ = [
     "JPEG_TEST",
     "JPEG_TRAIN_GLOB",
     "PARTIAL_FILES",
     "PRETTY_NAMES",
+    "SHARED_DATA_DIR",
+    "SOURCE_NAMES",
     "TORCHVISION_FOLDERS",
     "available_sources",
     "cache_dir",
@@ -44,16 +47,19 @@ __all__ = [
     "missing_message",
     "read_jpeg",
     "read_partial",
+    "training_images",
     "resolve_data_dir",
 ]
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 PRETTY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 JPEG_TRAIN_GLOB = "cifar10_train_jpeg_part*.npz"
 JPEG_TEST = "cifar10_test_jpeg.npz"
 PARTIAL_FILES = ("cifar10_partial_train.npz", "cifar10_partial_test.npz")
 _CACHE_FORMAT = "v1"  # bump to invalidate every cached decode
+#: How each source of :func:`first_test_images` is named wherever a figure is reported.
+SOURCE_NAMES = {"torchvision": "CIFAR-10 (official files)", "jpeg": "CIFAR-10 (JPEG copy)",
+                "partial": "CIFAR-10 (bit-exact partial copy)"}
 
 
 # --------------------------------------------------------------------------------------
@@ -66,7 +72,7 @@ def candidate_data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]
     env = os.environ.get("HYBRID_DATA_DIR")
     if env:
         return [Path(env).expanduser()]
-    return [_REPO_ROOT.parent / "shared" / "data", Path.cwd() / "data"]
+    return [SHARED_DATA_DIR, Path.cwd() / "data"]
 
 
 def available_sources(directory: Path, dataset: str) -> list[str]:
@@ -236,3 +242,19 @@ def first_test_images(
             if len(labels) >= n:
                 return np.ascontiguousarray(images[:n]), np.asarray(labels[:n], dtype=np.int64), source
     raise FileNotFoundError(f"no CIFAR-10 source among {', '.join(sources)} in {directory} holds {n} test images")
+
+
+def training_images(n: int, data_dir: str | os.PathLike | None = None, pool: int = 25_000,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """``n`` CIFAR-10 training images of the JPEG copy drawn without replacement (seeded) from
+    the first ``pool`` (the first part decodes alone): ``(uint8 images, int64 labels, what)``."""
+    directory = resolve_data_dir(data_dir, "cifar10")
+    if "jpeg" not in available_sources(directory, "cifar10"):
+        raise FileNotFoundError(f"{directory}: the CIFAR-10 JPEG copy is needed (--data-dir or HYBRID_DATA_DIR)")
+    x, y, _, _ = read_jpeg(directory, pool)
+    x, y = x[:pool], y[:pool]
+    if not 1 <= n <= len(y):
+        raise ValueError(f"need 1..{len(y)} CIFAR-10 train images, got {n}")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(y), n, replace=False))
+    what = f"CIFAR-10 train (JPEG copy), {n} drawn from the first {len(y)} (seed {seed})"
+    return x[chosen], np.asarray(y[chosen], dtype=np.int64), what

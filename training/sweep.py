@@ -36,6 +36,7 @@ from typing import Any
 
 from serving.cards import RunCard, is_finished
 from serving.files import atomic_write_text
+from serving.paths import REPO_ROOT
 
 from . import checkpoint as ckpt
 from . import report
@@ -45,7 +46,6 @@ from .train import stop_on_sigterm
 
 __all__ = ["Run", "coverage", "flag_args", "load_config", "on_protocol", "plan_runs", "protocol_config", "replace_block", "run_flags", "main"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_KEYS = {"name", "out", "variants", "strides", "seeds", "datasets", "epochs", "args", "nproc", "data_dir", "description"}
 
 
