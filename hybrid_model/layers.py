@@ -44,6 +44,30 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _separable_input(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in ``dtype`` and the standard layout ``apply_separable`` views as ``(N, H, W)`` maps.
+
+    One copy: a bf16 channels-last activation (autocast + channels-last training) would
+    otherwise be copied twice, cast by ``to(dtype)`` keeping its layout, then made
+    contiguous by the reshape in ``apply_separable``. Same values, so the same output and
+    gradients; a float32 contiguous input is returned as it is.
+    """
+    return x.to(dtype, memory_format=torch.contiguous_format)
+
+
+@spectral._cached(maxsize=128)
+def _stride_floor(size: tuple[int, int], smoothness: float, shared: bool, device: torch.device,
+                  dtype: torch.dtype) -> Tensor:
+    """``H/(H-R)``, ``W/(W-R)`` (their max if shared) as a tensor on ``device``.
+
+    Cached: made from Python numbers, it would cost a blocking host-to-device copy at
+    every forward. ``dtype`` is the default dtype, what ``torch.tensor`` of the numbers gives.
+    """
+    r = smoothness
+    floor = torch.tensor([size[0] / (size[0] - r), size[1] / (size[1] - r)], dtype=dtype, device=device)
+    return floor.max().reshape(1) if shared else floor
+
+
 class DiffStride2d(nn.Module):
     """Learnable-stride spectral downsampling (Riad et al., ICLR 2022).
 
@@ -118,10 +142,7 @@ class DiffStride2d(nn.Module):
         parameter mutation there is replayed after the graph.
         """
         self._check_size(size)
-        r = self.smoothness
-        floor = torch.tensor([size[0] / (size[0] - r), size[1] / (size[1] - r)], device=self.stride.device)
-        if self.shared_stride:
-            floor = floor.max().reshape(1)
+        floor = _stride_floor(size, self.smoothness, self.shared_stride, self.stride.device, torch.get_default_dtype())
         self.stride.data.copy_(torch.maximum(self.stride.data, floor))
 
     @torch.no_grad()
@@ -153,10 +174,9 @@ class DiffStride2d(nn.Module):
         self.project_(size)
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(dtype)
             if self.impl == "fft":
-                return spectral.diffstride_fft(x, self.stride_pair(dtype), self.smoothness)
-            return spectral.apply_separable(x, *self.operators(size, dtype))
+                return spectral.diffstride_fft(x.to(dtype), self.stride_pair(dtype), self.smoothness)
+            return spectral.apply_separable(_separable_input(x, dtype), *self.operators(size, dtype))
 
 
 class SpectralPool2d(nn.Module):
@@ -203,11 +223,11 @@ class SpectralPool2d(nn.Module):
             raise ValueError(f"SpectralPool2d needs maps of at least 2x2, got {tuple(x.shape[-2:])}")
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(dtype)
             if self.impl == "fft":
                 pool = spectral.fourier_pool_fft if self.transform == "fourier" else spectral.hartley_pool_fft
-                return pool(x, self.stride)
-            return spectral.apply_separable(x, *self.operators((x.shape[-2], x.shape[-1]), dtype, x.device))
+                return pool(x.to(dtype), self.stride)
+            operators = self.operators((x.shape[-2], x.shape[-1]), dtype, x.device)
+            return spectral.apply_separable(_separable_input(x, dtype), *operators)
 
 
 def spectral_gain(size: tuple[int, int], stride: tuple[float, float], transform: str) -> float:
@@ -259,8 +279,10 @@ class FixedSeparable2d(nn.Module):
 
     def __init__(self, left: Tensor, right: Tensor, in_size: tuple[int, int], source: str) -> None:
         super().__init__()
-        self.register_buffer("left", left.detach().float().contiguous())
-        self.register_buffer("right", right.detach().float().contiguous())
+        # Copies: the operators of a fixed pooling are the cached ones, which a later
+        # ``load_state_dict`` into these buffers (an in-place copy) must not overwrite.
+        self.register_buffer("left", left.detach().float().contiguous().clone())
+        self.register_buffer("right", right.detach().float().contiguous().clone())
         self.in_size = tuple(in_size)
         self.source = source
 

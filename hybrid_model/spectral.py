@@ -14,6 +14,7 @@ Shapes: ``x`` is ``(..., H, W)``; operators are ``left: (T, h, H)`` and ``right:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache, wraps
 
@@ -37,6 +38,38 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------
+# Caching: what a step would otherwise rebuild (and copy to the device) every time
+# --------------------------------------------------------------------------------------
+def _cached(maxsize: int):
+    """``lru_cache`` whose values are always built outside ``torch.inference_mode``.
+
+    A basis first built under inference mode would be an inference tensor, and every later
+    training forward that saves it for backward would fail.
+    """
+
+    def decorate(fn):
+        @lru_cache(maxsize=maxsize)
+        @wraps(fn)
+        def build(*args):
+            with torch.inference_mode(False):
+                return fn(*args)
+
+        return build
+
+    return decorate
+
+
+@_cached(maxsize=512)
+def _index_tensor(indices: tuple[int, ...], device: torch.device) -> Tensor:
+    """``indices`` as an int64 tensor on ``device``: what indexing with the Python list makes.
+
+    Indexing a device tensor with a list builds the index on the host and copies it over
+    (a blocking host-to-device copy) at every call; the crops repeat, so build each once.
+    """
+    return torch.tensor(indices, dtype=torch.long, device=device)
+
+
+# --------------------------------------------------------------------------------------
 # DiffStride: frequency positions, masks and crops
 # --------------------------------------------------------------------------------------
 @cache
@@ -52,10 +85,19 @@ def _height_positions(n: int) -> tuple[int, ...]:
     return tuple(pos[(i - shift) % n] for i in range(n))
 
 
-def _positions(n: int, axis: str, like: Tensor) -> Tensor:
-    """Frequency positions of one axis: ``"h"`` full spectrum, ``"w"`` rfft half-spectrum."""
+@_cached(maxsize=256)
+def _position_tensor(n: int, axis: str, dtype: torch.dtype, device: torch.device) -> Tensor:
     values = _height_positions(n) if axis == "h" else tuple(range(n // 2 + 1))
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _positions(n: int, axis: str, like: Tensor) -> Tensor:
+    """Frequency positions of one axis: ``"h"`` full spectrum, ``"w"`` rfft half-spectrum.
+
+    Cached per (n, axis, dtype, device): made from a Python tuple, the tensor would cost a
+    blocking host-to-device copy at every forward.
+    """
+    return _position_tensor(n, axis, like.dtype, like.device)
 
 
 def inclusive_clip(value: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
@@ -110,18 +152,31 @@ def _diffstride_masks(stride: Tensor, size: tuple[int, int], smoothness: float) 
     return m_h, m_w, t_h, t_w
 
 
-def _kept(mask: Tensor) -> list[int]:
-    """Indices with a non-zero mask (the crop, under stop-gradient)."""
-    return torch.nonzero(mask.detach() > 0).flatten().tolist()
+def _true_indices(flags: list[bool]) -> tuple[int, ...]:
+    return tuple(i for i, flag in enumerate(flags) if flag)
+
+
+def _kept_pair(m_h: Tensor, m_w: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Indices with a non-zero mask on each axis (the crop, under stop-gradient), read at once.
+
+    The crop depends on the stride's current value, so the host has to read something
+    from the device once per call (a synchronisation on a GPU); that is the only one a
+    forward makes. ``nonzero`` would add one per axis (its output size is data-dependent,
+    so it synchronises by itself) on top of the read of each axis.
+    """
+    flags = torch.cat([m_h.detach() > 0, m_w.detach() > 0]).tolist()
+    return _true_indices(flags[: m_h.shape[0]]), _true_indices(flags[m_h.shape[0] :])
 
 
 def diffstride_crop(stride: Tensor, size: tuple[int, int], smoothness: float) -> tuple[AxisCrop, AxisCrop]:
     """The crop boxes a DiffStride layer with this (projected) stride applies to an HxW map."""
     m_h, m_w, t_h, t_w = _diffstride_masks(stride.detach(), size, smoothness)
-    kept_h, kept_w = len(_kept(m_h)), len(_kept(m_w))
+    keep_h, keep_w = _kept_pair(m_h, m_w)
+    kept_h, kept_w = len(keep_h), len(keep_w)
+    t_h, t_w = torch.stack([t_h, t_w]).tolist()  # one read for both (``float()`` of each is two)
     return (
-        AxisCrop(size[0], float(t_h), float(t_h) + smoothness, kept_h, kept_h),
-        AxisCrop(size[1], float(t_w), float(t_w) + smoothness, kept_w, 2 * (kept_w - 1)),
+        AxisCrop(size[0], t_h, t_h + smoothness, kept_h, kept_h),
+        AxisCrop(size[1], t_w, t_w + smoothness, kept_w, 2 * (kept_w - 1)),
     )
 
 
@@ -131,33 +186,15 @@ def diffstride_fft(x: Tensor, stride: Tensor, smoothness: float) -> Tensor:
     x: (..., H, W) real; stride: (2,) already projected. Returns (..., h_out, w_out).
     """
     m_h, m_w, _, _ = _diffstride_masks(stride, x.shape[-2:], smoothness)
+    keep_h, keep_w = _kept_pair(m_h, m_w)
     spectrum = torch.fft.rfft2(x) * m_w * m_h[:, None]  # the official order: width mask first
-    spectrum = spectrum[..., _kept(m_h), :][..., _kept(m_w)]
+    spectrum = spectrum[..., _index_tensor(keep_h, x.device), :][..., _index_tensor(keep_w, x.device)]
     return torch.fft.irfft2(spectrum)
 
 
 # --------------------------------------------------------------------------------------
 # Cached bases of the fast path
 # --------------------------------------------------------------------------------------
-def _cached(maxsize: int):
-    """``lru_cache`` whose values are always built outside ``torch.inference_mode``.
-
-    A basis first built under inference mode would be an inference tensor, and every later
-    training forward that saves it for backward would fail.
-    """
-
-    def decorate(fn):
-        @lru_cache(maxsize=maxsize)
-        @wraps(fn)
-        def build(*args):
-            with torch.inference_mode(False):
-                return fn(*args)
-
-        return build
-
-    return decorate
-
-
 def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
@@ -199,7 +236,7 @@ def _inverse_rdft(n_out: int, n_bins: int, device: torch.device, dtype: torch.dt
     return (_unit_phasor(phase) * (weight[:, None] / n_out)).to(device, _complex_dtype(dtype))
 
 
-def _height_operator(size: int, bins: list[int], mask: Tensor, n_out: int) -> Tensor:
+def _height_operator(size: int, bins: Sequence[int], mask: Tensor, n_out: int) -> Tensor:
     """Complex (n_out, size): full FFT, keep ``bins`` (masked), inverse FFT of length n_out."""
     rows = _dft_rows(size, tuple(bins), mask.device, mask.dtype)
     return _inverse_dft(n_out, mask.device, mask.dtype) @ (mask[:, None] * rows)  # real mask * complex
@@ -222,8 +259,8 @@ def diffstride_operators(stride: Tensor, size: tuple[int, int], smoothness: floa
     Differentiable in ``stride`` (its masks enter the matrices); dtype follows ``stride``.
     """
     m_h, m_w, _, _ = _diffstride_masks(stride, size, smoothness)
-    keep_h, keep_w = _kept(m_h), _kept(m_w)
-    left = _height_operator(size[0], keep_h, m_h[keep_h], len(keep_h))
+    keep_h, keep_w = _kept_pair(m_h, m_w)
+    left = _height_operator(size[0], keep_h, m_h[_index_tensor(keep_h, m_h.device)], len(keep_h))
     right = _width_operator(size[1], len(keep_w), m_w[: len(keep_w)], 2 * (len(keep_w) - 1))
     return _real_part_terms(left, right)
 
@@ -252,6 +289,17 @@ def fourier_pool_fft(x: Tensor, stride: tuple[float, float]) -> Tensor:
 
 
 def fourier_pool_operators(
+    size: tuple[int, int], stride: tuple[float, float], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Two separable terms (``left`` (2, h, H), ``right`` (2, W, w)) of fixed spectral pooling.
+
+    Constant for a (size, stride, device, dtype): built once (cached) rather than every step.
+    """
+    return _fourier_pool_operators(tuple(size), tuple(stride), torch.device(device), dtype)
+
+
+@_cached(maxsize=128)
+def _fourier_pool_operators(
     size: tuple[int, int], stride: tuple[float, float], device: torch.device, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
     h_out, w_out = spectral_pool_size(size, stride)
