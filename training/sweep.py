@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from serving.cards import RunCard, is_finished
-from serving.files import atomic_write_text
+from serving.files import atomic_write_text, replace_marked_block
 from serving.paths import REPO_ROOT
 
 from . import checkpoint as ckpt
 from . import report
-from .config import FLAGS, VARIANTS, parse_strides, run_name
+from .config import FLAGS, VARIANTS, ConfigError, parse_strides, run_name
 from .data import DATASETS
 from .train import stop_on_sigterm
 
@@ -49,8 +49,6 @@ __all__ = ["Run", "coverage", "flag_args", "load_config", "on_protocol", "plan_r
 CONFIG_KEYS = {"name", "out", "variants", "strides", "seeds", "datasets", "epochs", "args", "nproc", "data_dir", "description"}
 
 
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass
@@ -215,16 +213,12 @@ def coverage(config: dict[str, Any], cards: Sequence[RunCard]) -> str:
     return "; ".join(parts)
 
 
-README_START, README_END = "<!-- {name}:start -->", "<!-- {name}:end -->"
-
-
 def replace_block(text: str, name: str, body: str) -> str:
-    """``text`` with the part between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` replaced."""
-    start, end = README_START.format(name=name), README_END.format(name=name)
-    if start not in text or end not in text or text.index(start) > text.index(end):
-        raise ConfigError(f"markers {start} ... {end} not found")
-    head, rest = text.split(start, 1)
-    return head + start + "\n" + body.rstrip("\n") + "\n" + end + rest.split(end, 1)[1]
+    """:func:`serving.files.replace_marked_block`, with missing markers as a :class:`ConfigError`."""
+    try:
+        return replace_marked_block(text, name, body)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def table_block(config: dict[str, Any], cards: Sequence[RunCard]) -> str:
