@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from serving.cards import RunCard
+from serving.paths import REPO_ROOT, SHARED_DATA_DIR
 
 from .bench import PROFILE_SECONDS, mode_bench, profile_step
 from .plan import (
@@ -59,7 +60,7 @@ from .plan import (
     plan_grid,
 )
 from .probe import PROBE_POINTS, mode_probe
-from .record import REPO, Window, WindowError
+from .record import Window, WindowError
 from .runs import mode_train
 from .travel import DATA_DIR, OUT_FILES, TREE_LIMIT, MiB, check_out_limits, prepare, restore, travel_bytes
 
@@ -69,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
     prep = sub.add_parser("prepare", help="here: scratch branch without exports/models + data/ + size check")
-    prep.add_argument("--repo", type=Path, default=REPO)
-    prep.add_argument("--data-src", type=Path, default=REPO.parent / "shared" / "data")
+    prep.add_argument("--repo", type=Path, default=REPO_ROOT)
+    prep.add_argument("--data-src", type=Path, default=SHARED_DATA_DIR)
     rest = sub.add_parser("restore", help="here: back to the branch prepare left")
-    rest.add_argument("--repo", type=Path, default=REPO)
+    rest.add_argument("--repo", type=Path, default=REPO_ROOT)
     size = sub.add_parser("size", help="here: what a device call would carry (bytes)")
-    size.add_argument("--repo", type=Path, default=REPO)
+    size.add_argument("--repo", type=Path, default=REPO_ROOT)
     size.add_argument("--carry", default=DATA_DIR)
     for mode, text in (("models", "device: the five dashboard models (int8 weights come back)"),
                        ("grid", "device: the next undone Table 1 points (cards only)"),
@@ -134,7 +135,7 @@ def _device_main(args) -> int:
         raise WindowError(f"--budget must be > 0 seconds, got {args.budget:g}")
     protocol = load_protocol(args.protocol)
     window = Window(args.out, args.mode, args.budget)
-    window.record["protocol"] = {"path": str(args.protocol.relative_to(REPO) if args.protocol.is_relative_to(REPO) else args.protocol),
+    window.record["protocol"] = {"path": str(args.protocol.relative_to(REPO_ROOT) if args.protocol.is_relative_to(REPO_ROOT) else args.protocol),
                                  "epochs": protocol["epochs"], "args": protocol["args"]}
     try:
         _device_or_fail(args.device)

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .record import REPO, Window, work_dir
+from serving.paths import REPO_ROOT
+
+from .record import Window, work_dir
 
 #: What the profile step profiles (issue 21): the DiffStride family's most common member
 #: first (its share of ``--max-seconds`` comes first), then the plain network, a few steps
@@ -44,7 +46,7 @@ def run_time_boxed(window: Window, label: str, command: list[str], seconds: floa
         json_path = Path(command[command.index("--json") + 1])
     window.log(f"{label} (<= {seconds:.0f} s): {' '.join(command[2:])}")
     try:
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds)
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=seconds)
         window.log(f"{label}: exit {result.returncode}\n" + result.stdout[-tail:] + result.stderr[-tail // 3:])
     except subprocess.TimeoutExpired:
         window.log(f"{label}: stopped at its {seconds:.0f} s limit")

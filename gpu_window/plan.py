@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .record import REPO, WindowError, work_dir
+from serving.paths import REPO_ROOT
 
-PROTOCOL = REPO / "training" / "sweeps" / "short_cifar10.json"
+from .record import WindowError, work_dir
+
+PROTOCOL = REPO_ROOT / "training" / "sweeps" / "short_cifar10.json"
 DASHBOARD_VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")  # = hybrid_model.PAPER_VARIANTS (tested; torch is not imported to plan a window)
 RESERVE_S = 45.0  # kept at the end of a call that compresses models: compression, evaluation, packing
 CARDS_RESERVE_S = 15.0  # kept at the end of a call that returns cards only (probe, grid)
@@ -76,7 +78,7 @@ def grid_done_dirs(protocol: dict) -> list[Path]:
     """Where ``grid`` looks for finished points by default: the committed cards, and the cards
     earlier calls of this window left on the (warm) machine, not yet ingested, so that a
     second call never repeats a point (window 1's third call did)."""
-    return [REPO / protocol["out"], work_dir("grid"), work_dir("extra"), work_dir("models")]
+    return [REPO_ROOT / protocol["out"], work_dir("grid"), work_dir("extra"), work_dir("models")]
 
 
 def plan_grid(protocol: dict, done: Path | Sequence[Path]) -> list:

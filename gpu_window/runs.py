@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from serving.cards import RunCard
+from serving.paths import REPO_ROOT
 
 from .plan import START_OVERHEAD_S, _epoch_seconds, _own_epochs, _reserve, _train_namespace
-from .record import REPO, Window, WindowError, work_dir
+from .record import Window, WindowError, work_dir
 
 
 def smoke(window: Window, points: list, protocol: dict, device: str) -> dict[str, dict]:
@@ -62,7 +63,7 @@ def _start_decode(data_dir: str, protocol: dict) -> subprocess.Popen:
     code = ("import sys; from training.data import load_cifar; "
             f"d = load_cifar('cifar10', {data_dir!r}, limit_train={_limit(protocol, 'limit-train')}, "
             f"limit_test={_limit(protocol, 'limit-test')}); print(d.source, d.n_train, d.n_test)")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish_decode(window: Window, process: subprocess.Popen) -> tuple[int, int]:
@@ -133,7 +134,7 @@ def _popen(argv: list[str], log_path: Path, threads: int) -> subprocess.Popen:
     but in this session: the device tool ends it with the call if the call is killed."""
     handle = open(log_path, "w", encoding="utf-8")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "training.train", *argv], cwd=REPO, stdout=handle,
+    return subprocess.Popen([sys.executable, "-m", "training.train", *argv], cwd=REPO_ROOT, stdout=handle,
                             stderr=subprocess.STDOUT, env=env, process_group=0)
 
 
@@ -240,7 +241,7 @@ def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[di
     from safetensors.torch import load_file
 
     from exports.compact import SCHEME, dequantize_state_dict, quantize_state_dict
-    from training.checkpoint import build_from_card
+    from training.checkpoint import load_model
     from training.data import GpuLoader
 
     card = RunCard.from_dict(json.loads((run_dir / f"{name}.json").read_text()))
@@ -252,8 +253,7 @@ def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[di
     try:
         predictions = []
         for weights in (state, dequantize_state_dict(quantize_state_dict(state))):
-            model = build_from_card(card, name)
-            model.load_state_dict(weights)
+            model = load_model(card, weights, name)
             model.to(dev).eval()
             with torch.no_grad():
                 predictions.append(torch.cat([model(x).argmax(1).cpu() for x, _ in loader.batches(0)]))
