@@ -84,7 +84,7 @@ def choose_model(page, name: str) -> None:
 
 def capture_all(url: str, out: Path, image: Path, executable: str | None = None, width: int = 1440,
                 height: int = 900, prefix: str = "", model: str | None = None) -> dict[str, Path]:
-    """Screenshots of the four tabs at ``width`` x ``height`` as ``<prefix><tab>.png``
+    """Screenshots of the five tabs at ``width`` x ``height`` as ``<prefix><tab>.png``
     (``model``: the model to show instead of the default)."""
     from playwright.sync_api import sync_playwright
 
@@ -125,6 +125,13 @@ def capture_all(url: str, out: Path, image: Path, executable: str | None = None,
         open_tab(page, "Training")
         wait_for_plot(page, "#training-curves")
         shot(page, "training")
+
+        open_tab(page, "Robustness")  # opening the tab probes the image on screen
+        wait_for_plot(page, "#robustness-shift")
+        wait_for_plot(page, "#probe-plot")
+        page.locator("#probe-strip").scroll_into_view_if_needed()  # the strip loads lazily, once in view
+        page.locator("#probe-strip img").wait_for()
+        shot(page, "robustness")
         browser.close()
     return shots
 

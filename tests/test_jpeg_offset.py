@@ -11,10 +11,11 @@ import pytest
 
 from benchmarks import jpeg_offset
 from exports.parity import DEFAULT_DATA_DIR as DATA
+from serving.paths import BUNDLED_MODELS_DIR, REPO_ROOT
 
 needs_data = pytest.mark.skipif(not (DATA / jpeg_offset.EXACT_FILE).is_file() or not (DATA / jpeg_offset.JPEG_FILE).is_file(),
                                 reason="needs the CIFAR-10 copies in ../shared/data")
-needs_models = pytest.mark.skipif(not (jpeg_offset.REPO / "exports" / "models" / "manifest.json").is_file(),
+needs_models = pytest.mark.skipif(not (BUNDLED_MODELS_DIR / "manifest.json").is_file(),
                                   reason="needs the bundled models")
 
 
@@ -107,11 +108,11 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 def test_command_line_exit_status(tmp_path):
     result = subprocess.run([sys.executable, "-m", "benchmarks.jpeg_offset", "--models-dir", str(tmp_path)],
-                            capture_output=True, text=True, cwd=jpeg_offset.REPO, timeout=60)
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1
     assert "no manifest.json" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_no_torch():
     code = "import sys, benchmarks.jpeg_offset; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=jpeg_offset.REPO, timeout=60).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, timeout=60).returncode == 0
