@@ -76,16 +76,16 @@ def stream_body(base: str, route: str, total: int, chunked: bool, timeout: float
     else:
         head, content_type = b'{"data": [{"url": "data:image/png;base64,', "application/json"
     block = b"A" * (256 * 2**10)
-    blocks = (total - len(head)) // len(block)
+    blocks, rest = divmod(total - len(head), len(block))
 
-    def framed():  # one block, sent again and again
-        for piece in [head] + [block] * blocks:
+    def framed():  # one block, sent again and again, then what is left: ``total`` bytes in all
+        for piece in [head] + [block] * blocks + ([block[:rest]] if rest else []):
             yield b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
         if chunked:
             yield b"0\r\n\r\n"
 
     pieces = framed()
-    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(head) + blocks * len(block)}"
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
     out = f"POST /gradio_api/{route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n{framing}\r\n\r\n".encode()
     reply, deadline = bytearray(), time.monotonic() + timeout
     with socket.create_connection((host, int(port)), timeout=timeout) as sock, selectors.DefaultSelector() as sel:

@@ -336,3 +336,30 @@ def client(app_server: AppServer):
     from gradio_client import Client
 
     return Client(app_server.url, verbose=False)
+
+
+# --------------------------------------------------------------------------------------
+# Raw HTTP helpers (the app's /gradio_api/call route, as any HTTP client sees it)
+# --------------------------------------------------------------------------------------
+def files_in(folder: Path) -> set[Path]:
+    return {f for f in folder.rglob("*") if f.is_file()}
+
+
+def raw_call(url: str, api: str, data: list, timeout: float = 120) -> tuple[str, object]:
+    """POST ``/gradio_api/call/{api}`` then read its event stream: ``(last event, its data)``."""
+    request = urllib.request.Request(url + f"gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(url + f"gradio_api/call/{api}/{event_id}", timeout=timeout) as response:
+        lines = response.read().decode().splitlines()
+    events = [line[len("event: "):] for line in lines if line.startswith("event: ")]
+    payloads = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    return events[-1], json.loads(payloads[-1])
+
+
+def data_url(payload: bytes) -> dict:
+    """An image as the inline base64 data URL a client may send instead of an upload."""
+    import base64
+
+    return {"url": "data:image/png;base64," + base64.b64encode(payload).decode(), "meta": {"_type": "gradio.FileData"}}

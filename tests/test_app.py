@@ -19,7 +19,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import DEFAULT_MODEL, ROOT, TEST_ACC, VARIANTS, reference_prediction, top1
+from conftest import DEFAULT_MODEL, ROOT, TEST_ACC, VARIANTS, data_url, files_in, raw_call, reference_prediction, top1
 from serving.cifar import CIFAR10_CLASSES
 
 pytestmark = pytest.mark.timeout(600)
@@ -518,29 +518,6 @@ def guarded(models_dir: Path, tmp_path_factory):
                  extra_args=("--upload-dir", str(uploads), "--cache-mb", str(CACHE_MB),
                              "--upload-ttl-min", str(UPLOAD_TTL_S / 60))) as server:
         yield server, uploads
-
-
-def files_in(folder: Path) -> set[Path]:
-    return {f for f in folder.rglob("*") if f.is_file()}
-
-
-def raw_call(url: str, api: str, data: list, timeout: float = 120) -> tuple[str, object]:
-    """POST ``/gradio_api/call/{api}`` then read its event stream: ``(last event, its data)``."""
-    request = urllib.request.Request(url + f"gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        event_id = json.loads(response.read())["event_id"]
-    with urllib.request.urlopen(url + f"gradio_api/call/{api}/{event_id}", timeout=timeout) as response:
-        lines = response.read().decode().splitlines()
-    events = [line[len("event: "):] for line in lines if line.startswith("event: ")]
-    payloads = [line[len("data: "):] for line in lines if line.startswith("data: ")]
-    return events[-1], json.loads(payloads[-1])
-
-
-def data_url(payload: bytes) -> dict:
-    import base64
-
-    return {"url": "data:image/png;base64," + base64.b64encode(payload).decode(), "meta": {"_type": "gradio.FileData"}}
 
 
 def assert_one_sentence(message: str) -> None:

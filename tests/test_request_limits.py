@@ -10,11 +10,8 @@ nothing and go on answering.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import re
-import selectors
 import socket
 import threading
 import time
@@ -25,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.soak import stream_body
+from conftest import data_url, files_in, raw_call
 from dashboard.gradio_fixes import BodyRefused, ClientGone, RequestLimits
 
 MB = 2**20
@@ -253,81 +252,10 @@ ROUTES = ("gradio_api/call/classify", "gradio_api/queue/join", "gradio_api/uploa
           "gradio_api/component_server")
 
 
-def send_body(port: int, path: str, total: int, *, with_length: bool = True, timeout: float = 60) -> tuple[int, str]:
-    """POST ``total`` bytes to ``path`` (a JSON call with an inline data URL, or a multipart
-    upload), streamed from a generator of 256 KB chunks, ``Content-Length`` or chunked;
-    reads the answer *while* sending, as a server that refuses early may close the
-    connection before the body is through. ``(HTTP status, body)``."""
-    multipart = path.rstrip("/").endswith("upload")
-    boundary = "limitstestboundary"
-    if multipart:
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
-                "Content-Type: image/png\r\n\r\n").encode()
-        content_type = f"multipart/form-data; boundary={boundary}"
-    else:
-        head = b'{"data": [{"url": "data:image/png;base64,'
-        content_type = "application/json"
-    block = b"A" * (256 * 2**10)
-
-    def body():
-        pieces = [head]
-        left = total - len(head)
-        while left > 0:
-            pieces.append(block[:left])
-            left -= len(block)
-        for piece in pieces:
-            yield piece if with_length else b"%x\r\n%s\r\n" % (len(piece), piece)
-        if not with_length:
-            yield b"0\r\n\r\n"
-
-    request = [f"POST /{path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Type: {content_type}"]
-    request.append(f"Content-Length: {total}" if with_length else "Transfer-Encoding: chunked")
-    out = ("\r\n".join(request) + "\r\n\r\n").encode()
-    pieces = body()
-    reply = bytearray()
-    deadline = time.monotonic() + timeout
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock, selectors.DefaultSelector() as sel:
-        sock.setblocking(False)
-        sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        sending = True
-        while time.monotonic() < deadline and not _complete(reply):
-            for _, mask in sel.select(timeout=1):
-                if mask & selectors.EVENT_READ:
-                    try:
-                        data = sock.recv(65536)
-                    except (ConnectionError, BlockingIOError):
-                        data = b""
-                    if not data:
-                        return _parse(reply)
-                    reply += data
-                if mask & selectors.EVENT_WRITE and sending:
-                    if not out:
-                        out = next(pieces, b"")
-                        if not out:  # all sent: wait for the answer
-                            sending = False
-                            sel.modify(sock, selectors.EVENT_READ)
-                            continue
-                    try:
-                        out = out[sock.send(out):]
-                    except BlockingIOError:
-                        pass
-                    except ConnectionError:  # the server closed after answering: read what it sent
-                        sending = False
-                        sel.modify(sock, selectors.EVENT_READ)
-    return _parse(reply)
-
-
-def _complete(reply: bytes) -> bool:
-    head, sep, body = bytes(reply).partition(b"\r\n\r\n")
-    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-    return bool(sep) and match is not None and len(body) >= int(match.group(1))
-
-
-def _parse(reply: bytes) -> tuple[int, str]:
-    head, _, body = bytes(reply).partition(b"\r\n\r\n")
-    if not head:
-        return 0, "(no answer)"
-    return int(head.split()[1]), body.decode(errors="replace")
+def send_body(port: int, path: str, total: int, *, with_length: bool = True) -> tuple[int, str]:
+    """POST ``total`` bytes to ``path`` as the soak benchmark does (:func:`benchmarks.soak.stream_body`:
+    streamed from a generator of 256 KB chunks, read while sending). ``(HTTP status, body)``."""
+    return stream_body(f"http://127.0.0.1:{port}", path.removeprefix("gradio_api/"), total, chunked=not with_length)
 
 
 def vm(pid: int, field: str) -> float:
@@ -336,26 +264,6 @@ def vm(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no {field} for {pid}")
-
-
-def files_in(folder: Path) -> set[Path]:
-    return {f for f in folder.rglob("*") if f.is_file()}
-
-
-def raw_call(url: str, api: str, data: list, timeout: float = 120) -> tuple[str, object]:
-    request = urllib.request.Request(url + f"gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        event_id = json.loads(response.read())["event_id"]
-    with urllib.request.urlopen(url + f"gradio_api/call/{api}/{event_id}", timeout=timeout) as response:
-        lines = response.read().decode().splitlines()
-    events = [line[len("event: "):] for line in lines if line.startswith("event: ")]
-    payloads = [line[len("data: "):] for line in lines if line.startswith("data: ")]
-    return events[-1], json.loads(payloads[-1])
-
-
-def data_url(payload: bytes) -> dict:
-    return {"url": "data:image/png;base64," + base64.b64encode(payload).decode(), "meta": FILE}
 
 
 @pytest.fixture(scope="module")
