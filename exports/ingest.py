@@ -174,7 +174,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
     import onnx
 
     from hybrid_model import learned_strides
-    from training.checkpoint import build_from_card, save_checkpoint
+    from training.checkpoint import load_model, save_checkpoint
 
     from .compact import read_compact
     from .export import export_checkpoint
@@ -198,8 +198,7 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
             if not card.is_finished and not allow_unfinished:
                 log(f"{path.name}: trained {card.epoch}/{card.epochs} epochs; skipped (--allow-unfinished bundles it)")
                 continue
-            model = build_from_card(card, str(path))
-            model.load_state_dict(state)
+            model = load_model(card, state, str(path))
             variant = card.variant
             save_checkpoint(model, card, checkpoints / variant)
             export_started = time.perf_counter()

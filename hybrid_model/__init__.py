@@ -31,7 +31,6 @@ from .resnet import (
     learned_strides,
     parse_strides,
     stride_parameters,
-    upgrade_state_dict,
     validate_strides,
 )
 from .spectral import AxisCrop
@@ -60,6 +59,5 @@ __all__ = [
     "parse_strides",
     "spectral_gain",
     "stride_parameters",
-    "upgrade_state_dict",
     "validate_strides",
 ]

@@ -1,7 +1,8 @@
 """CIFAR ResNet-18 built from injected downsampling layers (strided conv, spectral pooling, DiffStride).
 
-As torchvision's ``resnet.py`` injects ``norm_layer`` and timm's ``BasicBlock`` an
-``aa_layer``, :class:`SpectralResNet` takes layer factories: ``pool_layer(stride)`` builds
+Shaped like torchvision's ``resnet.py``: :class:`SpectralResNet` builds ``layer1`` ..
+``layer4`` with ``_make_layer`` and takes an injected ``norm_layer``; and as timm's
+``BasicBlock`` takes an ``aa_layer``, it takes layer factories: ``pool_layer(stride)`` builds
 the spectral layer of each downsampling point (``None``: strided convolutions) and
 ``head_layer(stride)`` an optional layer before global average pooling. :data:`VARIANTS`
 names the layer classes of each variant; :func:`build_model` binds their options.
@@ -21,7 +22,6 @@ does with :class:`SpectralGain2d` and no head layer; ``diffstride2`` is ``diffst
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -34,12 +34,13 @@ from .layers import DiffStride2d, SpectralGain2d, SpectralPool2d
 
 __all__ = [
     "VARIANTS", "PAPER_VARIANTS", "PAPER_STRIDES", "BLOCKS", "BasicBlock", "PreActBlock", "SpectralResNet", "Variant",
-    "build_model", "build_from_card", "learned_strides", "parse_strides", "stride_parameters", "upgrade_state_dict",
-    "validate_strides",
+    "build_model", "build_from_card", "learned_strides", "parse_strides", "stride_parameters", "validate_strides",
 ]
 
 #: ``factory(stride) -> layer``: a layer class, or a ``functools.partial`` of one with its options bound.
 LayerFactory = Callable[[float], nn.Module]
+#: ``norm_layer(channels) -> layer``, as torchvision's ``norm_layer`` (default ``nn.BatchNorm2d``).
+NormLayer = Callable[[int], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ PAPER_STRIDES: tuple[tuple[int, ...], ...] = (
 
 #: ResNet-18's channels per stage: ``width`` times these (``width=64``: 64/128/256/512).
 STAGE_WIDTHS = (1, 2, 4, 8)
+#: ResNet-18's blocks per stage (torchvision's ``layers=[2, 2, 2, 2]``).
+STAGE_BLOCKS = (2, 2, 2, 2)
 DEFAULT_WIDTH = 64
 MAX_STRIDE = 64.0
 
@@ -140,35 +143,12 @@ def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
 
 
-#: What the block's spectral layer was called in checkpoints written before it became
-#: ``spectral_pool`` (torchvision's ``downsample`` is the 1x1 shortcut, here ``shortcut``).
-_LEGACY_NAME = "downsample"
-
-
-def upgrade_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A state dict with old keys (``layer2.0.downsample.stride``) renamed to the current ones
-    (``layer2.0.spectral_pool.stride``); other keys unchanged. ``load_state_dict`` does this
-    by itself; for code that compares keys before loading."""
-    return {re.sub(rf"(^|\.){_LEGACY_NAME}\.", r"\1spectral_pool.", key): value for key, value in state.items()}
-
-
-def _load_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
-    """Load-state-dict pre-hook of a block: ``<prefix>downsample.*`` -> ``<prefix>spectral_pool.*``."""
-    old = f"{prefix}{_LEGACY_NAME}."
-    for key in [k for k in state_dict if k.startswith(old)]:
-        state_dict[f"{prefix}spectral_pool.{key[len(old):]}"] = state_dict.pop(key)
-
-
 class _SpectralBlock(nn.Module):
     """What both blocks share: an optional spectral layer feeding both branches."""
 
     #: Pre-activation blocks need a stem without BN-ReLU and a final BN-ReLU.
     preactivation = False
     spectral_pool: nn.Module | None
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_load_state_dict_pre_hook(_load_legacy_keys)
 
     def _resample(self, x: Tensor) -> Tensor:
         return x if self.spectral_pool is None else self.spectral_pool(x)
@@ -180,23 +160,33 @@ class BasicBlock(_SpectralBlock):
     ``spectral_pool`` (a spectral downsampling layer or ``None``) follows the first 3x3 conv
     and also feeds the shortcut, so both branches have identical sizes; ``conv_stride`` is
     used by the plain strided-conv model instead. ``shortcut`` is the 1x1 projection
-    (torchvision's ``downsample``). Shape: ``(B, in_ch, H, W) -> (B, out_ch, h, w)``.
+    (torchvision's ``downsample``); ``norm_layer``: as torchvision's (default
+    ``nn.BatchNorm2d``). Shape: ``(B, in_ch, H, W) -> (B, out_ch, h, w)``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, conv_stride: int = 1, spectral_pool: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        conv_stride: int = 1,
+        spectral_pool: nn.Module | None = None,
+        norm_layer: NormLayer | None = None,
+    ) -> None:
         super().__init__()
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
         self.conv1 = conv3x3(in_ch, out_ch, conv_stride)
         self.spectral_pool = spectral_pool
-        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.bn1 = norm_layer(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = norm_layer(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module | None = None
         if conv_stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(conv1x1(in_ch, out_ch, conv_stride), nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(conv1x1(in_ch, out_ch, conv_stride), norm_layer(out_ch))
 
     def zero_init_last(self) -> None:
-        """Zero the scale of the residual branch's last BatchNorm: the block starts as its shortcut."""
+        """Zero the scale of the residual branch's last norm layer: the block starts as its shortcut."""
         nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -211,16 +201,28 @@ class BasicBlock(_SpectralBlock):
 
 
 class PreActBlock(_SpectralBlock):
-    """Pre-activation basic block (He et al. 2016b), as the public DiffStride code uses today."""
+    """Pre-activation basic block (He et al. 2016b), as the public DiffStride code uses today.
+
+    Arguments as :class:`BasicBlock`'s; the shortcut is a bare 1x1 convolution.
+    """
 
     preactivation = True
 
-    def __init__(self, in_ch: int, out_ch: int, conv_stride: int = 1, spectral_pool: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        conv_stride: int = 1,
+        spectral_pool: nn.Module | None = None,
+        norm_layer: NormLayer | None = None,
+    ) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
+        self.bn1 = norm_layer(in_ch)
         self.conv1 = conv3x3(in_ch, out_ch, conv_stride)
         self.spectral_pool = spectral_pool
-        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.bn2 = norm_layer(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
         self.relu = nn.ReLU(inplace=False)
         self.shortcut: nn.Module | None = None
@@ -228,7 +230,7 @@ class PreActBlock(_SpectralBlock):
             self.shortcut = conv1x1(in_ch, out_ch, conv_stride)
 
     def zero_init_last(self) -> None:
-        """Zero the residual branch's last convolution (no BatchNorm follows it in a
+        """Zero the residual branch's last convolution (no norm layer follows it in a
         pre-activation block): the block starts as its shortcut."""
         nn.init.zeros_(self.conv2.weight)
 
@@ -271,6 +273,10 @@ class SpectralResNet(nn.Module):
         zero_init_residual: start every block as its shortcut (the residual branch's last
             BatchNorm scale zeroed, torchvision's option; Goyal et al. 2017): the logits
             start small, so the first steps' gradients do too, whatever a head multiplies.
+        norm_layer: builds each normalisation layer from its channels, as torchvision's
+            (``None``: ``nn.BatchNorm2d``).
+        variant: the name of the variant this network is (``build_model`` sets it; kept as
+            ``self.variant``, ``None`` for a network built by hand).
 
     ``forward(x)``: ``(B, in_channels, H, W) -> (B, num_classes)``; ``forward_features(x)``
     also returns the feature map of each stage (``FEATURE_NAMES``).
@@ -290,45 +296,75 @@ class SpectralResNet(nn.Module):
         in_channels: int = 3,
         width: int = DEFAULT_WIDTH,
         zero_init_residual: bool = False,
+        norm_layer: NormLayer | None = None,
+        variant: str | None = None,
     ) -> None:
         super().__init__()
+        if norm_layer is None:
+            norm_layer = nn.BatchNorm2d
+        self._norm_layer = norm_layer
+        self._pool_layer = pool_layer
+        self._pool_at_unit_stride = pool_at_unit_stride
+        self.variant = variant
         self.strides = validate_strides(strides, integer=pool_layer is None)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
         self.in_channels = in_channels
+        self.inplanes = width
 
-        def pool(stride: float, always: bool) -> nn.Module | None:
-            """The spectral layer of one downsampling point (``None``: strided convs, or stride 1)."""
-            if pool_layer is None or (stride == 1 and not (always and pool_at_unit_stride)):
-                return None
-            return pool_layer(stride)
-
-        def conv_stride(stride: float) -> int:
-            return int(stride) if pool_layer is None else 1
-
+        stem, s1, s2, s3, s4 = self.strides
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, stride=conv_stride(self.strides[0]), padding=1, bias=False),
-            *([] if block.preactivation else [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]),
+            nn.Conv2d(in_channels, width, 3, stride=self._conv_stride(stem), padding=1, bias=False),
+            *([] if block.preactivation else [norm_layer(width), nn.ReLU(inplace=True)]),
         )
-        self.stem_pool = pool(self.strides[0], always=True)
-        in_ch = width
-        for index, (out_ch, stride) in enumerate(zip((width * k for k in STAGE_WIDTHS), self.strides[1:]), start=1):
-            first = block(in_ch, out_ch, conv_stride(stride), pool(stride, always=index > 1))
-            setattr(self, f"layer{index}", nn.Sequential(first, block(out_ch, out_ch)))
-            in_ch = out_ch
-        self.final_act = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if block.preactivation else nn.Identity()
+        self.stem_pool = self._spectral_layer(stem, at_unit_stride=True)
+        w1, w2, w3, w4 = (width * k for k in STAGE_WIDTHS)
+        self.layer1 = self._make_layer(block, w1, STAGE_BLOCKS[0], s1, pool_at_unit_stride=False)
+        self.layer2 = self._make_layer(block, w2, STAGE_BLOCKS[1], s2)
+        self.layer3 = self._make_layer(block, w3, STAGE_BLOCKS[2], s3)
+        self.layer4 = self._make_layer(block, w4, STAGE_BLOCKS[3], s4)
+        self.final_act = nn.Sequential(norm_layer(w4), nn.ReLU(inplace=True)) if block.preactivation else nn.Identity()
         self.head_pool = None if head_layer is None else head_layer(head_stride)
         self.pool = nn.AdaptiveAvgPool2d(1)  # adaptive: DiffStride's map sizes vary with the strides
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.fc = nn.Linear(w4, num_classes)
         self._init_weights(zero_init_residual)
+
+    def _conv_stride(self, stride: float) -> int:
+        """The stride of a downsampling point's convolution: 1 where a spectral layer downsamples."""
+        return int(stride) if self._pool_layer is None else 1
+
+    def _spectral_layer(self, stride: float, at_unit_stride: bool) -> nn.Module | None:
+        """The spectral layer of one downsampling point (``None``: strided convolutions, or
+        stride 1 where ``at_unit_stride`` and the model's ``pool_at_unit_stride`` do not both hold)."""
+        if self._pool_layer is None or (stride == 1 and not (at_unit_stride and self._pool_at_unit_stride)):
+            return None
+        return self._pool_layer(stride)
+
+    def _make_layer(
+        self,
+        block: type[_SpectralBlock],
+        planes: int,
+        blocks: int,
+        stride: float,
+        pool_at_unit_stride: bool = True,
+    ) -> nn.Sequential:
+        """One stage, as torchvision's ``ResNet._make_layer``: ``blocks`` blocks of ``planes``
+        channels, the first downsampling by ``stride`` (its spectral layer, or its strided
+        convolutions) and projecting ``self.inplanes`` channels to ``planes``."""
+        spectral_pool = self._spectral_layer(stride, at_unit_stride=pool_at_unit_stride)
+        layers = [block(self.inplanes, planes, self._conv_stride(stride), spectral_pool, norm_layer=self._norm_layer)]
+        self.inplanes = planes
+        for _ in range(1, blocks):
+            layers.append(block(self.inplanes, planes, norm_layer=self._norm_layer))
+        return nn.Sequential(*layers)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         if zero_init_residual:
@@ -352,9 +388,10 @@ class SpectralResNet(nn.Module):
         if self.stem_pool is not None:
             x = self.stem_pool(x)
         features["stem"] = x
-        for index in range(1, 5):
-            x = getattr(self, f"layer{index}")(x)
-            features[f"layer{index}"] = x
+        x = features["layer1"] = self.layer1(x)
+        x = features["layer2"] = self.layer2(x)
+        x = features["layer3"] = self.layer3(x)
+        x = features["layer4"] = self.layer4(x)
         x = self.final_act(x)
         if self.head_pool is not None:
             x = self.head_pool(x)
@@ -427,7 +464,7 @@ def build_model(
         smoothness=smoothness, shared_stride=shared_stride, lower_limit=lower_limit, upper_limit=upper_limit
     )
     layers = VARIANTS[variant]
-    model = SpectralResNet(
+    return SpectralResNet(
         strides,
         num_classes,
         pool_layer=None if layers.pool is None else _bind(layers.pool, spectral_transform, diffstride_options),
@@ -438,9 +475,8 @@ def build_model(
         in_channels=in_channels,
         width=width,
         zero_init_residual=zero_init_residual,
+        variant=variant,
     )
-    model.variant = variant
-    return model
 
 
 def build_from_card(card: Mapping[str, Any]) -> SpectralResNet:

@@ -61,25 +61,11 @@ __all__ = [
     "default_class_names",
     "embed_card",
     "is_finished",
-    "layer_name",
     "read_onnx_card",
 ]
 
 #: The ONNX metadata key that holds the card (JSON text).
 CARD_KEY = "card"
-#: What a block's spectral layer was called in cards exported before it became
-#: ``spectral_pool`` (``layer2.0.downsample``); ``hybrid_model.resnet`` renames the same
-#: checkpoint keys on load (its ``_LEGACY_NAME``).
-_LEGACY_LAYER_SUFFIX, _LAYER_SUFFIX = ".downsample", ".spectral_pool"
-
-
-def layer_name(recorded: str) -> str:
-    """The current module name of a layer a card names (its ``layers`` rows, its
-    ``learned_strides`` and ``history`` keys): ``layer2.0.downsample`` from cards written
-    before the rename is ``layer2.0.spectral_pool``; other names are returned unchanged."""
-    if recorded.endswith(_LEGACY_LAYER_SUFFIX):
-        return recorded[: -len(_LEGACY_LAYER_SUFFIX)] + _LAYER_SUFFIX
-    return recorded
 
 
 class CardError(ValueError):
@@ -262,22 +248,13 @@ class RunCard:
 
     def downsampling_layers(self) -> list[dict[str, Any]]:
         """An exported card's ``layers`` rows (one per downsampling layer: ``name``, ``stage``,
-        ``kind``, ``stride``, sizes, ``crop``), named as the current model names its modules.
+        ``kind``, ``stride``, sizes, ``crop``), named as ``model.named_modules()`` names the
+        layers (``stem_pool``, ``layerN.0.spectral_pool``, ``head_pool``).
 
-        Cards exported before the rename call a block's spectral layer ``layerN.0.downsample``;
-        here it is ``layerN.0.spectral_pool``, as in ``model.named_modules()`` (see
-        :func:`layer_name`). The stored ``layers`` stay as written (a card round-trips byte
-        for byte). Rows that are not JSON objects are skipped; empty for a card without ``layers``.
+        Copies: the stored ``layers`` stay as written. Rows that are not JSON objects are
+        skipped; empty for a card without ``layers``.
         """
-        rows = []
-        for row in self.layers or []:
-            if not isinstance(row, Mapping):
-                continue
-            row = copy.deepcopy(dict(row))
-            if isinstance(row.get("name"), str):
-                row["name"] = layer_name(row["name"])
-            rows.append(row)
-        return rows
+        return [copy.deepcopy(dict(row)) for row in self.layers or [] if isinstance(row, Mapping)]
 
     def crops(self) -> dict[str, list[dict[str, Any]]]:
         """``{layer: [height crop, width crop]}`` from :meth:`downsampling_layers` (each

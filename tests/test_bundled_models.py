@@ -25,6 +25,22 @@ def test_every_bundled_model_is_valid(registry):
     assert set(registry.names()) == VARIANTS
 
 
+def test_bundled_cards_name_the_layers_as_the_model_does(registry):
+    """The registry loads all five with the current layer name, ``layerN.0.spectral_pool``
+    (no rename map: the old name ``downsample`` appears in no card)."""
+    import hybrid_model
+
+    for entry in registry.entries:
+        card = entry.card
+        assert "downsample" not in card.to_json(), entry.name
+        modules = dict(hybrid_model.build_from_card(card.to_dict()).named_modules())
+        named = [row["name"] for row in card.downsampling_layers()] + list(card.learned_strides or {})
+        assert all(name in modules for name in named), entry.name
+        # what downsamples in a stage's first block: resnet18's strided convolutions, else its spectral layer
+        in_blocks = {name.split(".", 2)[2] for name in named if name.startswith("layer")}
+        assert in_blocks == ({"conv1", "shortcut.0"} if entry.variant == "resnet18" else {"spectral_pool"}), entry.name
+
+
 def test_cards_carry_their_measured_accuracy_and_data(registry):
     for entry in registry.entries:
         card = entry.card.to_dict()

@@ -17,7 +17,6 @@ from serving.cards import (
     default_class_names,
     embed_card,
     is_finished,
-    layer_name,
     read_onnx_card,
 )
 from serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD
@@ -63,8 +62,8 @@ def test_every_bundled_card_round_trips_byte_for_byte(path):
 
 @pytest.mark.parametrize("path", BUNDLED, ids=[p.name for p in BUNDLED])
 def test_bundled_layer_rows_name_the_models_modules(path):
-    """Cards exported before the rename (``layerN.0.downsample``) read with the module names
-    of the model they describe, rebuilt from the card by the current code."""
+    """The bundled cards name their layers as the model they describe, rebuilt from the card
+    by the current code, names its modules (``layerN.0.spectral_pool``; no rename map)."""
     from hybrid_model import build_from_card, describe_downsampling
 
     card = read_onnx_card(path)
@@ -79,20 +78,27 @@ def test_bundled_layer_rows_name_the_models_modules(path):
     from training.report import stride_figure
 
     labels = {trace.name.rsplit(" ", 1)[0] for trace in stride_figure(card).data}
-    assert labels == set(map(layer_name, card.learned_strides or {}))
+    assert labels == set(card.learned_strides or {})
     assert labels <= set(modules) and (labels != set()) == (card.variant not in ("resnet18", "spectral"))
 
 
-def test_legacy_layer_names_are_read_as_the_current_ones_and_kept_as_written():
+@pytest.mark.parametrize("path", BUNDLED, ids=[p.name for p in BUNDLED])
+def test_bundled_cards_use_the_current_layer_name_only(path):
+    """The block's spectral layer is ``layerN.0.spectral_pool`` everywhere a bundled card names
+    it (layers, learned strides, transforms, history): the old name ``downsample`` is gone."""
+    raw = _raw_card(path)
+    text = json.dumps(raw)
+    assert "downsample" not in text
+    assert ("spectral_pool" in text) == (raw["variant"] != "resnet18")
+
+
+def test_layer_rows_are_returned_as_written():
     rows = [{"name": "stem_pool", "stage": "stem", "crop": [{"kept": 32}, {"kept": 17}]},
-            {"name": "layer2.0.downsample", "stage": "layer2", "crop": [{"kept": 28}, {"kept": 15}]},
+            {"name": "layer2.0.spectral_pool", "stage": "layer2", "crop": [{"kept": 28}, {"kept": 15}]},
             {"name": "layer3.0.spectral_pool", "stage": "layer3"}, "not a row"]
     card = RunCard.from_dict({**LEGACY, "format": 1, "layers": rows})
-    assert [row["name"] for row in card.downsampling_layers()] == ["stem_pool", "layer2.0.spectral_pool",
-                                                                   "layer3.0.spectral_pool"]
+    assert card.downsampling_layers() == rows[:3]
     assert list(card.crops()) == ["stem_pool", "layer2.0.spectral_pool"]
-    assert layer_name("layer4.0.downsample") == "layer4.0.spectral_pool" == layer_name("layer4.0.spectral_pool")
-    assert layer_name("stem_pool") == "stem_pool"
     card.downsampling_layers()[1]["stage"] = "changed"  # a copy: the card is not touched
     assert card.to_dict()["layers"] == rows
 

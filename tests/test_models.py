@@ -1,5 +1,5 @@
 """The ResNet-18 variants: placement of the layers, every stride tuple, training steps, errors,
-the injected layers, the stride validator, and loading checkpoints from before the rename."""
+the injected layers, the stride validator, and the block layer's one name (``spectral_pool``)."""
 from functools import partial
 
 import pytest
@@ -17,7 +17,6 @@ from hybrid_model import (
     learned_strides,
     parse_strides,
     stride_parameters,
-    upgrade_state_dict,
     validate_strides,
 )
 from hybrid_model.resnet import BasicBlock, PreActBlock
@@ -252,43 +251,46 @@ def test_bad_strides(call, message):
         call()
 
 
-# --- checkpoints from before the block's layer was named spectral_pool ----------------------
+# --- the block's layer has one name, spectral_pool (the rename maps are gone) ---------------
 def _old_style(state: dict) -> dict:
     """``state`` as checkpoints wrote it when the block's spectral layer was ``downsample``."""
     return {k.replace(".spectral_pool.", ".downsample."): v for k, v in state.items()}
 
 
 @pytest.mark.parametrize("variant, block", [("hybrid", "post"), ("spectral", "post"), ("diffstride2", "pre")])
-def test_old_checkpoints_still_load(variant, block):
+def test_state_dicts_round_trip_under_the_current_names_only(variant, block):
     torch.manual_seed(0)
     trained = build_model(variant, (1, 1, 2, 3, 2), block=block).eval()
     with torch.no_grad():
         for parameter in stride_parameters(trained):
             parameter.add_(0.3)  # learned strides differ from the fresh model's
-    old = _old_style(trained.state_dict())
-    if variant != "spectral":  # fixed pooling has no state
-        assert "layer2.0.downsample.stride" in old and "layer2.0.spectral_pool.stride" not in old
-    upgraded, current = upgrade_state_dict(old), trained.state_dict()
-    assert list(upgraded) == list(current) and all(torch.equal(upgraded[k], current[k]) for k in current)
+    state = trained.state_dict()
+    assert not any(".downsample." in key for key in state)
     torch.manual_seed(1)
     fresh = build_model(variant, (1, 1, 2, 3, 2), block=block).eval()
-    result = fresh.load_state_dict(old, strict=True)
+    result = fresh.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert learned_strides(fresh) == learned_strides(trained)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), trained(x), rtol=0, atol=0)
-    # A wrapper's prefix (e.g. torch.compile's ``_orig_mod.``) is honoured too.
-    wrapped = torch.nn.Sequential(build_model(variant, (1, 1, 2, 3, 2), block=block))
-    wrapped.load_state_dict({f"0.{k}": v for k, v in old.items()})
-    assert learned_strides(wrapped[0]) == learned_strides(trained)
+    old = _old_style(state)
+    if variant != "spectral":  # fixed pooling has no state: nothing to rename
+        assert "layer2.0.downsample.stride" in old
+        # The old name is not read any more: such a checkpoint fails as any foreign key does.
+        with pytest.raises(RuntimeError, match="Unexpected key.*downsample"):
+            build_model(variant, (1, 1, 2, 3, 2), block=block).load_state_dict(old)
 
 
-def test_new_keys_and_bad_old_keys_are_not_renamed():
+def test_the_rename_maps_are_gone():
+    import hybrid_model
+    import serving.cards
+    from hybrid_model import resnet
+
+    for module in (hybrid_model, resnet, serving.cards):
+        assert not hasattr(module, "upgrade_state_dict") and not hasattr(module, "layer_name")
+        assert not any("LEGACY_NAME" in name or "LEGACY_LAYER" in name for name in vars(module))
     model = build_model("diffstride")
     state = model.state_dict()
-    upgraded = upgrade_state_dict(state)
-    assert list(upgraded) == list(state) and all(upgraded[k] is state[k] for k in state)
-    # A key that is not a block's old layer name still fails as before.
     with pytest.raises(RuntimeError, match="Unexpected key"):
         model.load_state_dict({**state, "layer2.1.downsample.stride": torch.ones(2)})

@@ -34,11 +34,11 @@ from serving.files import atomic_write, atomic_write_bytes, atomic_write_json
 __all__ = [
     "CheckpointError",
     "RunPaths",
-    "build_from_card",
     "code_version",
     "fresh_checkpoint",
     "load_card",
     "load_checkpoint",
+    "load_model",
     "make_card",
     "resolve_pair",
     "save_checkpoint",
@@ -239,13 +239,34 @@ def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor]) -> st
     return "; ".join(parts)
 
 
-def build_from_card(card: RunCard, where: str = "card") -> nn.Module:
-    """``hybrid_model.build_from_card`` (variant, strides, num_classes, options), with a
-    :class:`CheckpointError` naming ``where`` when the card describes no buildable model."""
+def _build(card: RunCard, where: str) -> nn.Module:
+    """``hybrid_model.build_from_card``, a :class:`CheckpointError` naming ``where`` if it fails."""
     try:
         return hybrid_model.build_from_card(card.to_dict())
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{where}: cannot build the model described by the card ({error})") from None
+
+
+def _load_weights(model: nn.Module, card: RunCard, state: Mapping[str, torch.Tensor], where: str) -> nn.Module:
+    """``model`` with ``state`` loaded strictly, a :class:`CheckpointError` naming ``where`` if it does not fit."""
+    mismatch = _mismatch_message(model, state)
+    if mismatch:
+        raise CheckpointError(
+            f"{where}: weights do not match the card's model "
+            f"(variant {card.variant!r}, num_classes {card.num_classes}): {mismatch}"
+        )
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_model(card: RunCard, state: Mapping[str, torch.Tensor], where: str = "card") -> nn.Module:
+    """The model ``card`` describes (``hybrid_model.build_from_card``) with the weights
+    ``state`` loaded (strictly; left in train mode on the CPU).
+
+    Raises :class:`CheckpointError` naming ``where`` when the card describes no buildable
+    model or the weights do not fit it (one line: what is missing, unexpected or misshapen).
+    """
+    return _load_weights(_build(card, where), card, state, where)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, RunCard]:
@@ -258,15 +279,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """
     weights, card_path = resolve_pair(path)
     card = load_card(card_path)
-    model = build_from_card(card, str(card_path))
-    state = hybrid_model.upgrade_state_dict(_read_state_dict(weights))  # keys from before the block-layer rename
-    mismatch = _mismatch_message(model, state)
-    if mismatch:
-        raise CheckpointError(
-            f"{weights}: weights do not match the card's model "
-            f"(variant {card.variant!r}, num_classes {card.num_classes}): {mismatch}"
-        )
-    model.load_state_dict(state, strict=True)
+    model = _build(card, str(card_path))
+    model = _load_weights(model, card, _read_state_dict(weights), str(weights))
     return model.to(device).eval(), card
 
 

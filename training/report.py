@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.cards import RunCard, layer_name
+from serving.cards import RunCard
 from serving.files import atomic_write_text
 
 if TYPE_CHECKING:  # plotly is imported where a figure is drawn (tables need no plotly)
@@ -245,7 +245,7 @@ def stride_figure(card: RunCard, title: str | None = None) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=epochs, y=[h["strides"][layer][axis] for h in history if layer in h["strides"]],
                 mode="lines+markers" if len(epochs) < 30 else "lines",
-                name=f"{layer_name(layer)} {'s_h' if axis == 0 else 's_w'}",
+                name=f"{layer} {'s_h' if axis == 0 else 's_w'}",
                 legendgroup=layer, line={"color": palette[index % len(palette)], "dash": dash},
             ))
     if not layers:
