@@ -25,7 +25,7 @@ NARROW_PX = 768  # below this the columns stack (phones): see SCROLL_TO_RESULTS_
 CSS = """
 #dash-title h1 {margin-bottom: 0.1em}
 #model-view img {image-rendering: pixelated}
-#probe-strip img {image-rendering: pixelated; object-fit: contain}
+#probe-strip img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain}
 #input-image img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain}
 .dash-note {font-size: 0.9em; color: var(--body-text-color-subdued)}
 /* Example thumbnails: CIFAR images are 32x32, show them crisp and small */
@@ -435,7 +435,7 @@ class RobustnessTab:
                                  info="Shifts move the image down and right by 0–8 px; filters keep frequencies "
                                       "by radius; corruptions go from clean to severity 5.")
             strip = gr.Image(label="The steps, as the models see them", format="png", interactive=False,
-                             elem_id="probe-strip", buttons=["download"])
+                             height=150, elem_id="probe-strip", buttons=["download"])
             probe_plot = gr.Plot(label="Confidence per step", elem_id="probe-plot")
             with gr.Accordion("Top class per step", open=False):
                 probe_table = gr.Dataframe(headers=PROBE_HEADERS, interactive=False, wrap=True,

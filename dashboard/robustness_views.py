@@ -20,15 +20,16 @@ __all__ = ["SUMMARY_HEADERS", "MEAN_OF_ALL", "summary_table", "shift_figure", "f
 
 MEAN_OF_ALL = "mean of all corruptions"
 PROBE_HEADERS = ["model", "step", "top class", "confidence", "p(original class)"]
-HEIGHT = 330
+HEIGHT = 380
 
 
 def _layout(title: str, x_title: str, **extra: Any) -> dict:
     return {
         "title": {"text": title, "font": {"size": 14}}, "font": FONT, "height": HEIGHT,
-        "margin": {"l": 55, "r": 10, "t": 40, "b": 45},
-        "xaxis": {"title": {"text": x_title}}, "yaxis": {"title": {"text": "accuracy (%)"}},
-        "legend": {"orientation": "h", "y": -0.25}, **extra,
+        # The legend sits below the x-axis title (not on it): a taller bottom margin holds both.
+        "margin": {"l": 55, "r": 10, "t": 40, "b": 110},
+        "xaxis": {"title": {"text": x_title, "standoff": 4}}, "yaxis": {"title": {"text": "accuracy (%)"}},
+        "legend": {"orientation": "h", "y": -0.28, "yanchor": "top"}, **extra,
     }
 
 
@@ -96,9 +97,7 @@ def frequency_figure(document: dict | None, names: Sequence[str]) -> Any:
             rows = document["models"][name]["frequency"][kind]
             trace = _trace(f"{name} {kind}-pass", k, [r[0] for r in rows], [Count.from_list(r[1:]) for r in rows], dash)
             data.append(trace)
-    layout = _layout("Accuracy vs filter radius (solid: low-pass keeps r ≤ radius; dotted: high-pass keeps r > radius)",
-                     "radius (frequency bins)")
-    layout["title"]["font"]["size"] = 12
+    layout = _layout("Accuracy vs filter radius", "radius (bins): low-pass keeps r ≤ it, high-pass r > it")
     return plot_data({"data": data, "layout": layout})
 
 
