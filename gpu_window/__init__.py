@@ -9,6 +9,7 @@ prepared here before it and ingested here after it (``python -m exports.ingest``
 * ``runs`` - the smoke, the training processes, int8 compression and its accuracy
 * ``bench`` - time-boxed benchmark subprocesses (the profiler step, ``extra``'s benchmarks)
 * ``probe`` - which protocol setting costs accuracy, and the verdict ``models --args-from`` reads
+* ``prestudy`` - ``python -m gpu_window.prestudy``: the probe's settings ranked on the CPU first
 * ``__main__`` - the modes and their command line
 
 It stands on ``training``, ``exports``, ``benchmarks`` (the smoke's step timer) and

@@ -1,12 +1,12 @@
-"""benchmarks.protocol_prestudy: the CPU ranking of training settings, end to end at toy sizes."""
+"""gpu_window.prestudy: the CPU ranking of training settings, end to end at toy sizes."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from benchmarks import protocol_prestudy
 from exports.parity import DEFAULT_DATA_DIR as DATA
+from gpu_window import prestudy as protocol_prestudy
 
 needs_data = pytest.mark.skipif(not (DATA / "cifar10_test_jpeg.npz").is_file(),
                                 reason="needs the CIFAR-10 copy in ../shared/data")

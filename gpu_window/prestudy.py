@@ -1,4 +1,4 @@
-"""A CPU pre-study of training settings: ``python -m benchmarks.protocol_prestudy``.
+"""A CPU pre-study of training settings: ``python -m gpu_window.prestudy``.
 
 Issue 20 asks for a ranking of protocol candidates *before* GPU time is spent on them. This
 trains ``resnet18`` (or ``--variant``) at a reduced width on a subset of CIFAR-10 under the
@@ -12,7 +12,7 @@ make a run take minutes on a 2-core CPU; how far such a ranking carries to the f
 runs is what ``benchmarks/RESULTS.md`` ("Protocol pre-study on the CPU") compares with the
 GPU probe of the second window.
 
-    python -m benchmarks.protocol_prestudy --width 16 --limit-train 5000 --limit-test 1000 --epochs 10 \\
+    python -m gpu_window.prestudy --width 16 --limit-train 5000 --limit-test 1000 --epochs 10 \\
         --batch-size 128 --seeds 0 1 --markdown OUT.md
 """
 from __future__ import annotations
@@ -27,8 +27,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import emit_report
-from .gpu_window import PROTOCOL, WindowError, parse_probe_point, probe_name
+from benchmarks import emit_report
+
+from .plan import PROTOCOL
+from .probe import parse_probe_point, probe_name
+from .record import WindowError
 
 #: Window 2's probe settings that matter for v2 (lr, clip, the two levers), as changes of v2.
 DEFAULT_POINTS = ("resnet18", "resnet18:lr=0.2,grad-clip=1", "resnet18:zero-init-residual=true,no-decay-norm-bias=true",
@@ -76,7 +79,7 @@ def table(rows: list[dict], points: Sequence[str], seeds: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.protocol_prestudy", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gpu_window.prestudy", description=__doc__.split("\n\n")[0])
     p.add_argument("--points", nargs="+", default=list(DEFAULT_POINTS), help="VARIANT[:FLAG=VALUE,...] each")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--width", type=int, default=16)
