@@ -377,7 +377,7 @@ class Handlers:
                    corruption: str | None = None) -> tuple[str, list[list[str]], Any, Any, Any]:
         """The measured figures of the chosen models (all by default): a note on what was
         measured, the summary table, accuracy vs shift, vs filter radius and vs severity of
-        ``corruption`` (default: the mean of all corruptions)."""
+        the chosen corruption (default: the mean of all corruptions)."""
         names = self._robustness_names(models)
         document = self.service.robustness()
         return (
@@ -391,7 +391,7 @@ class Handlers:
     @user_errors
     def robustness_probe(self, image: str | None, models: Sequence[str] | str | None = None,
                          family: str = "shift (circular)") -> tuple[Any, Any, list[list[str]]]:
-        """One image transformed step by step (``family``: a shift, a filter or a corruption):
+        """One image transformed step by step (a shift, a filter or a corruption):
         the steps as one picture, each model's confidence per step, and a table of top classes."""
         if image is None:
             raise UserError("Upload an image (or pick an example) to probe it.")
