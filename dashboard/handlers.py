@@ -125,7 +125,7 @@ class Handlers:
             ("bar", analysis.digest, analysis.model_name),
             lambda: figures.plot_data(figures.topk_figure(analysis.topk[:TOP_K])),
         )
-        view = np.asarray(analysis.prediction.model_input, dtype=np.uint8)
+        view = np.asarray(analysis.summary.model_input, dtype=np.uint8)
         view = view.repeat(VIEW_SCALE, axis=0).repeat(VIEW_SCALE, axis=1)
         return bar, view, self._summary(analysis)
 
@@ -149,7 +149,7 @@ class Handlers:
             f"Model `{analysis.model_name}` ({card.variant or '?'}): {card.dataset or '?'} test accuracy "
             f"{_percent(card.test_acc)}; trained {budget(card)}"
         )
-        lines.append(f"Model run time for this image: {float(analysis.prediction.latency_ms):.1f} ms (ONNX Runtime, CPU)")
+        lines.append(f"Model run time for this image: {float(analysis.summary.latency_ms):.1f} ms (ONNX Runtime, CPU)")
         lines.append("Model input: the image as the model sees it, 32×32 (centre crop, resized), shown enlarged ×8.")
         return "\n\n".join(lines)
 
@@ -258,7 +258,7 @@ class Handlers:
                 "topk": [[c, round(p, 6)] for c, p in analysis.topk[:TOP_K]],
                 # one run of this image (the first time this model saw it): not a benchmark,
                 # so the page does not show it; see benchmarks/ for measured latencies
-                "latency_ms": round(float(analysis.prediction.latency_ms), 3),
+                "latency_ms": round(float(analysis.summary.latency_ms), 3),
                 "flops": cost.get("flops"), "params": cost.get("params"),
                 "test_acc": card.test_acc, "training": budget(card),
                 "strides": {s: list(v) for s, v in per_stage.items()}, "resolution": resolution,

@@ -153,19 +153,19 @@ class Analysis:
 
     model_name: str
     digest: str
-    prediction: Summary
+    summary: Summary  # what is kept of the forward pass (not the serving Prediction)
     shapes: dict[str, tuple[int, ...]]
 
     @property
     def topk(self) -> list[tuple[str, float]]:
-        return [(str(c), float(p)) for c, p in self.prediction.top_k]
+        return [(str(c), float(p)) for c, p in self.summary.top_k]
 
     def map_shapes(self) -> dict[str, tuple[int, ...]]:
         """``{"input": (3, H, W), stage: (C, h, w), ...}``."""
         return dict(self.shapes)
 
     def cache_bytes(self) -> int:
-        return 300 + len(self.model_name) + len(self.digest) + self.prediction.cache_bytes() + 120 * len(self.shapes)
+        return 300 + len(self.model_name) + len(self.digest) + self.summary.cache_bytes() + 120 * len(self.shapes)
 
 
 def too_large_message(size: int | None) -> str:
@@ -373,7 +373,7 @@ class DashboardService:
         passes, else by running the model again on the cached 32x32 input."""
 
         def rerun() -> dict[str, np.ndarray]:
-            return self.model(analysis.model_name).predict_pixels(analysis.prediction.model_input).features
+            return self.model(analysis.model_name).predict_pixels(analysis.summary.model_input).features
 
         return self._features.get_or_compute((analysis.digest, analysis.model_name), rerun)
 
@@ -381,7 +381,7 @@ class DashboardService:
         """Centred log-magnitude spectrum of the input image and of every stage's output."""
 
         def compute() -> dict[str, np.ndarray]:
-            image = analysis.prediction.model_input.astype(np.float32).transpose(2, 0, 1) / 255.0
+            image = analysis.summary.model_input.astype(np.float32).transpose(2, 0, 1) / 255.0
             spectra = {"input": log_spectrum(image)}
             for stage, fmap in self.feature_maps(analysis).items():
                 spectra[stage] = log_spectrum(fmap)
