@@ -43,7 +43,7 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from dashboard import CSS, DashboardService, build_demo, errors, gradio_fixes  # noqa: E402
-from dashboard.layout import ASSETS_DIR  # noqa: E402
+from dashboard.layout import EXAMPLES_DIR  # noqa: E402
 from dashboard.service import DATA_URL_FOLDER, DEFAULT_CACHE_MB, MAX_UPLOAD_BYTES, too_large_message  # noqa: E402
 from serving.paths import BUNDLED_MODELS_DIR  # noqa: E402
 
@@ -279,7 +279,7 @@ def _launch(demo: gr.Blocks, args: argparse.Namespace) -> None:
         max_file_size=MAX_FILE_SIZE,
         # every request body limited as it streams in; the upload route's 413 in the app's sentence
         app_kwargs={"middleware": [request_limits()]},
-        allowed_paths=[str(ASSETS_DIR)],
+        allowed_paths=[str(EXAMPLES_DIR)],
         show_error=True,
         css=CSS,
         theme=gr.themes.Soft(),

@@ -39,7 +39,7 @@ from PIL import Image
 # Computed here, not imported from serving.paths: run as a script, this file puts the project
 # on sys.path before it can import anything of it.
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "tests" / "assets"
+ASSETS = ROOT / "dashboard" / "examples"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -48,7 +48,7 @@ from serving.files import atomic_write_text  # noqa: E402
 
 def distinct_images(folder: Path, count: int) -> list[Path]:
     """``count`` distinct PNGs in ``folder`` made from the real CIFAR-10 images in
-    ``tests/assets``: each shifted (by one more row every second round) and every other round
+    ``dashboard/examples``: each shifted (by one more row every second round) and every other round
     flipped, so none shares the dashboard's (image content, model) cache key with another or
     with an original example."""
     sources = sorted(ASSETS.glob("*.png"))

@@ -220,7 +220,7 @@ class Soak:
 
 
 def bad_files() -> dict[str, bytes]:
-    png = (ROOT / "tests" / "assets").glob("*.png").__next__().read_bytes()
+    png = (ROOT / "dashboard" / "examples").glob("*.png").__next__().read_bytes()
     return {"notes.txt": b"this is not an image\n" * 20, "truncated.png": png[: len(png) // 2],
             "empty.png": b"", "fake.jpg": b"%PDF-1.4\n" + b"0" * 2000}
 

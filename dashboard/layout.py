@@ -17,9 +17,10 @@ from .robustness_views import MEAN_OF_ALL, PROBE_HEADERS, SUMMARY_HEADERS
 from .service import DashboardService
 from .training_views import OVERVIEW_HEADERS, budget
 
-__all__ = ["build_demo", "ASSETS_DIR", "example_images", "CSS"]
+__all__ = ["build_demo", "EXAMPLES_DIR", "example_images", "CSS"]
 
-ASSETS_DIR = REPO_ROOT / "tests" / "assets"
+#: The example images the page offers (30 real CIFAR-10 test images, ``<index>_<label>.png``).
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 NARROW_PX = 768  # below this the columns stack (phones): see SCROLL_TO_RESULTS_JS
 
 CSS = """
@@ -74,7 +75,7 @@ SPECTRA_HELP = (
 )
 
 
-def example_images(folder: Path = ASSETS_DIR) -> list[Path]:
+def example_images(folder: Path = EXAMPLES_DIR) -> list[Path]:
     return sorted(folder.glob("*.png")) if folder.is_dir() else []
 
 

@@ -1,7 +1,7 @@
 """Screenshots of every dashboard tab with a real Chromium (Playwright), for the docs.
 
     python -m dashboard.screenshots --url http://127.0.0.1:7860/ --out docs/screenshots \
-        [--image tests/assets/0001_ship.png] [--model hybrid] [--chromium /usr/bin/chromium] [--phone]
+        [--image dashboard/examples/0001_ship.png] [--model hybrid] [--chromium /usr/bin/chromium] [--phone]
 
 Uploads one image, waits for the prediction, then captures the Classify, Spectra (with
 feature maps), Compare and Training tabs as ``<tab>.png`` (1440x900), and with ``--phone``
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:7860/")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "screenshots")
-    parser.add_argument("--image", type=Path, default=REPO_ROOT / "tests" / "assets" / "0001_ship.png")
+    parser.add_argument("--image", type=Path, default=REPO_ROOT / "dashboard" / "examples" / "0001_ship.png")
     parser.add_argument("--model", default=None, help="model to show (default: the dashboard's default)")
     parser.add_argument("--chromium", default=None)
     parser.add_argument("--width", type=int, default=1440)

@@ -14,7 +14,7 @@
   (a ready folder of exported models) for the dashboard tests.
 * ``app_server`` (session): ``python app.py --port P --models-dir <models_dir>`` as a
   subprocess on a free port, up once the page is served; ``run_app`` starts another.
-* ``cifar_images``: the PNGs in ``tests/assets`` (bit-exact CIFAR-10 test images, label in
+* ``cifar_images``: the PNGs in ``dashboard/examples`` (bit-exact CIFAR-10 test images, label in
   the file name).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "dashboard" / "examples"  # the app's examples
 ARTIFACTS = ROOT / "artifacts"
 #: hybrid_model.PAPER_VARIANTS (conftest stays torch-free; tests/test_models.py checks they agree)
 VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")

@@ -19,7 +19,18 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import DEFAULT_MODEL, ROOT, TEST_ACC, VARIANTS, data_url, files_in, raw_call, reference_prediction, top1
+from conftest import (
+    ASSETS,
+    DEFAULT_MODEL,
+    ROOT,
+    TEST_ACC,
+    VARIANTS,
+    data_url,
+    files_in,
+    raw_call,
+    reference_prediction,
+    top1,
+)
 from serving.cifar import CIFAR10_CLASSES
 
 pytestmark = pytest.mark.timeout(600)
@@ -64,7 +75,7 @@ def write_image(path: Path, image: Image.Image, **save) -> Path:
 
 
 def cifar_array(index: int = 1) -> np.ndarray:
-    return np.asarray(Image.open(sorted((Path(__file__).parent / "assets").glob("*.png"))[index]).convert("RGB"))
+    return np.asarray(Image.open(sorted(ASSETS.glob("*.png"))[index]).convert("RGB"))
 
 
 # --------------------------------------------------------------------------------------
@@ -670,7 +681,7 @@ def test_shutdown_deletes_the_uploads(guarded, cifar_images, tmp_path: Path):
     assert files_in(uploads / "dashboard_uploads")
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=60) == 0, server.log()[-2000:]
-    examples = {hashlib.sha256(p.read_bytes()).digest() for p in (ROOT / "tests" / "assets").glob("*.png")}
+    examples = {hashlib.sha256(p.read_bytes()).digest() for p in ASSETS.glob("*.png")}
     left = [f for f in files_in(uploads) if hashlib.sha256(f.read_bytes()).digest() not in examples]
     assert not left, f"uploads left after shutdown: {left[:5]}"
     assert "Traceback" not in server.log()

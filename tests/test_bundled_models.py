@@ -73,7 +73,7 @@ def test_int8_models_passed_the_accuracy_gate(registry):
 
 def test_bundled_models_classify_a_real_cifar_image(registry):
     """Each model's answer is its own argmax, computed without the serving code."""
-    image = sorted((Path(__file__).parent / "assets").glob("*.png"))[0]
+    image = sorted((Path(__file__).resolve().parents[1] / "dashboard" / "examples").glob("*.png"))[0]
     for entry in registry.entries:
         prediction = registry.get(entry.name).predict(str(image))
         expected = reference_prediction(MODELS / entry.file, image)

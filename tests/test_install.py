@@ -131,7 +131,7 @@ def test_serving_path_imports_only_what_requirements_txt_installs():
     training_only = (dependency_closure(TRAIN) - allowed) | TRAINING_ONLY
     blocked = _top_level_modules(training_only) | TRAINING_ONLY
     assert {"torch", "torchvision", "safetensors"} <= blocked
-    image = sorted((REPO / "tests" / "assets").glob("*.png"))[0]
+    image = sorted((REPO / "dashboard" / "examples").glob("*.png"))[0]
     done = subprocess.run(
         [sys.executable, "-c", SERVE_SCRIPT, json.dumps(sorted(blocked)), str(REPO / "exports" / "models"), str(image)],
         cwd=REPO, capture_output=True, text=True, timeout=200,

@@ -112,7 +112,7 @@ def test_registry_serves_the_int8_twin_and_keeps_the_float_one(int8_hybrid):
     assert registry.entry("hybrid").precision == "int8" and registry.entry("hybrid").file == "hybrid.int8.onnx"
     assert registry.entry("hybrid-fp32").file == "hybrid.onnx"
     assert registry.default_name() == "hybrid"
-    image = sorted((REPO / "tests" / "assets").glob("*.png"))[0]
+    image = sorted((REPO / "dashboard" / "examples").glob("*.png"))[0]
     a, b = registry.get("hybrid").predict(str(image)), registry.get("hybrid-fp32").predict(str(image))
     assert abs(float(a.probs.sum()) - 1) < 1e-4 and set(a.features) == set(b.features)
 

@@ -77,4 +77,4 @@ def test_without_a_robustness_file_the_tab_says_how_to_make_one(models_dir: Path
     with pytest.raises(gr.Error, match="Unknown model 'nope'"):  # callers that bypass the page's choices
         handlers.robustness(["nope"])
     with pytest.raises(gr.Error, match="Unknown transform 'rain'"):
-        handlers.robustness_probe(str(next((Path(__file__).parent / "assets").glob("*.png"))), ["resnet18"], "rain")
+        handlers.robustness_probe(str(next((Path(__file__).resolve().parents[1] / "dashboard" / "examples").glob("*.png"))), ["resnet18"], "rain")

@@ -205,7 +205,7 @@ def bundled_resnet18() -> OnnxModel:
 
 
 def test_predict_pixels_of_prepare_is_predict(bundled_resnet18):
-    image = next((REPO / "tests" / "assets").glob("*.png"))
+    image = next((REPO / "dashboard" / "examples").glob("*.png"))
     seen = bundled_resnet18.prepare(str(image))
     assert seen.shape == (32, 32, 3) and seen.dtype == np.uint8
     whole, split = bundled_resnet18.predict(str(image)), bundled_resnet18.predict_pixels(seen)
