@@ -346,11 +346,7 @@ class Handlers:
         the reproduction table and the per-model overview, all from the model cards."""
         from . import training_views
 
-        if isinstance(models, str):
-            models = [models]
-        names = [m for m in (self.service.names() if models is None else models) if m]
-        if not self.service.names():
-            raise UserError(self.service.no_models_message())
+        names = self._chosen_names(models)
         cards = {n: self.service.card(n) for n in names}
         stride_name = stride_model or self.service.default_name()
         return (
@@ -361,7 +357,8 @@ class Handlers:
         )
 
     # ------------------------------------------------------------------ robustness
-    def _robustness_names(self, models: Sequence[str] | str | None) -> list[str]:
+    def _chosen_names(self, models: Sequence[str] | str | None) -> list[str]:
+        """The models a tab was asked for (all by default), each known, or a clear UserError."""
         if not self.service.names():
             raise UserError(self.service.no_models_message())
         if isinstance(models, str):
@@ -378,7 +375,7 @@ class Handlers:
         """The measured figures of the chosen models (all by default): a note on what was
         measured, the summary table, accuracy vs shift, vs filter radius and vs severity of
         the chosen corruption (default: the mean of all corruptions)."""
-        names = self._robustness_names(models)
+        names = self._chosen_names(models)
         document = self.service.robustness()
         return (
             robustness_views.measured_note(document, names),
@@ -395,7 +392,7 @@ class Handlers:
         the steps as one picture, each model's confidence per step, and a table of top classes."""
         if image is None:
             raise UserError("Upload an image (or pick an example) to probe it.")
-        names = self._robustness_names(models)
+        names = self._chosen_names(models)
         if not names:
             raise UserError("Tick at least one model to probe the image with.")
         labels, picture, results = self.service.probe(image, names, family)

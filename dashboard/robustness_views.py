@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from robustness.corruptions import SEVERITIES
 from robustness.report import SUMMARY_HEADERS, summary_rows
 from robustness.stats import Count, pooled
 
@@ -58,8 +59,8 @@ def _nothing_to_show(document: dict | None) -> Any:
 def measured_note(document: dict | None, names: Sequence[str]) -> str:
     """What the figures are and which selected models have none (e.g. retrained since)."""
     if document is None:
-        return ("No robustness figures for these models yet: run `python -m robustness` (about 30 min on a "
-                "2-core CPU for the five bundled models), then reload the page.")
+        return ("No robustness figures for these models yet: run `python -m robustness` (57 min for the five "
+                "bundled models on a busy 2-core CPU, benchmarks/RESULTS.md), then reload the page.")
     missing = [n for n in names if n not in document["models"]]
     plan = document["plan"]
     text = (f"Measured with `python -m robustness` on the {document['data']} ({plan['images']} images per shift "
@@ -110,13 +111,13 @@ def corruption_figure(document: dict | None, names: Sequence[str], corruption: s
         figures = document["models"][name]
         table = figures["corruptions"]
         if corruption == MEAN_OF_ALL:
-            counts = [pooled(Count.from_list(rows[s - 1][1:]) for rows in table.values()) for s in range(1, 6)]
+            counts = [pooled(Count.from_list(rows[k][1:]) for rows in table.values()) for k in range(len(SEVERITIES))]
         elif corruption in table:
             counts = [Count.from_list(row[1:]) for row in table[corruption]]
         else:
             return plot_data(message_figure(f"'{corruption}' was not measured.", HEIGHT))
         clean = Count.from_list(figures["clean"])
-        data.append(_trace(name, k, [0, 1, 2, 3, 4, 5], [clean, *counts]))
+        data.append(_trace(name, k, [0, *SEVERITIES], [clean, *counts]))
     return plot_data({"data": data, "layout": _layout(f"Accuracy vs severity: {corruption}", "severity (0 = clean)")})
 
 

@@ -437,9 +437,7 @@ class DashboardService:
                 raise UserError(f"Model '{model.name}' takes another input size; probe it on its own.")
 
             def classify(model: OnnxModel = model) -> list[dict]:
-                logits = model.logits(batch).astype(np.float64)
-                probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-                probs /= probs.sum(axis=1, keepdims=True)
+                probs = model.probabilities(batch)
                 first = int(probs[0].argmax())
                 return [{"top": model.class_names[int(p.argmax())], "confidence": float(p.max()),
                          "p_original": float(p[first])} for p in probs]

@@ -461,6 +461,10 @@ class OnnxModel:
             raise ValueError(f"expected images of {self.input_size[0]}x{self.input_size[1]} pixels, got {images.shape}")
         return self.session.run([LOGITS], {INPUT_NAME: batch})[0]
 
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`logits` through the softmax :meth:`predict_pixels` uses: ``(B, K)`` float32."""
+        return _softmax(self.logits(images))
+
     def preprocess(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
         """:func:`preprocess` with this model's normalisation and input size."""
         return preprocess(image, self.mean, self.std, self.input_size[0])
