@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from serving.cards import RunCard, embed_card, read_onnx_card
 from serving.cifar_data import SOURCE_NAMES, first_test_images, resolve_data_dir
-from serving.files import atomic_write_json, atomic_write_text
+from serving.files import atomic_write_json, atomic_write_text, update_marked_block
 from serving.manifest import drop_from_manifest, read_manifest, write_model
 from serving.paths import BUNDLED_MODELS_DIR, REPO_ROOT
 from serving.runtime import ModelError, normalize_uint8
@@ -345,14 +345,11 @@ def bench_markdown(windows: Sequence[dict]) -> str | None:
 
 
 def update_block(path: Path, name: str, body: str, log: Callable[[str], None] = print) -> None:
-    from training.sweep import ConfigError, replace_block
-
     try:
-        text = replace_block(path.read_text(encoding="utf-8"), name, body)
-    except (OSError, ConfigError) as error:
+        update_marked_block(path, name, body)
+    except (OSError, ValueError) as error:  # unreadable, or the markers are missing
         log(f"{path}: {error}; block {name} not updated")
         return
-    atomic_write_text(path, text)
     log(f"updated block {name} of {path}")
 
 
