@@ -40,6 +40,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
 os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
 
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from dashboard import CSS, DashboardService, build_demo, errors, gradio_fixes  # noqa: E402
@@ -134,8 +135,6 @@ def port_problem(host: str, port: int) -> str | None:
 
 def upload_folder() -> Path:
     """The folder Gradio stores uploads in (``GRADIO_TEMP_DIR`` or ``<tmp>/gradio``)."""
-    from gradio.utils import get_upload_folder
-
     return Path(get_upload_folder()).resolve()
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from serving.files import atomic_write_text
+
 
 def emit_report(report: str, markdown: Path | None) -> int:
     """Print a tool's Markdown report and, with ``--markdown``, write it (atomically): exit 0."""
-    from serving.files import atomic_write_text
-
     print(report)
     if markdown is not None:
         atomic_write_text(markdown, report)

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from gradio_client import Client, handle_file
 from PIL import Image
 
 # Computed here, not imported from serving.paths: run as a script, this file puts the project
@@ -43,7 +44,9 @@ ASSETS = ROOT / "dashboard" / "examples"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.raw_api import FILE, call, cpu_seconds, start_server, upload  # noqa: E402
 from serving.files import atomic_write_text  # noqa: E402
+from serving.registry import ModelRegistry  # noqa: E402
 
 
 def distinct_images(folder: Path, count: int) -> list[Path]:
@@ -84,8 +87,6 @@ class RawCaller:
         self.base = base
 
     def classify(self, path: Path, model: str) -> object:
-        from benchmarks.raw_api import FILE, call, upload
-
         status, server_path = upload(self.base, path.name, path.read_bytes())
         if status != 200:
             raise RuntimeError(f"upload answered HTTP {status}")
@@ -96,8 +97,6 @@ class RawCaller:
         return ref
 
     def spectra(self, ref: object, model: str) -> None:
-        from benchmarks.raw_api import call
-
         event, payload = call(self.base, "spectra", [ref, model, False, 3])
         if event != "complete":
             raise RuntimeError(f"/spectra: {event} {str(payload)[:200]}")
@@ -107,19 +106,13 @@ class GradioCaller:
     """The same through gradio_client (which uploads the file again for /spectra)."""
 
     def __init__(self, base: str) -> None:
-        from gradio_client import Client
-
         self.client = Client(base, verbose=False)
 
     def classify(self, path: Path, model: str) -> object:
-        from gradio_client import handle_file
-
         self.client.predict(handle_file(str(path)), model, api_name="/classify")
         return path
 
     def spectra(self, ref: object, model: str) -> None:
-        from gradio_client import handle_file
-
         self.client.predict(handle_file(str(ref)), model, False, 3, api_name="/spectra")
 
 
@@ -139,8 +132,6 @@ def one_caller(caller, model: str, images: list[Path], warmup: int) -> dict[str,
 
 def throughput(make_caller, model: str, images: list[Path], clients: int, pid: int | None) -> dict[str, float]:
     """``clients`` callers over ``images`` (one /classify each): calls/s and server CPU ms per call."""
-    from benchmarks.raw_api import cpu_seconds
-
     callers = [make_caller() for _ in range(clients)]
     errors: list[str] = []
     lock = threading.Lock()
@@ -166,8 +157,6 @@ def throughput(make_caller, model: str, images: list[Path], clients: int, pid: i
 
 def model_cpu_ms(models_dir: Path, model: str, images: list[Path], repeats: int = 3) -> float:
     """CPU time (all threads of this process) of one ``predict_pixels`` of ``model``, ms."""
-    from serving.registry import ModelRegistry
-
     onnx = ModelRegistry(models_dir, verify_sha256=False).get(model)
     pixels = [onnx.prepare(p) for p in images[:16]]
     onnx.predict_pixels(pixels[0])  # warm-up
@@ -192,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="the models the app serves (also timed in this process for the model CPU)")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here too")
     args = parser.parse_args(argv)
-
-    from benchmarks.raw_api import start_server
 
     with tempfile.TemporaryDirectory(prefix="app-latency-") as tmp:
         tmp = Path(tmp)
@@ -223,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, base: str, pid: int | None, tmp: Path) -> list[str]:
-    from benchmarks.raw_api import call
-
     served = call(base, "models", [])[1][0]["models"]
     names = [m["name"] for m in served]
     models = names if args.models == "all" else [m for m in args.models.split(",") if m]

@@ -41,6 +41,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
+from torch.autograd import DeviceType
 
 from hybrid_model import VARIANTS, parse_strides
 from serving.files import atomic_write_json, atomic_write_text
@@ -165,8 +166,6 @@ def _under_optimizer(event) -> bool:
 
 def _summarise(events, steps: int, wall_ms_per_step: float, use_device: bool, top: int) -> dict:
     """Rows per operator name, categories, kernels (CUDA) from a profiler's flat event list."""
-    from torch.autograd import DeviceType
-
     per_name: dict[str, dict] = {}
     kernels: dict[str, list] = defaultdict(lambda: [0, 0.0])
     device_us = attributed_us = 0.0

@@ -55,6 +55,7 @@ def lean_sessions() -> bool:
     """Install the lean ``SessionState`` (see the module docstring); ``False`` if this Gradio
     version does not have the expected structure (then nothing is changed)."""
     try:
+        # version guard: Gradio internals that may move; a missing one returns False, not an import error
         from gradio import blocks, route_utils, state_holder
     except ImportError:
         return False

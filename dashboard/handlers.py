@@ -24,7 +24,7 @@ import numpy as np
 from serving import STAGES
 from serving.cards import RunCard
 
-from . import figures, robustness_views
+from . import figures, robustness_views, training_views
 from .service import Analysis, DashboardService, UserError
 from .training_views import budget
 
@@ -344,8 +344,6 @@ class Handlers:
     ) -> tuple[Any, Any, str, list[list[Any]]]:
         """Curves of the chosen models (all by default), stride trajectories of one model,
         the reproduction table and the per-model overview, all from the model cards."""
-        from . import training_views
-
         names = self._chosen_names(models)
         cards = {n: self.service.card(n) for n in names}
         stride_name = stride_model or self.service.default_name()
@@ -371,15 +369,17 @@ class Handlers:
 
     @user_errors
     def robustness(self, models: Sequence[str] | str | None = None,
-                   corruption: str | None = None) -> tuple[str, list[list[str]], Any, Any, Any]:
+                   corruption: str | None = None) -> tuple[str, list[list[str]], list[list[str]], Any, Any, Any]:
         """The measured figures of the chosen models (all by default): a note on what was
-        measured, the summary table, accuracy vs shift, vs filter radius and vs severity of
-        the chosen corruption (default: the mean of all corruptions)."""
+        measured, the summary table, the paired differences from the baseline, accuracy vs
+        shift, vs filter radius and vs severity of the chosen corruption (default: the mean
+        of all corruptions)."""
         names = self._chosen_names(models)
         document = self.service.robustness()
         return (
             robustness_views.measured_note(document, names),
             robustness_views.summary_table(document, names),
+            robustness_views.paired_table(document, names),
             robustness_views.shift_figure(document, names),
             robustness_views.frequency_figure(document, names),
             robustness_views.corruption_figure(document, names, corruption or robustness_views.MEAN_OF_ALL),

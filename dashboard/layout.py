@@ -13,7 +13,7 @@ from serving.registry import by_accuracy
 
 from .components import RawImage
 from .handlers import COMPARE_HEADERS, LAYER_HEADERS, MAX_COMPARE, Handlers
-from .robustness_views import MEAN_OF_ALL, PROBE_HEADERS, SUMMARY_HEADERS
+from .robustness_views import MEAN_OF_ALL, PAIRED_LABEL, PROBE_HEADERS, SUMMARY_HEADERS
 from .service import DashboardService
 from .training_views import OVERVIEW_HEADERS, budget
 
@@ -403,6 +403,7 @@ class RobustnessTab:
     models: gr.CheckboxGroup
     note: gr.Markdown
     table: gr.Dataframe
+    paired: gr.Dataframe
     shift: gr.Plot
     frequency: gr.Plot
     corruption: gr.Dropdown
@@ -424,6 +425,8 @@ class RobustnessTab:
             table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Measured on the test set (95 % intervals)",
                                  interactive=False, wrap=True, elem_id="robustness-table",
                                  column_widths=TABLE_PX["robustness"])
+            paired = gr.Dataframe(headers=SUMMARY_HEADERS, label=PAIRED_LABEL, interactive=False, wrap=True,
+                                  elem_id="robustness-paired", column_widths=TABLE_PX["robustness"])
             with gr.Row():
                 shift = gr.Plot(label="Accuracy vs shift", elem_id="robustness-shift", min_width=300)
                 frequency = gr.Plot(label="Accuracy vs filter radius", elem_id="robustness-frequency", min_width=300)
@@ -442,12 +445,12 @@ class RobustnessTab:
                 probe_table = gr.Dataframe(headers=PROBE_HEADERS, interactive=False, wrap=True,
                                            elem_id="probe-table", column_widths=TABLE_PX["probe"])
             api = gr.Button(visible=False)  # /robustness_probe for API callers
-        return cls(models, note, table, shift, frequency, corruption, corruption_plot, family, strip, probe_plot,
+        return cls(models, note, table, paired, shift, frequency, corruption, corruption_plot, family, strip, probe_plot,
                    probe_table, api)
 
     def wire(self, demo: gr.Blocks, h: Handlers, panel: InputPanel, state: BrowserState, tabs: gr.Tabs) -> None:
         inputs = [self.models, self.corruption]
-        outputs = [self.note, self.table, self.shift, self.frequency, self.corruption_plot]
+        outputs = [self.note, self.table, self.paired, self.shift, self.frequency, self.corruption_plot]
         gr.on([self.models.change, self.corruption.change], h.robustness, inputs, outputs, api_name="robustness",
               trigger_mode="always_last")
         demo.load(h.robustness, inputs, outputs, api_name="_robustness_load", api_visibility="private")

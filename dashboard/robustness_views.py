@@ -11,15 +11,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from robustness.corruptions import SEVERITIES
-from robustness.report import SUMMARY_HEADERS, summary_rows
+from robustness.report import BASELINE, SUMMARY_HEADERS, difference_rows, summary_rows
 from robustness.stats import Count, pooled
 
 from .figures import FONT, PALETTE, message_figure, plot_data
 
-__all__ = ["SUMMARY_HEADERS", "MEAN_OF_ALL", "summary_table", "shift_figure", "frequency_figure",
+__all__ = ["SUMMARY_HEADERS", "MEAN_OF_ALL", "PAIRED_LABEL", "summary_table", "paired_table", "shift_figure", "frequency_figure",
            "corruption_figure", "probe_figure", "probe_rows", "PROBE_HEADERS", "measured_note"]
 
 MEAN_OF_ALL = "mean of all corruptions"
+PAIRED_LABEL = f"Difference from {BASELINE}, trial by trial on the same images (points, 95 % interval)"
 PROBE_HEADERS = ["model", "step", "top class", "confidence", "p(original class)"]
 HEIGHT = 380
 
@@ -59,7 +60,7 @@ def _nothing_to_show(document: dict | None) -> Any:
 def measured_note(document: dict | None, names: Sequence[str]) -> str:
     """What the figures are and which selected models have none (e.g. retrained since)."""
     if document is None:
-        return ("No robustness figures for these models yet: run `python -m robustness` (57 min for the five "
+        return ("No robustness figures for these models yet: run `python -m robustness` (53–57 min for the five "
                 "bundled models on a busy 2-core CPU, benchmarks/RESULTS.md), then reload the page.")
     missing = [n for n in names if n not in document["models"]]
     plan = document["plan"]
@@ -74,6 +75,13 @@ def measured_note(document: dict | None, names: Sequence[str]) -> str:
 def summary_table(document: dict | None, names: Sequence[str]) -> list[list[str]]:
     chosen = _selected(document, names)
     return summary_rows(document, chosen) if chosen else []
+
+
+def paired_table(document: dict | None, names: Sequence[str]) -> list[list[str]]:
+    """Each chosen model's paired difference from :data:`robustness.report.BASELINE` per column
+    (empty when the baseline or the outcomes were not measured)."""
+    chosen = _selected(document, names)
+    return difference_rows(document, BASELINE, chosen) if chosen else []
 
 
 def shift_figure(document: dict | None, names: Sequence[str], mode: str = "circular") -> Any:

@@ -86,7 +86,7 @@ def capture_all(url: str, out: Path, image: Path, executable: str | None = None,
                 height: int = 900, prefix: str = "", model: str | None = None) -> dict[str, Path]:
     """Screenshots of the five tabs at ``width`` x ``height`` as ``<prefix><tab>.png``
     (``model``: the model to show instead of the default)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # optional: playwright is a dev/test tool
 
     out.mkdir(parents=True, exist_ok=True)
     shots: dict[str, Path] = {}
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.image.is_file():
         parser.error(f"--image {args.image}: no such file")
-    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import Error as PlaywrightError  # optional: playwright is a dev/test tool
 
     try:
         shots = capture_all(args.url, args.out, args.image, args.chromium, args.width, args.height, model=args.model)

@@ -37,7 +37,8 @@ from robustness.report import ResultsError, read_results
 from robustness.transforms import TransformError
 from serving import STAGES, log_spectrum  # torch-free: this process never imports torch
 from serving.cards import RunCard
-from serving.registry import ModelEntry
+from serving.images import ImageError
+from serving.registry import ModelEntry, ModelRegistry
 from serving.runtime import OnnxModel
 
 from .figures import CropBox, SpectrumPanel
@@ -224,8 +225,6 @@ class DashboardService:
         self.registry = None
         self.load_error: str | None = None
         try:
-            from serving.registry import ModelRegistry
-
             self.registry = ModelRegistry(self.models_dir)
         except Exception as exc:  # the app must still start and say why
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -336,8 +335,6 @@ class DashboardService:
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
 
         def prepare() -> np.ndarray:
-            from serving.images import ImageError
-
             try:
                 return model.prepare(data)
             except ImageError as exc:

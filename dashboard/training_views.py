@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from serving.cards import RunCard
+from training.report import curves_figure, results_markdown, stride_figure
 
 from .figures import message_figure, plot_data
 
@@ -59,8 +60,6 @@ def curves(cards: dict[str, RunCard]) -> Any:
         return plot_data(message_figure("No model selected: tick one or more models above.", 300))
     if not any(card.history for card in cards.values()):
         return plot_data(message_figure("No training history in the selected model cards.", 300))
-    from training.report import curves_figure
-
     fig = curves_figure([_named(n, c) for n, c in cards.items()],
                         title="Training curves (test: solid line, filled dot; train: dashed, open diamond)")
     _readable_curves(fig, max((len(c.history or []) for c in cards.values()), default=1))
@@ -90,8 +89,6 @@ def strides(card: RunCard | None, name: str | None) -> Any:
         learned = card.learned_strides or {}
         what = "its card has no per-epoch history" if learned else "it has no learnable strides"
         return plot_data(message_figure(f"No stride trajectory for '{name}' ({card.variant}): {what}.", 300))
-    from training.report import stride_figure
-
     fig = stride_figure(_named(name or "?", card))
     epochs = len(card.history or [])
     fig.update_xaxes(tick0=1, dtick=max(1, -(-epochs // 10)), range=[0.5, epochs + 0.5])
@@ -105,8 +102,6 @@ def reproduction(cards: dict[str, RunCard]) -> str:
     """The papers' table (mean ± std over seeds per stride tuple and variant), from the cards."""
     if not cards:
         return "_No model selected._"
-    from training.report import results_markdown
-
     named = [_named(n, c) for n, c in cards.items()]
     text = results_markdown(named)
     # The table's heading promises "mean ± std over seeds"; say so when every cell is one run.

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from serving.files import atomic_write_bytes
 
@@ -68,16 +70,12 @@ def dequantize_state_dict(packed: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 def write_compact(path: str | os.PathLike, state: Mapping[str, torch.Tensor], card: Mapping[str, Any]) -> Path:
     """Quantize ``state`` and write it with ``card`` to ``path`` atomically."""
-    from safetensors.torch import save
-
     metadata = {"format": FORMAT, "card": json.dumps(card, separators=(",", ":"))}
     return atomic_write_bytes(path, save(quantize_state_dict(state), metadata=metadata))
 
 
 def read_compact(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """``(float32 state_dict, card)`` of a file from :func:`write_compact`; ``ValueError`` if it is not one."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}

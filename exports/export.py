@@ -41,7 +41,7 @@ from serving.cli import DefaultsHelpFormatter
 from serving.files import file_sha256
 from serving.manifest import write_model
 from serving.runtime import INPUT_NAME, LOGITS, STAGES, ModelError, card_problems, graph_io
-from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
+from training.checkpoint import CheckpointError, fresh_checkpoint, load_checkpoint, resolve_pair
 
 from .parity import DEFAULT_IMAGES, ParityReport, check_parity
 
@@ -254,8 +254,6 @@ def export_fresh(
     latency measurements: the models are untrained (do not ship them).
     ``card_fields[variant]`` adds card keys (e.g. a placeholder ``test_acc``).
     """
-    from training.checkpoint import fresh_checkpoint
-
     directory = Path(directory)
     if (directory / "models").resolve() == BUNDLED_MODELS.resolve():
         raise ValueError("export_fresh makes untrained models: never write them into exports/models")

@@ -37,18 +37,23 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
+import onnx
+import onnxruntime
+
+from robustness.report import Plan, markdown_table, measure_folder
 from serving.cards import RunCard, embed_card, read_onnx_card
 from serving.cifar_data import SOURCE_NAMES, first_test_images, resolve_data_dir
 from serving.files import atomic_write_json, atomic_write_text, update_marked_block
 from serving.manifest import drop_from_manifest, read_manifest, write_model
 from serving.paths import BUNDLED_MODELS_DIR, REPO_ROOT
 from serving.runtime import ModelError, normalize_uint8
+from serving.variants import variant_rank
 from training.tables import layer_table, throughput_table
 
-if TYPE_CHECKING:
-    import numpy as np
+# Module, not names: tests count evaluations by patching quantize.predictions.
+from . import quantize
 
 PROTOCOL = REPO_ROOT / "training" / "sweeps" / "short_cifar10.json"
 #: The targets of issue 10, checked and reported (never enforced: an honest miss is recorded).
@@ -106,11 +111,7 @@ def _test_split(data_dir: str | None, limit_test: int | None):
 def onnx_accuracy(path: Path, images: np.ndarray, labels: np.ndarray, normalize: dict,
                   threads: int | None = None) -> float:
     """Top-1 accuracy of an exported ``.onnx`` file with onnxruntime (CPU) on uint8 NHWC images."""
-    import numpy as np
-
-    from .quantize import predictions
-
-    return float(np.mean(predictions(path, normalize_uint8(images, normalize["mean"], normalize["std"]), threads) == labels))
+    return float(np.mean(quantize.predictions(path, normalize_uint8(images, normalize["mean"], normalize["std"]), threads) == labels))
 
 
 def gate_reference(compression: dict | None, n_images: int) -> tuple[float | None, str]:
@@ -142,12 +143,11 @@ def _bundle_file(fp16_path: Path, variant: str, int8: bool, images: np.ndarray, 
     """
     if not int8:
         return fp16_path, onnx_accuracy(fp16_path, images, labels, card.normalize, threads), {}
-    from .quantize import DEFAULT_AGREEMENT_IMAGES, quantize_model
-
-    quantized = quantize_model(fp16_path, fp16_path.with_name(f"{variant}.int8.onnx"), test_images=len(labels),
-                               data_dir=data_dir, name=variant, log=log, reference_acc=reference,
-                               reference_source=reference_source,
-                               agreement_images=agreement_images or DEFAULT_AGREEMENT_IMAGES, threads=threads)
+    quantized = quantize.quantize_model(fp16_path, fp16_path.with_name(f"{variant}.int8.onnx"), test_images=len(labels),
+                                        data_dir=data_dir, name=variant, log=log, reference_acc=reference,
+                                        reference_source=reference_source,
+                                        agreement_images=agreement_images or quantize.DEFAULT_AGREEMENT_IMAGES,
+                                        threads=threads)
     gate = quantized.accuracy.to_dict()
     fp16_measured = reference is None  # the gate ran the fp16 file over all images
     extra = {"fp16_file_test_acc": gate["float_acc"] if fp16_measured else None,
@@ -171,13 +171,13 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
                   agreement_images: int | None = None) -> list[dict]:
     """Export, evaluate and install the returned models; returns one row per model
     (``int8``: the bundled files are int8, as the dashboard serves; see :func:`_bundle_file`)."""
-    import onnx
+    # start-up: these import torch (several seconds), needed only once models are rebuilt;
+    # `--help` and input errors answer without it
+    from hybrid_model import learned_strides  # start-up: torch
+    from training.checkpoint import load_model, save_checkpoint  # start-up: torch
 
-    from hybrid_model import learned_strides
-    from training.checkpoint import load_model, save_checkpoint
-
-    from .compact import read_compact
-    from .export import export_checkpoint
+    from .compact import read_compact  # start-up: torch
+    from .export import export_checkpoint  # start-up: torch
 
     files = [Path(w["_dir"]) / e["file"] for w in windows for e in w.get("runs", []) if e.get("file")]
     if not files:
@@ -254,8 +254,6 @@ def bundle_models(windows: Sequence[dict], models_dir: Path, data_dir: str | Non
 
 
 def _ort_version() -> str:
-    import onnxruntime
-
     return onnxruntime.__version__
 
 
@@ -285,10 +283,7 @@ def _swap(staging: Path, models_dir: Path, keep: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------
 def models_markdown(rows: Sequence[dict], window: dict) -> str:
     """The bundled-model table (README and RESULTS.md) with the targets' verdicts."""
-    from hybrid_model import VARIANTS
-
-    order = list(VARIANTS)
-    rows = sorted(rows, key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
+    rows = sorted(rows, key=lambda r: variant_rank(r["variant"]))
     hardware = sorted({str(r.get("hardware")) for r in rows})
     epochs = sorted({f"{r['epoch']}/{r['epochs']}" for r in rows})
     n_train = sorted({f"{r['n_train']:,}" for r in rows if r.get("n_train")})
@@ -381,8 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--robustness-scale must be >= 0, got {args.robustness_scale}")
     if args.agreement_images is not None and args.agreement_images < 1:
         p.error(f"--agreement-images must be >= 1, got {args.agreement_images}")
+    # start-up: these import torch (several seconds); --help and argument errors answer without it
     from training.checkpoint import CheckpointError
-    from training.sweep import ConfigError, load_config
+    from training.sweep import ConfigError, load_config  # start-up: torch
 
 
     if args.models_dir.resolve() == (BUNDLED_MODELS_DIR).resolve() and (REPO_ROOT / ".git" / "gpu-window.json").exists():
@@ -391,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         protocol = load_config(args.protocol)
-        results_dir = args.results_dir or (REPO_ROOT / protocol["out"])
+        results_dir = args.results_dir or (REPO_ROOT / protocol.out)
         windows = read_windows(args.dirs)
         collect_cards(windows, results_dir)
         rows = bundle_models(windows, args.models_dir, args.data_dir, args.limit_test, args.allow_unfinished, args.threads,
@@ -406,8 +402,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rows:
         print(models_markdown(rows, next(w for w in windows if w.get("mode") == "models")))
         if args.robustness_scale > 0:
-            from robustness.report import Plan, markdown_table, measure_folder
-
             robustness = markdown_table(measure_folder(args.models_dir, Plan().scaled(args.robustness_scale),
                                                        data_dir=args.data_dir))
             print(robustness)
@@ -421,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = bench_markdown(windows)
         if bench:
             update_block(args.results_md, BENCH_BLOCK, bench)
-        from training import sweep
+        from training import sweep  # start-up: imports torch (see above)
 
         sweep.main(["--config", str(args.protocol), "--out", str(results_dir), "--report-only", "--readme", str(args.readme)])
     return 0

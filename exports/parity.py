@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnxruntime as ort
 
 from serving.cards import CardError, RunCard, read_onnx_card
-from serving.cifar_data import SHARED_DATA_DIR
+from serving.cifar_data import SHARED_DATA_DIR, first_test_images
 from serving.files import file_sha256
 from serving.runtime import CPU, ModelError, normalization_for, normalize_uint8
 
@@ -110,8 +111,6 @@ def load_parity_images(n: int = DEFAULT_IMAGES, data_dir: str | Path | None = No
     ``$HYBRID_DATA_DIR``, else ``../shared/data`` or ``./data``, as training reads it),
     bit-exact copies first: the partial arrays, then the JPEG copy, then torchvision's files.
     """
-    from serving.cifar_data import first_test_images
-
     if n < 1:
         raise ValueError(f"need at least one parity image, got {n}")
     try:
@@ -129,7 +128,7 @@ def load_parity_images(n: int = DEFAULT_IMAGES, data_dir: str | Path | None = No
 # The comparison
 # --------------------------------------------------------------------------------------
 def _torch_outputs(model: nn.Module, x: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
-    import torch
+    import torch  # torch-free at import: exports.quantize (ONNX only) imports this module
 
     chunks: list[list[np.ndarray]] = []
     model.eval()
@@ -144,8 +143,6 @@ def _torch_outputs(model: nn.Module, x: np.ndarray, names: Sequence[str]) -> lis
 
 
 def _ort_outputs(onnx_model: str | Path | bytes, x: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
@@ -221,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help=f"CIFAR data folder (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--tolerance", type=float, default=None, help="override the logits tolerance")
     args = parser.parse_args(argv)
+    # torch-free at import (exports.quantize imports this module); --help stays fast
     from training.checkpoint import CheckpointError, load_checkpoint, resolve_pair
 
     try:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 from serving.cards import CardError, RunCard, embed_card, read_onnx_card
@@ -162,6 +163,7 @@ def end_layers(model: onnx.ModelProto) -> list[str]:
 
 def _quantize_proto(float_model: onnx.ModelProto, calibration: np.ndarray, keep_spectral_float: bool,
                     keep_ends_float: bool = True) -> onnx.ModelProto:
+    # Only when quantising: importing onnxruntime.quantization appends onnxruntime/transformers to sys.path
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -243,8 +245,6 @@ class AccuracyReport:
 
 
 def _session(model: onnx.ModelProto | str | Path, threads: int | None = None):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # Idle worker threads sleep instead of spinning: on a shared machine (the 2-core VM

@@ -13,5 +13,7 @@ prepared here before it and ingested here after it (``python -m exports.ingest``
 * ``__main__`` - the modes and their command line
 
 It stands on ``training``, ``exports``, ``benchmarks`` (the smoke's step timer) and
-``serving``; no package imports it.
+``serving``; no package imports it. Importing any of its modules loads no torch (a window is
+prepared and planned without it): the torch side is imported inside the functions that need
+it, marked ``# torch-free boundary``.
 """

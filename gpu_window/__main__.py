@@ -40,17 +40,19 @@ is checked against the device limits (8 files, 16 MiB each, 64 MiB in all).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from serving.cards import RunCard
 from serving.paths import REPO_ROOT, SHARED_DATA_DIR
+from serving.variants import PAPER_VARIANTS
 
 from .bench import PROFILE_SECONDS, mode_bench, profile_step
 from .plan import (
-    DASHBOARD_VARIANTS,
     PROTOCOL,
     RESERVE_S,
     START_OVERHEAD_S,
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--profile-seconds", type=float, default=PROFILE_SECONDS if mode == "probe" else 0.0,
                            help="first, a few training steps under torch.profiler for at most this long (0: none)")
         if mode == "models":
-            q.add_argument("--variants", default=",".join(DASHBOARD_VARIANTS))
+            q.add_argument("--variants", default=",".join(PAPER_VARIANTS))
             q.add_argument("--epochs", default="auto", help="auto: the protocol's, or fewer if the probe says they do not fit")
             q.add_argument("--args-from", type=Path, default=None,
                            help="a probe's best.json (runs/gpu_window/probe/best.json): train with its args")
@@ -136,25 +138,25 @@ def _device_main(args) -> int:
     protocol = load_protocol(args.protocol)
     window = Window(args.out, args.mode, args.budget)
     window.record["protocol"] = {"path": str(args.protocol.relative_to(REPO_ROOT) if args.protocol.is_relative_to(REPO_ROOT) else args.protocol),
-                                 "epochs": protocol["epochs"], "args": protocol["args"]}
+                                 "epochs": protocol.epochs, "args": protocol.args}
     try:
         _device_or_fail(args.device)
         _device_record(window, args.device)
         if args.mode == "models":
-            from training.sweep import Run
-            from training.train import parse_strides, run_name
+            from training.sweep import Run  # torch-free boundary
+            from training.train import parse_strides, run_name  # torch-free boundary
 
             strides = parse_strides(args.strides)
             variants = [v for v in args.variants.split(",") if v]
             points = [Run(v, strides, 0, "cifar10", run_name(v, "cifar10", strides, 0)) for v in variants]
             if args.epochs != "auto":
-                protocol = dict(protocol, epochs=int(args.epochs))
+                protocol = dataclasses.replace(protocol, epochs=int(args.epochs))
             if args.args_from is not None:
                 chosen = args_from(args.args_from, protocol)
-                changed = chosen["args"] != protocol["args"]
+                changed = chosen.args != protocol.args
                 protocol = chosen
-                window.record["protocol"].update(args=protocol["args"], args_from=str(args.args_from))
-                window.log(f"args from {args.args_from}: {protocol['args']}"
+                window.record["protocol"].update(args=protocol.args, args_from=str(args.args_from))
+                window.log(f"args from {args.args_from}: {protocol.args}"
                            + (" (not the committed protocol's: these cards fill Table 1 only once the protocol "
                               "file says the same)" if changed else " (the protocol's)"))
             if args.profile_seconds > 0:
@@ -196,7 +198,7 @@ def _device_main(args) -> int:
 
 
 def _device_or_fail(device: str) -> str:
-    import torch
+    import torch  # torch-free boundary
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise WindowError("no CUDA device: this runbook is for the GPU machine (--device cpu rehearses it here)")
@@ -204,9 +206,7 @@ def _device_or_fail(device: str) -> str:
 
 
 def _device_record(window: Window, device: str) -> None:
-    import platform
-
-    import torch
+    import torch  # torch-free boundary
 
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"{platform.machine()} CPU ({os.cpu_count()} cores)"
     window.record.update(device=name, torch=torch.__version__, python=platform.python_version())

@@ -7,11 +7,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.paths import REPO_ROOT
 
 from .record import Window, work_dir
+
+if TYPE_CHECKING:  # training.sweep imports torch
+    from training.sweep import SweepConfig
 
 #: What the profile step profiles (issue 21): the DiffStride family's most common member
 #: first (its share of ``--max-seconds`` comes first), then the plain network, a few steps
@@ -21,12 +24,12 @@ PROFILE_VARIANTS = "hybrid,resnet18"
 PROFILE_SECONDS = 60.0
 
 
-def profile_step(window: Window, seconds: float, device: str, protocol: dict) -> None:
+def profile_step(window: Window, seconds: float, device: str, protocol: SweepConfig) -> None:
     """A few training steps under ``torch.profiler`` (``benchmarks.profile_step``), as a
     subprocess stopped at ``seconds``: its compact kernel table goes into window.json and
     ``profile.md`` beside it (no trace file)."""
     json_path, md_path = window.out / "profile.json", window.out / "profile.md"
-    batch = str(protocol["args"].get("batch-size", 512))
+    batch = str(protocol.args.get("batch-size", 512))
     command = [sys.executable, "-m", "benchmarks.profile_step", "--variants", PROFILE_VARIANTS, "--batch", batch,
                "--steps", "3", "--warmup", "2", "--device", device, "--max-seconds", f"{max(seconds - 5, 5):.0f}",
                "--json", str(json_path), "--markdown", str(md_path)]

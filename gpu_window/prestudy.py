@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks import emit_report
 
@@ -33,21 +34,24 @@ from .plan import PROTOCOL
 from .probe import parse_probe_point, probe_name
 from .record import WindowError
 
+if TYPE_CHECKING:  # training.sweep imports torch
+    from training.sweep import SweepConfig
+
 #: Window 2's probe settings that matter for v2 (lr, clip, the two levers), as changes of v2.
 DEFAULT_POINTS = ("resnet18", "resnet18:lr=0.2,grad-clip=1", "resnet18:zero-init-residual=true,no-decay-norm-bias=true",
                   "resnet18:zero-init-residual=true,no-decay-norm-bias=true,lr=0.2")
 
 
-def train_point(text: str, seed: int, protocol: dict, sizes: dict, data_dir: str | None, out: Path) -> dict:
+def train_point(text: str, seed: int, protocol: SweepConfig, sizes: dict, data_dir: str | None, out: Path) -> dict:
     """Train one setting at one seed (``training.train.main`` in-process): its card's figures."""
-    from training.sweep import flag_args
-    from training.train import main
+    from training.sweep import flag_args  # start-up: imports torch, not needed for --help
+    from training.train import main  # start-up: imports torch, not needed for --help
 
     variant, changes = parse_probe_point(text)
-    args = {**protocol["args"], **changes, "epochs": sizes["epochs"], "width": sizes["width"],
+    args = {**protocol.args, **changes, "epochs": sizes["epochs"], "width": sizes["width"],
             "limit-train": sizes["limit_train"], "limit-test": sizes["limit_test"], "no-progress": True}
-    if "warmup" in protocol["args"]:  # the same fraction of the (shorter) run
-        args["warmup"] = round(float(protocol["args"]["warmup"]) * sizes["epochs"] / protocol["epochs"], 6)
+    if "warmup" in protocol.args:  # the same fraction of the (shorter) run
+        args["warmup"] = round(float(protocol.args["warmup"]) * sizes["epochs"] / protocol.epochs, 6)
     if sizes.get("batch_size"):  # a smaller batch keeps the steps of a subset; the lr scales linearly with it
         scale = sizes["batch_size"] / int(args["batch-size"])
         args["batch-size"] = sizes["batch_size"]
@@ -94,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if min(args.width, args.limit_train, args.limit_test, args.epochs) < 1:
         p.error("--width, --limit-train, --limit-test and --epochs must be positive")
-    from training.sweep import ConfigError, load_config
+    from training.sweep import ConfigError, load_config  # start-up: imports torch, not needed for --help
 
     try:
         protocol = load_config(args.protocol)

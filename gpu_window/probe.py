@@ -4,9 +4,10 @@ short stability check of the fragile one; the verdict, ``best.json`` in the work
 what a later ``models --args-from`` call of the same window trains with."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.cards import RunCard
 from serving.files import atomic_write_json
@@ -15,6 +16,9 @@ from .bench import profile_step
 from .plan import _train_namespace
 from .record import Window, WindowError, work_dir
 from .runs import mode_train
+
+if TYPE_CHECKING:  # training.sweep imports torch
+    from training.sweep import SweepConfig
 
 #: The probe's default points: protocol v2 as committed, each of the two levers window 2
 #: measured only together (they cost 1.3 pt together), lighter label smoothing (+0.02 pt in
@@ -95,21 +99,21 @@ def apply_checks(verdict: dict, checks: list[dict], protocol_args: dict) -> dict
                        f"({verdict['reason']})")
 
 
-def mode_probe(window: Window, args, protocol: dict) -> None:
+def mode_probe(window: Window, args, protocol: SweepConfig) -> None:
     """Train every probe point concurrently; then the verdict into ``window.json`` and the
     work folder's ``best.json`` (read by a later ``models --args-from`` call)."""
-    from training.sweep import ConfigError, Run, flag_args
-    from training.train import parse_strides
+    from training.sweep import ConfigError, Run, flag_args  # torch-free boundary
+    from training.train import parse_strides  # torch-free boundary
 
     strides = parse_strides(args.strides)
     points, protocols, changes_of = [], {}, {}
     for text in args.points:
         variant, changes = parse_probe_point(text)
         name = probe_name(variant, changes)
-        merged = dict(protocol, args={**protocol["args"], **changes})
+        merged = dataclasses.replace(protocol, args={**protocol.args, **changes})
         try:
-            flag_args(merged["args"])  # an unknown flag: one sentence
-            _train_namespace(variant, strides, 0, protocol["epochs"], merged)  # a bad value: argparse's line
+            flag_args(merged.args)  # an unknown flag: one sentence
+            _train_namespace(variant, strides, 0, protocol.epochs, merged)  # a bad value: argparse's line
         except ConfigError as error:
             raise WindowError(f"probe point {text!r}: {error}") from None
         except SystemExit:  # argparse has printed why
@@ -125,12 +129,12 @@ def mode_probe(window: Window, args, protocol: dict) -> None:
     for entry in window.record["runs"]:
         card = RunCard.from_dict(entry.get("card") or {})
         rows.append({"name": entry["name"], "variant": entry["variant"], "changes": changes_of[entry["name"]],
-                     "args": protocols[entry["name"]]["args"], "epochs": card.epoch,
+                     "args": protocols[entry["name"]].args, "epochs": card.epoch,
                      "test_acc": card.test_acc if card.is_finished else None, "stable": trained_stably(card)})
     main_variant = points[0].variant
-    verdict = choose_setting([r for r in rows if r["variant"] == main_variant], protocol["args"])
-    verdict = apply_checks(verdict, [r for r in rows if r["variant"] != main_variant], protocol["args"])
-    verdict.update(variant=points[0].variant, epochs=window.record["estimate"]["epochs"], protocol_epochs=protocol["epochs"])
+    verdict = choose_setting([r for r in rows if r["variant"] == main_variant], protocol.args)
+    verdict = apply_checks(verdict, [r for r in rows if r["variant"] != main_variant], protocol.args)
+    verdict.update(variant=points[0].variant, epochs=window.record["estimate"]["epochs"], protocol_epochs=protocol.epochs)
     window.record["probe"] = {"rows": rows, "best": verdict}
     window.save()
     atomic_write_json(work_dir(window.mode) / "best.json", verdict)

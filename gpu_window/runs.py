@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serving.cards import RunCard
 from serving.paths import REPO_ROOT
@@ -19,14 +20,17 @@ from serving.paths import REPO_ROOT
 from .plan import START_OVERHEAD_S, _epoch_seconds, _own_epochs, _reserve, _train_namespace
 from .record import Window, WindowError, work_dir
 
+if TYPE_CHECKING:  # training.sweep imports torch
+    from training.sweep import SweepConfig
 
-def smoke(window: Window, points: list, protocol: dict, device: str) -> dict[str, dict]:
+
+def smoke(window: Window, points: list, protocol: SweepConfig, device: str) -> dict[str, dict]:
     """fwd+bwd+SGD steps of every (variant, strides) at the protocol's batch on ``device``
     (bf16 autocast + channels-last on CUDA, as training); median step seconds and FLOPs."""
-    import torch
+    import torch  # torch-free boundary
 
-    from benchmarks.train_throughput import bench_variant
-    from training.train import model_options
+    from benchmarks.train_throughput import bench_variant  # torch-free boundary
+    from training.train import model_options  # torch-free boundary
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -38,7 +42,7 @@ def smoke(window: Window, points: list, protocol: dict, device: str) -> dict[str
         key = f"{point.variant} {point.strides}"
         if key in results:
             continue
-        _, ns = _train_namespace(point.variant, point.strides, point.seed, protocol["epochs"], protocol)
+        _, ns = _train_namespace(point.variant, point.strides, point.seed, protocol.epochs, protocol)
         options = model_options(ns)
         t0 = time.monotonic()
         steps, warmup = (3, 2) if cuda else (1, 1)  # the CPU rehearsal only proves the path
@@ -58,7 +62,7 @@ def smoke(window: Window, points: list, protocol: dict, device: str) -> dict[str
     return results
 
 
-def _start_decode(data_dir: str, protocol: dict) -> subprocess.Popen:
+def _start_decode(data_dir: str, protocol: SweepConfig) -> subprocess.Popen:
     """Decode the JPEG copy once into the cache (in the background, during the smoke)."""
     code = ("import sys; from training.data import load_cifar; "
             f"d = load_cifar('cifar10', {data_dir!r}, limit_train={_limit(protocol, 'limit-train')}, "
@@ -76,8 +80,8 @@ def _finish_decode(window: Window, process: subprocess.Popen) -> tuple[int, int]
     return int(words[1]), int(words[2])
 
 
-def mode_train(window: Window, args, points: list, protocol: dict, compress: bool, choose_epochs: bool,
-                protocols: dict[str, dict] | None = None) -> None:
+def mode_train(window: Window, args, points: list, protocol: SweepConfig, compress: bool, choose_epochs: bool,
+                protocols: dict[str, SweepConfig] | None = None) -> None:
     """Smoke, estimate, then train ``points`` (see :func:`run_points`). The cards are marked
     ``off_protocol`` when fewer epochs fit or when ``protocols`` gives points their own
     settings (a probe). Whether a card's settings are the committed protocol's is decided
@@ -85,12 +89,12 @@ def mode_train(window: Window, args, points: list, protocol: dict, compress: boo
     decode = _start_decode(args.data_dir, protocol)
     timings = smoke(window, points, protocol, args.device)
     n_train, n_test = _finish_decode(window, decode)
-    _, ns = _train_namespace(points[0].variant, points[0].strides, 0, protocol["epochs"], protocol)
+    _, ns = _train_namespace(points[0].variant, points[0].strides, 0, protocol.epochs, protocol)
     batch = ns.batch_size
     step = {f"{p.variant} {p.strides}": timings[f"{p.variant} {p.strides}"]["step_s"] for p in points}
     available = window.left() - _reserve(compress) - START_OVERHEAD_S
     one_epoch = sum(_epoch_seconds(p, step, n_train, n_test, batch, protocols) for p in points)
-    epochs = protocol["epochs"]
+    epochs = protocol.epochs
     if choose_epochs:
         # Points with epochs of their own (a probe's short stability check) cost the same
         # whatever the others get; the rest share what is left.
@@ -119,10 +123,10 @@ def mode_train(window: Window, args, points: list, protocol: dict, compress: boo
         points = chosen
     window.record["estimate"] = {
         "seconds_per_epoch_all_runs": round(one_epoch, 1), "available_s": round(available, 1),
-        "protocol_epochs": protocol["epochs"], "epochs": epochs, "runs": [p.name for p in points],
+        "protocol_epochs": protocol.epochs, "epochs": epochs, "runs": [p.name for p in points],
         "rule": "sum over runs of (steps/epoch x smoke step time + eval) x 1.1: concurrent processes time-share the GPU",
     }
-    off_protocol = epochs != protocol["epochs"] or protocols is not None
+    off_protocol = epochs != protocol.epochs or protocols is not None
     window.log(f"estimate: {one_epoch:.1f} s per epoch of the runs; {available:.0f} s available -> {epochs} epochs"
                + (" (these cards are marked off_protocol)" if off_protocol else ""))
     window.save()
@@ -153,13 +157,13 @@ def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
         process.wait()
 
 
-def run_points(window: Window, points: list, epochs: int, protocol: dict, data_dir: str, device: str,
-               compress: bool, off_protocol: bool, protocols: dict[str, dict] | None = None) -> None:
+def run_points(window: Window, points: list, epochs: int, protocol: SweepConfig, data_dir: str, device: str,
+               compress: bool, off_protocol: bool, protocols: dict[str, SweepConfig] | None = None) -> None:
     """Train ``points`` concurrently (one process each) until they finish or the budget ends;
     record every card as it is written; compress finished models when ``compress``.
     ``protocols``: a protocol per point name (the probe's settings; each run is then named
     after its point), else ``protocol`` for all."""
-    from exports.compact import write_compact
+    from exports.compact import write_compact  # torch-free boundary
 
     work = work_dir(window.mode)
     work.mkdir(parents=True, exist_ok=True)
@@ -209,7 +213,7 @@ def run_points(window: Window, points: list, epochs: int, protocol: dict, data_d
             entry["status"] = "finished" if card.is_finished else "unfinished"
             if compress:
                 if data is None:
-                    from training.data import load_cifar
+                    from training.data import load_cifar  # torch-free boundary
 
                     data = load_cifar("cifar10", data_dir, limit_test=_limit(protocol, "limit-test"))
                 state, card, stats = evaluate_compressed(work, name, data, device)
@@ -237,12 +241,12 @@ def run_points(window: Window, points: list, epochs: int, protocol: dict, data_d
 def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[dict, RunCard, dict]:
     """Load ``run_dir/NAME``; accuracy on the whole test split in float32 before and after int8
     compression (same device, TF32 off). Returns ``(state, card, compression stats)``."""
-    import torch
-    from safetensors.torch import load_file
+    import torch  # torch-free boundary
+    from safetensors.torch import load_file  # torch-free boundary
 
-    from exports.compact import SCHEME, dequantize_state_dict, quantize_state_dict
-    from training.checkpoint import load_model
-    from training.data import GpuLoader
+    from exports.compact import SCHEME, dequantize_state_dict, quantize_state_dict  # torch-free boundary
+    from training.checkpoint import load_model  # torch-free boundary
+    from training.data import GpuLoader  # torch-free boundary
 
     card = RunCard.from_dict(json.loads((run_dir / f"{name}.json").read_text()))
     state = load_file(str(run_dir / f"{name}.safetensors"), device="cpu")
@@ -271,6 +275,6 @@ def evaluate_compressed(run_dir: Path, name: str, data, device: str) -> tuple[di
     return state, card, stats
 
 
-def _limit(protocol: dict, key: str) -> int | None:
-    value = protocol["args"].get(key)
+def _limit(protocol: SweepConfig, key: str) -> int | None:
+    value = protocol.args.get(key)
     return int(value) if value else None

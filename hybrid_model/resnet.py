@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from serving.variants import PAPER_VARIANTS, VARIANT_NAMES
+
 from .layers import DiffStride2d, SpectralGain2d, SpectralPool2d
 
 __all__ = [
@@ -48,13 +50,11 @@ class Variant:
     """The layer classes of one variant.
 
     ``pool`` sits at each downsampling point (``None``: strided convolutions), ``head``
-    before global average pooling (``None``: no layer); ``paper``: one of the five variants
-    of the papers' tables (else an ablation).
+    before global average pooling (``None``: no layer).
     """
 
     pool: type[nn.Module] | None
     head: type[nn.Module] | None = None
-    paper: bool = True
 
     @property
     def head_has_transform(self) -> bool:
@@ -62,7 +62,7 @@ class Variant:
         return self.head in (SpectralPool2d, SpectralGain2d)
 
 
-#: The one list of variants, in table order.
+#: The layers of each variant of the catalogue (``serving.variants``: names, order, labels).
 VARIANTS: dict[str, Variant] = {
     "resnet18": Variant(pool=None),
     "spectral": Variant(pool=SpectralPool2d),
@@ -70,10 +70,10 @@ VARIANTS: dict[str, Variant] = {
     "hybrid": Variant(pool=DiffStride2d, head=SpectralPool2d),
     "diffstride2": Variant(pool=DiffStride2d, head=DiffStride2d),
     # Ablation: the hybrid's head replaced by the constant it multiplies GAP's output by.
-    "diffstride_scaled": Variant(pool=DiffStride2d, head=SpectralGain2d, paper=False),
+    "diffstride_scaled": Variant(pool=DiffStride2d, head=SpectralGain2d),
 }
-#: The five variants of the papers' tables (the others are ablations).
-PAPER_VARIANTS: tuple[str, ...] = tuple(name for name, variant in VARIANTS.items() if variant.paper)
+if tuple(VARIANTS) != VARIANT_NAMES:  # one catalogue: a variant is added in both places, in the same order
+    raise ImportError(f"hybrid_model.VARIANTS {tuple(VARIANTS)} does not match serving.variants {VARIANT_NAMES}")
 TRANSFORMS = ("fourier", "hartley")
 #: The hybrid paper's Algorithm 1 defines its spectral pooling with the Hartley transform.
 DEFAULT_HEAD_TRANSFORM = "hartley"

@@ -19,9 +19,15 @@ The figures, per model:
   is a count of independent trials;
 * **frequency**: accuracy after a low-pass and a high-pass filter at each radius, each
   condition on its own ``filter_images`` images.
+
+Beside the counts, each model's row keeps its per-trial outcomes of the summary's columns
+(``outcomes``: one bit per trial, in the draw's order), so that two models are compared
+trial by trial (:func:`differences`): a paired interval, far narrower than the two models'
+own intervals.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -40,15 +46,18 @@ from serving.registry import ModelRegistry
 from serving.runtime import OnnxModel
 
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from .stats import Count, pooled
+from .stats import Count, Difference, paired_difference, pooled
 from .transforms import FILTERS, MAX_SHIFT, SHIFT_MODES, filtered, shift
 
-__all__ = ["FORMAT", "RESULTS_FILE", "Plan", "ResultsError", "evaluate_model", "read_results", "summary",
-           "summary_rows", "markdown_table", "write_results", "SUMMARY_HEADERS"]
+__all__ = ["BASELINE", "FORMAT", "RESULTS_FILE", "Plan", "ResultsError", "differences", "difference_rows",
+           "evaluate_model", "markdown_table", "read_results", "summary", "summary_rows", "trial_outcomes",
+           "write_results", "SUMMARY_HEADERS"]
 
 RESULTS_FILE = "robustness.json"
 FORMAT = 1
 BATCH = 100  # images per onnxruntime call: amortises the call; measured peak RSS 1.4 GB with two DiffStride models
+#: The model the others are compared with, trial by trial: the papers' strided ResNet-18.
+BASELINE = "resnet18"
 
 
 class ResultsError(ValueError):
@@ -163,11 +172,24 @@ def _count(hits: np.ndarray) -> list[int]:
     return Count(int(np.count_nonzero(hits)), int(hits.size)).to_list()
 
 
-def _shift_figures(model, x, y, offsets, clean, progress) -> dict[str, Any]:
+def _bits(hits: np.ndarray) -> str:
+    """Per-trial outcomes as text: one bit per trial, packed, base64 (1,500 trials: 252 characters)."""
+    return base64.b64encode(np.packbits(np.asarray(hits, bool)).tobytes()).decode("ascii")
+
+
+def _unbits(text: str, n: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text, validate=True), np.uint8))
+    if bits.size < n or bits[n:].any():
+        raise ValueError(f"{bits.size} bits for {n} trials")
+    return bits[:n].astype(bool)
+
+
+def _shift_figures(model, x, y, offsets, clean, progress, trials: dict[str, list]) -> dict[str, Any]:
     distance = np.abs(offsets).max(axis=1)
     figures: dict[str, Any] = {}
     for mode in SHIFT_MODES:
         moved = top1(model, shift(x, offsets, mode), progress)
+        trials[CONSISTENCY[mode]].append(moved == clean)
         figures[mode] = {
             "consistency": _count(moved == clean),
             "accuracy": _count(moved == y),
@@ -187,8 +209,10 @@ def evaluate_model(model: OnnxModel, images: np.ndarray, labels: np.ndarray, pla
     chosen = draw(plan, len(images))
     x, y = images[chosen.shift_images], labels[chosen.shift_images]
     clean = top1(model, x, progress)
+    trials: dict[str, list[np.ndarray]] = {column: [] for column in SUMMARY_HEADERS[1:]}
+    trials["clean"].append(clean == y)
     result: dict[str, Any] = {"clean": _count(clean == y),
-                              "shift": _shift_figures(model, x, y, chosen.offsets, clean, progress)}
+                              "shift": _shift_figures(model, x, y, chosen.offsets, clean, progress, trials)}
     corruptions = {}
     for k, (name, index) in enumerate(chosen.corruption_images.items()):
         level = severities(len(index))
@@ -196,14 +220,18 @@ def evaluate_model(model: OnnxModel, images: np.ndarray, labels: np.ndarray, pla
         for severity in SEVERITIES:
             subset = index[level == severity]
             seen = corrupt(images[subset], name, int(severity), seed=plan.seed + k)
-            rows.append([int(severity), *_count(top1(model, seen, progress) == labels[subset])])
+            hits = top1(model, seen, progress) == labels[subset]
+            trials[CORRUPTIONS_MEAN].append(hits)
+            rows.append([int(severity), *_count(hits)])
         corruptions[name] = rows
     result["corruptions"] = corruptions
     frequency: dict[str, list] = {kind: [] for kind in FILTERS}
     for (kind, radius), index in chosen.filter_images.items():
-        seen = filtered(images[index], radius, kind)
-        frequency[kind].append([radius, *_count(top1(model, seen, progress) == labels[index])])
+        hits = top1(model, filtered(images[index], radius, kind), progress) == labels[index]
+        trials[FREQUENCY_MEAN[kind]].append(hits)
+        frequency[kind].append([radius, *_count(hits)])
     result["frequency"] = frequency
+    result["outcomes"] = {column: _bits(np.concatenate(parts)) for column, parts in trials.items()}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -227,8 +255,12 @@ def machine() -> str:
 def write_results(directory: str | os.PathLike, models: dict[str, dict], plan: Plan, data: str,
                   previous: dict | None = None) -> Path:
     """Write (atomically) ``directory/robustness.json``: ``models`` (name -> figures, each
-    with its file's ``sha256``) merged over the rows of ``previous`` that are still current."""
-    kept = {name: row for name, row in (previous or {}).get("models", {}).items() if name not in models}
+    with its file's ``sha256``) merged over the rows of ``previous`` that are still current and
+    were measured under the same plan on the same data."""
+    previous = previous or {}
+    # Rows measured under another plan or on other data are not comparable: they go.
+    comparable = previous.get("plan") == plan.to_dict() and previous.get("data") == data
+    kept = {name: row for name, row in previous.get("models", {}).items() if comparable and name not in models}
     document = {"format": FORMAT, "plan": plan.to_dict(), "data": data, "machine": machine(),
                 "models": {**kept, **models}}
     return atomic_write_json(Path(directory) / RESULTS_FILE, document)
@@ -258,6 +290,9 @@ def read_results(directory: str | os.PathLike, current_only: bool = True) -> dic
 # --------------------------------------------------------------------------------------
 SUMMARY_HEADERS = ["model", "clean", "consistency (circular)", "consistency (zero pad)", "corruptions (mean)",
                    "low-pass (mean)", "high-pass (mean)"]
+CONSISTENCY = {"circular": "consistency (circular)", "zero": "consistency (zero pad)"}
+CORRUPTIONS_MEAN = "corruptions (mean)"
+FREQUENCY_MEAN = {"low": "low-pass (mean)", "high": "high-pass (mean)"}
 
 
 def summary(figures: dict[str, Any]) -> dict[str, Count]:
@@ -265,12 +300,51 @@ def summary(figures: dict[str, Any]) -> dict[str, Count]:
     corrupt_rows = (Count.from_list(row[1:]) for rows in figures["corruptions"].values() for row in rows)
     return {
         "clean": Count.from_list(figures["clean"]),
-        "consistency (circular)": Count.from_list(figures["shift"]["circular"]["consistency"]),
-        "consistency (zero pad)": Count.from_list(figures["shift"]["zero"]["consistency"]),
-        "corruptions (mean)": pooled(corrupt_rows),
-        "low-pass (mean)": pooled(Count.from_list(row[1:]) for row in figures["frequency"]["low"]),
-        "high-pass (mean)": pooled(Count.from_list(row[1:]) for row in figures["frequency"]["high"]),
+        **{CONSISTENCY[mode]: Count.from_list(figures["shift"][mode]["consistency"]) for mode in SHIFT_MODES},
+        CORRUPTIONS_MEAN: pooled(corrupt_rows),
+        **{FREQUENCY_MEAN[kind]: pooled(Count.from_list(row[1:]) for row in figures["frequency"][kind])
+           for kind in FILTERS},
     }
+
+
+def trial_outcomes(figures: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """Each summary column's per-trial outcomes (``None`` for a row measured without them),
+    checked against the column's count."""
+    stored = figures.get("outcomes")
+    if stored is None:
+        return None
+    outcomes = {}
+    for column, count in summary(figures).items():
+        try:
+            hits = _unbits(stored[column], count.n)
+        except (KeyError, TypeError, ValueError):
+            hits = None
+        if hits is None or int(hits.sum()) != count.hits:
+            raise ResultsError(f"the outcomes of {column!r} do not match its count; recompute with python -m robustness")
+        outcomes[column] = hits
+    return outcomes
+
+
+def differences(document: dict, baseline: str = BASELINE,
+                order: Sequence[str] | None = None) -> dict[str, dict[str, Difference]]:
+    """Per model (other than ``baseline``): each summary column's paired difference from
+    ``baseline``, ``model - baseline``. Models without outcomes, and every model when the
+    baseline has none, are left out."""
+    models = document["models"]
+    if baseline not in models or (reference := trial_outcomes(models[baseline])) is None:
+        return {}
+    found = {}
+    for name in [n for n in (order or models) if n in models and n != baseline]:
+        outcomes = trial_outcomes(models[name])
+        if outcomes is not None:
+            found[name] = {column: paired_difference(outcomes[column], reference[column]) for column in outcomes}
+    return found
+
+
+def difference_rows(document: dict, baseline: str = BASELINE, order: Sequence[str] | None = None) -> list[list[str]]:
+    """One row per model: ``"+1.2 [−0.3, +2.6]"`` (points, 95 %) per column, against ``baseline``."""
+    return [[name, *(d.text() for d in columns.values())]
+            for name, columns in differences(document, baseline, order).items()]
 
 
 def summary_rows(document: dict, order: Sequence[str] | None = None) -> list[list[str]]:
@@ -288,13 +362,24 @@ def _n_line(document: dict) -> str:
             f"{plan['filter_images'] * len(plan['radii'])} per mean). ± is the 95 % (Wilson) interval's half-width.")
 
 
+def _markdown_rows(rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(SUMMARY_HEADERS) + " |", "|---" + "|---:" * (len(SUMMARY_HEADERS) - 1) + "|"]
+            + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def markdown_table(document: dict, order: Iterable[str] | None = None) -> str:
-    """The README's robustness table, with the sample sizes and the data named."""
-    lines = ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|---" + "|---:" * (len(SUMMARY_HEADERS) - 1) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(document, list(order) if order else None)]
+    """The README's robustness table, with the sample sizes and the data named, and (when the
+    outcomes are stored) the paired differences from :data:`BASELINE`."""
+    order = list(order) if order else None
+    lines = _markdown_rows(summary_rows(document, order))
     seconds = sum(float(document["models"][name].get("seconds", 0)) for name in document["models"])
     timing = f" Measured in {seconds / 60:.0f} min on {document['machine']} (`python -m robustness`)."
-    return "\n".join(lines) + f"\n\n{document['data']}; {_n_line(document)}{timing}"
+    text = "\n".join(lines) + f"\n\n{document['data']}; {_n_line(document)}{timing}"
+    paired = difference_rows(document, BASELINE, order)
+    if paired:
+        text += (f"\n\nDifference from `{BASELINE}`, trial by trial on the same images (points; 95 % interval, "
+                 "Newcombe's paired score method):\n\n" + "\n".join(_markdown_rows(paired)))
+    return text
 
 
 # --------------------------------------------------------------------------------------

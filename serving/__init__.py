@@ -7,6 +7,7 @@
 * ``spectra`` - :func:`log_spectrum` (numpy)
 * ``cards`` - :class:`RunCard`: the one typed run card (trainer, sweep, exporter, registry, dashboard)
 * ``cifar`` - CIFAR-10/100 class names and input mean/std
+* ``variants`` - the variant catalogue: names, table order, labels
 * ``files`` - atomic writes and ``file_sha256``
 
 Nothing under ``serving`` imports torch, ``hybrid_model`` or ``training`` (numpy,

@@ -1,12 +1,20 @@
-"""CIFAR-10/100 constants: class names in label order and the input normalisation.
+"""CIFAR-10/100 constants (class names in label order, mean/std) and the input normalisation.
 
-The one home of these numbers: training (``training.data``), the checkpoint reader and the
-ONNX runtime all import them from here, so a model is always served with the mean/std it
-was trained with. Plain tuples, no imports.
+The one home of these numbers and of the formula that uses them: training
+(``training.data.normalize``, torch), the checkpoint reader and the ONNX runtime
+(``serving.runtime.normalize_uint8``, numpy) all import them from here, so a model is always
+served with the inputs it was trained on. No imports: the formula is written once for numpy
+arrays and torch tensors alike.
 """
 from __future__ import annotations
 
-__all__ = ["CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_MEAN_STD", "CLASS_NAMES", "DATASETS", "NUM_CLASSES"]
+from typing import TypeVar
+
+__all__ = [
+    "CIFAR10_CLASSES", "CIFAR100_CLASSES", "CIFAR_MEAN_STD", "CLASS_NAMES", "DATASETS", "NUM_CLASSES", "standardize",
+]
+
+Array = TypeVar("Array")  # a numpy array or a torch tensor (the same kind for every argument)
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -36,3 +44,19 @@ CIFAR_MEAN_STD: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
 NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100}
+
+
+def standardize(pixels: Array, mean: Array, std: Array, peak: float = 255.0) -> Array:
+    """The models' input normalisation, ``(pixels / peak - mean) / std``: its one definition.
+
+    Args:
+        pixels: float32 channels-first pixel values on ``[0, peak]`` (255 for uint8 images,
+            1 for images already on ``[0, 1]``).
+        mean, std: float32 per-channel constants of the same kind as ``pixels`` (numpy arrays
+            or torch tensors), shaped to broadcast against it, e.g. ``(3, 1, 1)``.
+
+    numpy and torch run the same float32 operations in the same order, so on the CPU the
+    trainer's inputs and the ONNX runtime's are bit-identical (tested). On CUDA, torch
+    divides by a Python number as a multiplication by its reciprocal: a last-bit difference.
+    """
+    return (pixels / peak - mean) / std  # type: ignore[operator]

@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 def _locked(directory: Path) -> Iterator[None]:
     """Serialise manifest updates between concurrent exports (flock on the folder; POSIX)."""
     try:
-        import fcntl
+        import fcntl  # optional: POSIX only
     except ImportError:  # Windows: best effort, the write itself is still atomic
         yield
         return

@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper
 from PIL import Image, ImageOps
 
 from .cards import CardError, RunCard, as_card, read_onnx_card
+from .cifar import standardize
 from .images import ImageError, ImageSource, load_image
 
 __all__ = [
@@ -91,8 +93,6 @@ def _driver_sees_gpu() -> bool:
 
 def _probe_model() -> bytes:
     """A one-node Identity model, serialised (IR 10: accepted by every recent onnxruntime)."""
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "provider_probe",
@@ -164,7 +164,7 @@ def normalization_for(card: RunCard | Mapping[str, Any]) -> tuple[tuple[float, .
 
 def _lab_to_rgb(image: Image.Image) -> Image.Image:
     try:
-        from PIL import ImageCms
+        from PIL import ImageCms  # optional: Pillow may be built without littleCMS
 
         transform = ImageCms.buildTransformFromOpenProfiles(
             ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
@@ -232,13 +232,13 @@ def _center_square(width: int, height: int) -> tuple[int, int, int, int]:
 def normalize_uint8(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``(N, H, W, 3)`` uint8 RGB -> ``(N, 3, H, W)`` float32 ``(x/255 - mean) / std``.
 
-    The same arithmetic as ``ToTensor`` + ``Normalize`` in training (float32 throughout).
+    :func:`serving.cifar.standardize`, the formula training uses too, on numpy arrays.
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
-    x = images.astype(np.float32) / np.float32(255.0)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    pixels = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+    shape = (len(mean), 1, 1)
+    return standardize(pixels, np.asarray(mean, np.float32).reshape(shape), np.asarray(std, np.float32).reshape(shape))
 
 
 def preprocess(

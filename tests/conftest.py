@@ -37,11 +37,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = Path(__file__).resolve().parents[1] / "dashboard" / "examples"  # the app's examples
-ARTIFACTS = ROOT / "artifacts"
-#: hybrid_model.PAPER_VARIANTS (conftest stays torch-free; tests/test_models.py checks they agree)
-VARIANTS = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
+from serving.paths import REPO_ROOT
+from serving.variants import PAPER_VARIANTS as VARIANTS
+
+# torch's OpenMP (libgomp) otherwise spins ~3 ms at every barrier: on a 2-core machine where
+# anything else runs (the suite's own servers and subprocesses, another test run), a spinning
+# thread holds the core its partner needs and small training steps get up to ~80x slower
+# (measured: 0.04 s -> 2.7 s a step of a quarter-width ResNet-18). Read when libgomp loads,
+# so set here, before any test module imports torch; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ASSETS = REPO_ROOT / "dashboard" / "examples"  # the app's examples
+ARTIFACTS = REPO_ROOT / "artifacts"
 #: Synthetic test accuracies: makes the default ("best") model deterministic: hybrid.
 TEST_ACC = {"resnet18": 0.41, "spectral": 0.38, "diffstride": 0.44, "hybrid": 0.47, "diffstride2": 0.45}
 DEFAULT_MODEL = "hybrid"
@@ -51,8 +58,8 @@ STRIDES = (1, 1, 2, 2, 2)
 #: the bundled models with 1/16 of the weights, so exporting and serving them is fast.
 WIDTH = 16
 
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
 
 # --------------------------------------------------------------------------------------
@@ -156,12 +163,12 @@ def _source_key() -> str:
     names = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions()
                    if str(d.metadata["Name"]).lower().startswith(("torch", "onnx")))  # onnxruntime(-gpu) too
     digest.update(" ".join(names).encode())
-    sources = [*sorted((ROOT / "hybrid_model").rglob("*.py")), *sorted((ROOT / "serving").rglob("*.py")),
-               *(ROOT / "exports" / name for name in ("export.py", "parity.py")), ROOT / "training" / "checkpoint.py",
-               ROOT / "training" / "data.py"]
+    sources = [*sorted((REPO_ROOT / "hybrid_model").rglob("*.py")), *sorted((REPO_ROOT / "serving").rglob("*.py")),
+               *(REPO_ROOT / "exports" / name for name in ("export.py", "parity.py")), REPO_ROOT / "training" / "checkpoint.py",
+               REPO_ROOT / "training" / "data.py"]
     for path in sources:
         if path.is_file():
-            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(str(path.relative_to(REPO_ROOT)).encode())
             digest.update(path.read_bytes())
     digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
@@ -301,8 +308,8 @@ def run_app(models: Path, log_dir: Path, timeout: float = 120.0, extra_args: tup
         log_path = log_dir / f"app-{port}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--models-dir", str(models), *extra_args],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                [sys.executable, str(REPO_ROOT / "app.py"), "--port", str(port), "--models-dir", str(models), *extra_args],
+                cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
             )
         url = f"http://127.0.0.1:{port}/"
         try:

@@ -22,7 +22,6 @@ from PIL import Image
 from conftest import (
     ASSETS,
     DEFAULT_MODEL,
-    ROOT,
     TEST_ACC,
     VARIANTS,
     data_url,
@@ -32,6 +31,7 @@ from conftest import (
     top1,
 )
 from serving.cifar import CIFAR10_CLASSES
+from serving.paths import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -83,7 +83,7 @@ def cifar_array(index: int = 1) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 def test_dashboard_modules_do_not_import_torch():
     code = "import sys, app, dashboard.service; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
 
 
@@ -359,7 +359,7 @@ def test_missing_image_and_unknown_model(client: Client, cifar_images):
 
 def documented_refusal(request: str) -> str:
     """The message docs/api.md's table of refusals shows for ``request``."""
-    match = re.search(rf"^\| {re.escape(request)} \| `([^`]+)`", (ROOT / "docs" / "api.md").read_text(), re.M)
+    match = re.search(rf"^\| {re.escape(request)} \| `([^`]+)`", (REPO_ROOT / "docs" / "api.md").read_text(), re.M)
     assert match, f"docs/api.md has no row '{request}'"
     return match.group(1)
 
@@ -384,7 +384,7 @@ def test_upload_over_the_size_limit_is_refused(app_server, tmp_path: Path, cifar
     client = Client(app_server.url, verbose=False)
     with pytest.raises(ValueError, match="exceeds the maximum file size of 10485760 bytes"):
         classify(client, big)
-    assert "exceeds the maximum file size of 10485760 bytes" in (ROOT / "docs" / "api.md").read_text()
+    assert "exceeds the maximum file size of 10485760 bytes" in (REPO_ROOT / "docs" / "api.md").read_text()
     assert_label(classify(client, cifar_images[0].path))
 
 
@@ -719,9 +719,9 @@ def test_sigterm_during_start_up_shuts_down_cleanly(models_dir: Path, tmp_path: 
     from conftest import free_port
 
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    command = [sys.executable, str(ROOT / "app.py"), "--port", str(free_port()), "--models-dir", str(models_dir),
+    command = [sys.executable, str(REPO_ROOT / "app.py"), "--port", str(free_port()), "--models-dir", str(models_dir),
                "--upload-dir", str(tmp_path / "uploads")]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in process.stdout:  # Gradio prints the URL, then checks it: stop it in between
         lines.append(line)
@@ -746,8 +746,8 @@ def test_a_port_it_cannot_listen_on_is_one_line_and_exit_2(tmp_path):
                  (["--port", "99999"], "--port 99999 is not a TCP port (1-65535)"),
                  (["--host", "no-such-host.invalid", "--port", "7861"], "--host no-such-host.invalid is not an address")]
         for args, message in cases:
-            result = subprocess.run([sys.executable, str(ROOT / "app.py"), *args, "--upload-dir", str(tmp_path)],
-                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+            result = subprocess.run([sys.executable, str(REPO_ROOT / "app.py"), *args, "--upload-dir", str(tmp_path)],
+                                    cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
             assert result.returncode == 2, result.stderr[-2000:]
             assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
 
@@ -773,9 +773,9 @@ def test_a_stop_while_importing_is_one_line_and_exit_0(tmp_path: Path, signame: 
 
     signum = getattr(signal, signame)
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(free_port()),
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "app.py"), "--port", str(free_port()),
                                 "--upload-dir", str(tmp_path / "uploads")],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
         while not _signal_handled(process.pid, signal.SIGINT):  # Python installs its Ctrl-C handler first

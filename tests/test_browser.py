@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ARTIFACTS, ASSETS, DEFAULT_MODEL, reference_prediction, top1
+from serving.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -202,7 +203,7 @@ def test_classify_spectra_layers_and_true_label(browser, client, models_dir):
         page.screenshot(path=str(SHOTS / "spectra.png"), full_page=True)
 
         body = page.locator("body").inner_text()
-        assert str(Path(__file__).resolve().parent.parent) not in body and "/tmp/" not in body
+        assert str(REPO_ROOT) not in body and "/tmp/" not in body
         assert not page.js_errors, page.js_errors
 
 
@@ -417,7 +418,7 @@ def test_screenshot_tool_errors_are_one_line(tmp_path: Path):
     import subprocess
     import sys
 
-    from conftest import ROOT, free_port
+    from conftest import free_port
 
     _require_browser()
     out = tmp_path / "shots"
@@ -427,7 +428,7 @@ def test_screenshot_tool_errors_are_one_line(tmp_path: Path):
     ]
     for args, expected in cases:
         result = subprocess.run([sys.executable, "-m", "dashboard.screenshots", "--out", str(out), *args],
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and expected in result.stderr, result.stderr
         assert "Traceback" not in result.stderr and result.stdout == ""
         assert not out.exists() or not any(out.iterdir())

@@ -4,14 +4,14 @@ Each is int8 (``exports.quantize``) where the int8 model passed the accuracy gat
 otherwise; the card records which (``export.precision``), and int8 cards carry the
 quantisation settings, the float export's parity with PyTorch and the gate's figures.
 """
-from pathlib import Path
 
 import pytest
 
-from conftest import reference_prediction, top1
+from conftest import ASSETS, reference_prediction, top1
+from serving.paths import BUNDLED_MODELS_DIR
 from serving.registry import ModelRegistry
 
-MODELS = Path(__file__).resolve().parents[1] / "exports" / "models"
+MODELS = BUNDLED_MODELS_DIR
 VARIANTS = {"resnet18", "spectral", "diffstride", "hybrid", "diffstride2"}
 
 
@@ -73,7 +73,7 @@ def test_int8_models_passed_the_accuracy_gate(registry):
 
 def test_bundled_models_classify_a_real_cifar_image(registry):
     """Each model's answer is its own argmax, computed without the serving code."""
-    image = sorted((Path(__file__).resolve().parents[1] / "dashboard" / "examples").glob("*.png"))[0]
+    image = sorted(ASSETS.glob("*.png"))[0]
     for entry in registry.entries:
         prediction = registry.get(entry.name).predict(str(image))
         expected = reference_prediction(MODELS / entry.file, image)

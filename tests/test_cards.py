@@ -20,9 +20,9 @@ from serving.cards import (
     read_onnx_card,
 )
 from serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD
+from serving.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = sorted((ROOT / "exports" / "models").glob("*.onnx"))
+BUNDLED = sorted((REPO_ROOT / "exports" / "models").glob("*.onnx"))
 
 #: A card as the exporter wrote them before transforms/head/hardware existed (test_acc etc.
 #: from an early run; every newer field absent).
@@ -261,4 +261,4 @@ def test_unreadable_cards_raise_card_error(tmp_path):
 
 def test_cards_import_no_torch():
     code = "import sys, serving.cards; assert 'torch' not in sys.modules and 'hybrid_model' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={"PYTHONPATH": str(ROOT)})
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, env={"PYTHONPATH": str(REPO_ROOT)})

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ASSETS, ROOT
+from conftest import ASSETS
 from robustness import corruptions
 from robustness.corruptions import CORRUPTIONS, SEVERITIES, CorruptionError, corrupt
+from serving.paths import REPO_ROOT
 
 #: Corruptions without randomness: the seed does not change them.
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression"}
@@ -28,7 +29,7 @@ DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelat
 def images() -> np.ndarray:
     """64 real CIFAR-10 test images: the bit-exact partial copy (read directly: importing
     ``serving`` costs seconds), else the 30 bundled test PNGs."""
-    for directory in (os.environ.get("HYBRID_DATA_DIR"), ROOT.parent / "shared" / "data", ROOT / "data"):
+    for directory in (os.environ.get("HYBRID_DATA_DIR"), REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "data"):
         path = Path(directory or "-") / "cifar10_partial_test.npz"
         if directory and path.is_file():
             with np.load(path) as data:

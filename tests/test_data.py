@@ -254,6 +254,18 @@ def test_normalize_layouts_and_values(partial):
         normalize(torch.zeros(32, 32, dtype=torch.uint8))
 
 
+def test_training_and_the_onnx_runtime_normalise_bit_identically(partial):
+    """One formula (``serving.cifar.standardize``): torch in training, numpy in the runtime."""
+    from serving.runtime import normalize_uint8
+
+    images = partial.x_test[:64]
+    for dataset in ("cifar10", "cifar100"):
+        served = normalize_uint8(images.numpy(), *CIFAR_MEAN_STD[dataset])
+        trained = normalize(images, dataset).numpy()
+        assert served.dtype == trained.dtype == np.float32
+        assert np.array_equal(served, trained), dataset  # bit for bit, not allclose
+
+
 # --------------------------------------------------------------------------------------
 # GpuLoader
 # --------------------------------------------------------------------------------------

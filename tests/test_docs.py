@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_app
+from conftest import run_app
+from serving.paths import REPO_ROOT
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 DASHBOARD_URL = "http://127.0.0.1:7860/"
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 # [text](target) and ![alt](target); the target ends at whitespace or ")".
@@ -41,7 +42,7 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        return f"{self.page.relative_to(REPO_ROOT)}:{self.line}"
 
 
 def fenced_blocks(page: Path) -> list[Block]:
@@ -68,7 +69,7 @@ SHELL_PAGES = sorted({b.page for b in ALL_BLOCKS if b.lang in ("bash", "sh") and
 
 
 def _env(extra_path: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     if extra_path is not None:
         env["PATH"] = f"{extra_path}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -77,7 +78,7 @@ def _env(extra_path: Path | None = None) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def dashboard_url(tmp_path_factory) -> str:
     """A dashboard on the bundled models, started only if a block needs one."""
-    with run_app(ROOT / "exports" / "models", tmp_path_factory.mktemp("docs-app")) as server:
+    with run_app(REPO_ROOT / "exports" / "models", tmp_path_factory.mktemp("docs-app")) as server:
         yield server.url
 
 
@@ -92,7 +93,7 @@ def test_python_example_runs(block: Block, request):
     code = block.code
     if DASHBOARD_URL in code:
         code = code.replace(DASHBOARD_URL, request.getfixturevalue("dashboard_url"))
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, f"{block.id} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     if block.output is not None:
@@ -100,7 +101,7 @@ def test_python_example_runs(block: Block, request):
             f"{block.id}: the ```output block does not match what the code prints:\n{result.stdout}")
 
 
-@pytest.mark.parametrize("page", SHELL_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("page", SHELL_PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_marked_shell_examples_run(page: Path, tmp_path: Path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -143,24 +144,24 @@ def test_github_anchor_matches_githubs_rules():
     assert github_anchor("Exporting models to ONNX (`exports/`)") == "exporting-models-to-onnx-exports"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_relative_links_point_at_files_in_the_repository(page: Path):
     links = relative_links(page)
     broken = []
     for link in links:
         target, _, anchor = link.partition("#")
         path = (page.parent / target).resolve() if target else page
-        if not path.is_relative_to(ROOT):
+        if not path.is_relative_to(REPO_ROOT):
             broken.append(f"{link} (outside the repository: a clone does not have it)")
         elif not path.exists():
             broken.append(f"{link} (no such file)")
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
             broken.append(f"{link} (no heading '#{anchor}' in {path.name})")
-    assert not broken, f"{page.relative_to(ROOT)}: broken links: {broken}"
+    assert not broken, f"{page.relative_to(REPO_ROOT)}: broken links: {broken}"
 
 
 def test_readme_links_to_every_docs_page_and_the_license():
-    readme_links = {link.partition("#")[0] for link in relative_links(ROOT / "README.md")}
+    readme_links = {link.partition("#")[0] for link in relative_links(REPO_ROOT / "README.md")}
     expected = {f"docs/{p.name}" for p in PAGES[1:]} | {"LICENSE", "CITATION.cff"}
     assert expected <= readme_links, f"README does not link to {sorted(expected - readme_links)}"
 
@@ -169,7 +170,7 @@ def test_readme_links_to_every_docs_page_and_the_license():
 # The README's two commands
 # --------------------------------------------------------------------------------------
 def quick_start_commands() -> list[str]:
-    return [b.code.strip() for b in fenced_blocks(ROOT / "README.md")
+    return [b.code.strip() for b in fenced_blocks(REPO_ROOT / "README.md")
             if b.lang == "bash" and "python3 -m venv .venv" in b.code]
 
 
@@ -180,11 +181,11 @@ def test_readme_commands_use_files_that_exist():
     assert serve.endswith(".venv/bin/python app.py") and test.endswith(".venv/bin/python -m pytest")
     for command in commands:
         for name in re.findall(r"-r (\S+)", command):
-            assert (ROOT / name).is_file(), f"the README installs {name}, which does not exist"
+            assert (REPO_ROOT / name).is_file(), f"the README installs {name}, which does not exist"
 
 
 def test_ci_runs_the_readme_test_command():
-    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
     test = quick_start_commands()[1]
     # .ci/run may add pip's -q; otherwise it is the README's command.
     assert test.replace("pip install -r", "pip install -q -r") in ci or test in ci
@@ -217,9 +218,9 @@ def test_license_citation_and_pyproject_agree():
 
     import yaml
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
-    assert "Apache License" in (ROOT / "LICENSE").read_text(encoding="utf-8")[:200]
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    citation = yaml.safe_load((REPO_ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert "Apache License" in (REPO_ROOT / "LICENSE").read_text(encoding="utf-8")[:200]
     assert project["license"] == citation["license"] == "Apache-2.0"
     assert project["version"] == citation["version"]
     cited = {ref["title"] for ref in citation["references"]}
@@ -234,16 +235,16 @@ def test_gpu_window_figures_match_their_records():
     ones its window.json recorded (rounded to the second)."""
     import json
 
-    page = (ROOT / "docs" / "gpu-window.md").read_text(encoding="utf-8")
-    protocol = json.loads((ROOT / "training" / "sweeps" / "short_cifar10.json").read_text(encoding="utf-8"))
+    page = (REPO_ROOT / "docs" / "gpu-window.md").read_text(encoding="utf-8")
+    protocol = json.loads((REPO_ROOT / "training" / "sweeps" / "short_cifar10.json").read_text(encoding="utf-8"))
     per_seed = len(protocol["variants"]) * len(protocol["strides"]) * len(protocol.get("datasets", ["cifar10"]))
     assert f"{per_seed} points a seed" in page
-    assert re.search(rf"\b{per_seed} points\b", (ROOT / "docs" / "training.md").read_text(encoding="utf-8"))
-    window1 = json.loads((ROOT / "results" / "windows" / "2026-11-26-h200" / "call1" / "window.json").read_text())
+    assert re.search(rf"\b{per_seed} points\b", (REPO_ROOT / "docs" / "training.md").read_text(encoding="utf-8"))
+    window1 = json.loads((REPO_ROOT / "results" / "windows" / "2026-11-26-h200" / "call1" / "window.json").read_text())
     assert f"call 1 (`models --budget 500`) took {round(window1['elapsed_s'])} s" in page
     for call, wall in (("call1", "169.5"), ("call2", "530.3"), ("call3", "82.4")):  # the device tool's wall_s
-        record = json.loads((ROOT / "results" / "windows" / "2026-12-04-h200" / call / "window.json").read_text())
+        record = json.loads((REPO_ROOT / "results" / "windows" / "2026-12-04-h200" / call / "window.json").read_text())
         assert f"({wall} s)" in page and float(wall) >= record["elapsed_s"]  # the call covers the runbook's own time
-    size = sum(p.stat().st_size for p in (ROOT / "exports" / "models").glob("*.onnx")) / 1e6
+    size = sum(p.stat().st_size for p in (REPO_ROOT / "exports" / "models").glob("*.onnx")) / 1e6
     match = re.search(r"the bundled ONNX files, ~(\d+) MB", page)
     assert match and abs(int(match.group(1)) - size) <= 2, (match and match.group(0), size)

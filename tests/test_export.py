@@ -20,10 +20,10 @@ from exports import export as E
 from exports.parity import DEFAULT_DATA_DIR, FP16_TOLERANCE, FP32_TOLERANCE, check_parity, load_parity_images
 from exports.parity import main as parity_main
 from hybrid_model import PAPER_VARIANTS, build_model, describe_downsampling
+from serving.paths import REPO_ROOT
 from serving.runtime import normalization_for, normalize_uint8
 from training.checkpoint import CheckpointError, fresh_checkpoint, load_checkpoint, make_card, save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = PAPER_VARIANTS
 
 pytestmark = pytest.mark.skipif(
@@ -230,7 +230,7 @@ def test_cli_missing_checkpoint_in_a_fresh_process(tmp_path):
     """Real subprocess: exit 2 and exactly one line on stderr (no traceback)."""
     result = subprocess.run(
         [sys.executable, "-m", "exports.export", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.onnx")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.json'}: card file not found"]
@@ -308,9 +308,9 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 
 
 def test_fresh_models_never_go_into_the_bundled_folder():
-    manifest = REPO / "exports" / "models" / "manifest.json"
+    manifest = REPO_ROOT / "exports" / "models" / "manifest.json"
     before = manifest.read_bytes()
     with pytest.raises(ValueError, match="never write them into exports/models"):
-        E.export_fresh(REPO / "exports", ["resnet18"])
+        E.export_fresh(REPO_ROOT / "exports", ["resnet18"])
     assert manifest.read_bytes() == before  # refused before anything was written
-    assert not (REPO / "exports" / "checkpoints").exists()
+    assert not (REPO_ROOT / "exports" / "checkpoints").exists()

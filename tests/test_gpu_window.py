@@ -6,6 +6,7 @@ one model variant, 64 training images, one epoch, stem stride 4 (small maps), th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -19,10 +20,10 @@ from gpu_window import plan, probe, travel
 from gpu_window.record import WindowError, work_dir
 from serving.cards import RunCard
 from serving.manifest import read_manifest
+from serving.paths import REPO_ROOT
 from training import sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = REPO_ROOT.parent / "shared" / "data"
 MiB = 1 << 20
 
 needs_data = pytest.mark.skipif(not all((DATA / f).is_file() for f in travel.DATA_FILES),
@@ -48,11 +49,10 @@ def test_protocol_is_table1_grid():
     config = sweep.load_config(plan.PROTOCOL)
     import hybrid_model
 
-    assert config["out"] == "results/table1" and config["seeds"] == [0, 1, 2]
-    assert [tuple(s) for s in config["strides"]] == [tuple(map(float, s)) for s in hybrid_model.PAPER_STRIDES]
-    assert set(plan.DASHBOARD_VARIANTS) <= set(config["variants"])
-    assert plan.DASHBOARD_VARIANTS == hybrid_model.PAPER_VARIANTS  # the window trains exactly the paper variants
-    assert config["args"]["schedule"] == "onecycle" and "epochs" not in config["args"]
+    assert config.out == "results/table1" and config.seeds == (0, 1, 2)
+    assert [tuple(s) for s in config.strides] == [tuple(map(float, s)) for s in hybrid_model.PAPER_STRIDES]
+    assert set(hybrid_model.PAPER_VARIANTS) <= set(config.variants)  # the window trains the paper variants
+    assert config.args["schedule"] == "onecycle" and "epochs" not in config.args
 
 
 def test_compact_roundtrip_and_size(tmp_path):
@@ -156,7 +156,7 @@ def _git(repo: Path, *args: str) -> str:
 @needs_data
 def test_prepare_and_restore_in_a_clone(tmp_path):
     repo = tmp_path / "repo"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(repo)], check=True)
     # The bundled models (57 MB of int8 files) and the carried JPEG copy (56 MB) together are
     # over the limit: prepare must leave the models behind.
     data_bytes = sum(p.stat().st_size for p in DATA.glob("cifar10_*jpeg*.npz"))
@@ -261,11 +261,11 @@ def test_onnx_accuracy_of_a_bundled_file_matches_the_serving_runtime():
 
     data = load_cifar("cifar10", str(DATA), limit_train=1, limit_test=48)
     images, labels = data.x_test.numpy(), data.y_test.numpy()
-    registry = ModelRegistry(ROOT / "exports" / "models")
+    registry = ModelRegistry(REPO_ROOT / "exports" / "models")
     entry = next(e for e in registry.entries if e.name == "resnet18")
     model = registry.get("resnet18")
     served = np.array([model.card.labels().index(model.predict(Image.fromarray(image)).label) for image in images])
-    acc = ingest.onnx_accuracy(ROOT / "exports" / "models" / entry.file, images, labels, entry.card.normalize)
+    acc = ingest.onnx_accuracy(REPO_ROOT / "exports" / "models" / entry.file, images, labels, entry.card.normalize)
     assert acc == float(np.mean(served == labels)) and acc > 0.5
 
 
@@ -294,8 +294,8 @@ def test_probe_points_names_and_verdict():
     real = sweep.load_config(plan.PROTOCOL)
     for text in probe.PROBE_POINTS:
         variant, changes = probe.parse_probe_point(text)
-        _, ns = plan._train_namespace(variant, (1, 1, 2, 2, 2), 0, real["epochs"],
-                                            dict(real, args={**real["args"], **changes}))
+        _, ns = plan._train_namespace(variant, (1, 1, 2, 2, 2), 0, real.epochs,
+                                            dataclasses.replace(real, args={**real.args, **changes}))
         assert ns.variant == variant and ns.epochs == changes.get("epochs", 15) and ns.batch_size == 512
         assert ns.warmup == 3 and ns.lr == changes.get("lr", 0.4)  # a check's own epochs keep the real warm-up
         assert all(_applied(ns, key, value) for key, value in changes.items()), text
@@ -340,7 +340,7 @@ def test_stability_checks_and_their_verdict():
     assert safe["args"] == {"lr": 0.2, "grad-clip": 1, "label-smoothing": 0.1} == {**protocol, **safe["changes"]}
     assert "probe_hybrid_epochs4 did not train stably" in safe["reason"]
     # a point with epochs of its own (the check) costs the same whatever the others get
-    assert plan._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), {"c": {"args": {"epochs": 4}}}) == 4
+    assert plan._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), {"c": sweep.SweepConfig(name="c", epochs=15, args={"epochs": 4})}) == 4
     assert plan._own_epochs(sweep.Run("hybrid", (1,) * 5, 0, "cifar10", "c"), None) is None
 
 
@@ -387,7 +387,7 @@ def test_rehearsal_probe_then_models_with_its_verdict(tmp_path, monkeypatch, cap
     # the cards' settings decide: on the protocol only once the protocol file says lr 0.1
     card = RunCard.from_dict(run["card"])
     assert not sweep.on_protocol(card, sweep.load_config(protocol))
-    assert sweep.on_protocol(card, dict(sweep.load_config(protocol), args={**config["args"], "lr": 0.1}))
+    assert sweep.on_protocol(card, dataclasses.replace(sweep.load_config(protocol), args={**config["args"], "lr": 0.1}))
 
     # ingest keeps a probe's cards out of the results folder
     written = ingest.collect_cards(ingest.read_windows([out1]), tmp_path / "results", log=lambda _: None)

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from serving.paths import REPO_ROOT
 
-DATA = ROOT.parent / "shared" / "data"
-FIRST_WINDOW = ROOT / "results" / "windows" / "2026-11-26-h200" / "call1" / "window.json"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+DATA = REPO_ROOT.parent / "shared" / "data"
+FIRST_WINDOW = REPO_ROOT / "results" / "windows" / "2026-11-26-h200" / "call1" / "window.json"
 N_TEST, AGREEMENT = 96, 16
 
 needs_data = pytest.mark.skipif(not (DATA / "cifar10_test_jpeg.npz").is_file(),

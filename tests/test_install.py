@@ -24,8 +24,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from conftest import reference_prediction, top1
+from serving.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 TRAINING_ONLY = {"torch", "torchvision", "onnxscript", "safetensors"}
 
 
@@ -72,9 +72,9 @@ def dependency_closure(roots: set[str]) -> set[str]:
     return seen
 
 
-SERVING = requirement_names(REPO / "requirements.txt")
-TRAIN = requirement_names(REPO / "requirements-train.txt")
-DEV = requirement_names(REPO / "requirements-dev.txt")
+SERVING = requirement_names(REPO_ROOT / "requirements.txt")
+TRAIN = requirement_names(REPO_ROOT / "requirements-train.txt")
+DEV = requirement_names(REPO_ROOT / "requirements-dev.txt")
 
 
 def test_files_split_serving_training_and_tests():
@@ -82,14 +82,14 @@ def test_files_split_serving_training_and_tests():
     assert SERVING < TRAIN and TRAINING_ONLY <= TRAIN, "requirements-train.txt = serving + training/export"
     assert TRAIN < DEV and "pytest" in DEV, "requirements-dev.txt installs everything plus test tools"
     for name in ("requirements.txt", "requirements-train.txt", "requirements-dev.txt"):
-        assert pinned(REPO / name) == [], f"{name}: every requirement is pinned with =="
+        assert pinned(REPO_ROOT / name) == [], f"{name}: every requirement is pinned with =="
 
 
 def test_readme_commands_use_the_right_files():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert "pip install -r requirements.txt && .venv/bin/python app.py" in readme
     assert "pip install -r requirements-dev.txt && .venv/bin/python -m pytest" in readme
-    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "pip install -q -r requirements-dev.txt && .venv/bin/python -m pytest" in ci
 
 
@@ -131,17 +131,17 @@ def test_serving_path_imports_only_what_requirements_txt_installs():
     training_only = (dependency_closure(TRAIN) - allowed) | TRAINING_ONLY
     blocked = _top_level_modules(training_only) | TRAINING_ONLY
     assert {"torch", "torchvision", "safetensors"} <= blocked
-    image = sorted((REPO / "dashboard" / "examples").glob("*.png"))[0]
+    image = sorted((REPO_ROOT / "dashboard" / "examples").glob("*.png"))[0]
     done = subprocess.run(
-        [sys.executable, "-c", SERVE_SCRIPT, json.dumps(sorted(blocked)), str(REPO / "exports" / "models"), str(image)],
-        cwd=REPO, capture_output=True, text=True, timeout=200,
+        [sys.executable, "-c", SERVE_SCRIPT, json.dumps(sorted(blocked)), str(REPO_ROOT / "exports" / "models"), str(image)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     from serving.registry import ModelRegistry
 
-    served = ModelRegistry(REPO / "exports" / "models").entry(result["model"])  # the model's own argmax, computed apart
-    assert result["top"] == top1(reference_prediction(REPO / "exports" / "models" / served.file, image))
+    served = ModelRegistry(REPO_ROOT / "exports" / "models").entry(result["model"])  # the model's own argmax, computed apart
+    assert result["top"] == top1(reference_prediction(REPO_ROOT / "exports" / "models" / served.file, image))
     owners = metadata.packages_distributions()
     unlisted = {}
     for module in result["modules"]:
@@ -157,7 +157,7 @@ def test_blocker_catches_a_training_import():
     done = subprocess.run(
         # the import comes first: the blocker is what is checked, so Gradio need not load (~10 s)
         [sys.executable, "-c", SERVE_SCRIPT.replace("import app\n", "import torch\nimport app\n"),
-         json.dumps(["torch"]), str(REPO / "exports" / "models"), "unused.png"],
-        cwd=REPO, capture_output=True, text=True, timeout=200,
+         json.dumps(["torch"]), str(REPO_ROOT / "exports" / "models"), "unused.png"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
     )
     assert done.returncode != 0 and "blocked: not in requirements.txt" in done.stderr

@@ -192,14 +192,16 @@ def test_bad_model_inputs():
 
 # --- one list of variants ---------------------------------------------------------------
 def test_the_variant_names_have_one_list():
-    """``training.report`` and the tests' ``conftest`` stay torch-free, so they keep their own
-    tuples: checked here."""
+    """``serving.variants`` names the variants (torch-free readers need them); ``VARIANTS``
+    gives each its layers, in the same order, and everything else reads one of the two."""
     import conftest
-    from training.report import VARIANT_LABELS, VARIANT_ORDER
+    import serving.variants
+    from gpu_window import __main__ as gpu_window_cli
+    from training import report
 
-    assert VARIANT_ORDER == tuple(VARIANTS)
-    assert conftest.VARIANTS == PAPER_VARIANTS
-    assert set(VARIANT_LABELS) == set(VARIANTS)
+    assert serving.variants.VARIANT_NAMES == tuple(VARIANTS)
+    assert conftest.VARIANTS is gpu_window_cli.PAPER_VARIANTS is PAPER_VARIANTS is serving.variants.PAPER_VARIANTS
+    assert report.VARIANT_LABELS is serving.variants.VARIANT_LABELS
     assert PAPER_VARIANTS == ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2")
     assert [name for name in VARIANTS if VARIANTS[name].head_has_transform] == ["hybrid", "diffstride_scaled"]
 

@@ -20,9 +20,9 @@ import pytest
 
 from exports import quantize as Q
 from exports.parity import DEFAULT_DATA_DIR
+from serving.paths import REPO_ROOT
 from serving.registry import ModelRegistry
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = dict(calibration_images=32, test_images=64, max_acc_drop=100.0, min_agreement=0.0, log=lambda _: None)
 
 pytestmark = pytest.mark.skipif(
@@ -112,7 +112,7 @@ def test_registry_serves_the_int8_twin_and_keeps_the_float_one(int8_hybrid):
     assert registry.entry("hybrid").precision == "int8" and registry.entry("hybrid").file == "hybrid.int8.onnx"
     assert registry.entry("hybrid-fp32").file == "hybrid.onnx"
     assert registry.default_name() == "hybrid"
-    image = sorted((REPO / "dashboard" / "examples").glob("*.png"))[0]
+    image = sorted((REPO_ROOT / "dashboard" / "examples").glob("*.png"))[0]
     a, b = registry.get("hybrid").predict(str(image)), registry.get("hybrid-fp32").predict(str(image))
     assert abs(float(a.probs.sum()) - 1) < 1e-4 and set(a.features) == set(b.features)
 
@@ -153,7 +153,7 @@ def test_cli_bad_input_is_one_line_exit_2(int8_hybrid, onnx_bundle, tmp_path, ar
     folder, result = int8_hybrid
     args = [a.format(model=onnx_bundle / "models" / "resnet18.onnx", int8=result.path) for a in args]
     args = [str(tmp_path / a) if a in ("x.onnx", "x.txt") else a for a in args]
-    done = subprocess.run([sys.executable, "-m", "exports.quantize", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "exports.quantize", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
@@ -182,7 +182,7 @@ def test_calibration_and_gate_images_are_the_trainers_images():
 ])
 def test_help_shows_the_defaults(module, expected):
     """Every option with a value says its default; switches and 'default ...' helps are not repeated."""
-    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     text = " ".join(result.stdout.split())
     assert result.returncode == 0 and all(e in text for e in expected), text
     assert "(default: None)" not in text and "(default: False)" not in text

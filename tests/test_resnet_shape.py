@@ -13,7 +13,6 @@ import inspect
 import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +20,8 @@ from torch import nn
 
 import hybrid_model
 from hybrid_model import VARIANTS, SpectralResNet, build_model, resnet
+from serving.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 #: The last commit of the setattr/getattr resnet.py (before issue 24 reshaped it).
 BEFORE = "ad5a79c965094180bd9e9dc4325b89be9ec4f7b0"
 
@@ -32,7 +31,7 @@ def before():
     """``hybrid_model/resnet.py`` at :data:`BEFORE`, as a module of the ``hybrid_model`` package."""
     try:
         source = subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{BEFORE}:hybrid_model/resnet.py"],
+            ["git", "-C", str(REPO_ROOT), "show", f"{BEFORE}:hybrid_model/resnet.py"],
             capture_output=True, text=True, timeout=30, check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):

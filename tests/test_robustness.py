@@ -5,8 +5,9 @@
   image) does not;
 * transforms: shifts move content (and back), filters keep or remove the frequencies they say;
 * the sampling plan is deterministic for a seed and the same for every model;
-* counts carry honest intervals; the results file is written atomically, read back, and a
-  model whose file changed drops out.
+* counts carry honest intervals, and paired differences too (coverage simulated); the
+  results file keeps per-trial outcomes that match its counts, is written atomically, read
+  back, and a model whose file changed (or that was measured under another plan) drops out.
 """
 from __future__ import annotations
 
@@ -21,16 +22,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from robustness import report
 from robustness.corruptions import CORRUPTIONS
-from robustness.stats import Count, pooled
+from robustness.stats import Count, paired_difference, pooled
 from robustness.transforms import TransformError, filtered, high_pass, low_pass, shift
 from serving.cards import embed_card
 from serving.cifar_data import first_test_images
 from serving.files import file_sha256
 from serving.manifest import update_manifest
+from serving.paths import BUNDLED_MODELS_DIR as BUNDLED
 from serving.runtime import OnnxModel
-
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "exports" / "models"
 
 
 # --------------------------------------------------------------------------------------
@@ -178,6 +177,62 @@ def test_counts_and_intervals():
         Count.from_list([5, 3])
 
 
+def test_paired_differences_have_honest_intervals():
+    """Newcombe's paired interval covers the true difference ~95 % of the time on correlated
+    models (simulated), and is built from the discordant trials only."""
+    rng = np.random.default_rng(7)
+    n, runs, covered, widths = 400, 2000, 0, []
+    p_a, p_b = 0.85 * 0.95 + 0.15 * 0.05, 0.85 * 0.92 + 0.15 * 0.08  # flips of a shared outcome
+    for _ in range(runs):
+        shared = rng.random(n) < 0.85
+        a, b = shared ^ (rng.random(n) < 0.05), shared ^ (rng.random(n) < 0.08)
+        d = paired_difference(a, b)
+        covered += d.low <= p_a - p_b <= d.high
+        widths.append(d.high - d.low)
+    assert 0.93 <= covered / runs <= 0.97
+    # Pairing pays: narrower than either model's own interval (Wilson, n=400: about +-3.4 points each).
+    assert np.median(widths) / 2 < Count(round(p_a * n), n).half_width()
+    a = np.array([1] * 10 + [1] * 15 + [0] * 5 + [0] * 20, bool)
+    b = np.array([1] * 10 + [0] * 15 + [1] * 5 + [0] * 20, bool)
+    d = paired_difference(a, b)
+    assert (d.a_only, d.b_only, d.n) == (15, 5, 50) and d.estimate == pytest.approx(0.2)
+    assert 0 < d.low < 0.2 < d.high < 1 and d.clear and d.text().startswith("+20.0 [+")
+    same = paired_difference(a, a)
+    assert same.estimate == 0 and same.low <= 0 <= same.high and not same.clear
+    flipped = paired_difference(b, a)
+    assert flipped.low == pytest.approx(-d.high) and flipped.high == pytest.approx(-d.low)
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_difference(a, b[:-1])
+
+
+def test_outcomes_match_the_counts_and_pair_the_models(lab_dir, test_images):
+    images, labels = test_images
+    rows = {name: report.evaluate_model(OnnxModel(lab_dir / f"{name}.onnx"), images, labels, TINY)
+            for name in ("invariant", "positional")}
+    for figures in rows.values():
+        outcomes = report.trial_outcomes(figures)
+        assert list(outcomes) == report.SUMMARY_HEADERS[1:]
+        for column, count in report.summary(figures).items():
+            assert outcomes[column].dtype == bool and (int(outcomes[column].sum()), outcomes[column].size) == (count.hits, count.n)
+    # The invariant graph keeps every circular shift; the positional one loses exactly its misses.
+    document = {"models": {"resnet18": rows["positional"], "invariant": rows["invariant"]}}
+    found = report.differences(document)
+    circular = found["invariant"]["consistency (circular)"]
+    hits, n = rows["positional"]["shift"]["circular"]["consistency"]
+    assert (circular.a_only, circular.b_only, circular.n) == (n - hits, 0, n) and circular.clear
+    assert report.difference_rows(document)[0][0] == "invariant"
+    # A baseline without outcomes (an older file) pairs nothing; tampered outcomes are refused.
+    assert report.differences({"models": {"resnet18": {**rows["positional"], "outcomes": None},
+                                           "invariant": rows["invariant"]}}) == {}
+    flipped = report.trial_outcomes(rows["invariant"])["clean"].copy()
+    flipped[0] = not flipped[0]
+    tampered = {**rows["invariant"], "outcomes": {**rows["invariant"]["outcomes"], "clean": report._bits(flipped)}}
+    with pytest.raises(report.ResultsError, match="do not match its count"):
+        report.trial_outcomes(tampered)
+    with pytest.raises(report.ResultsError, match="do not match its count"):
+        report.trial_outcomes({**rows["invariant"], "outcomes": {**rows["invariant"]["outcomes"], "clean": "!!"}})
+
+
 def test_results_file_round_trip_and_staleness(lab_dir, tmp_path):
     folder = tmp_path / "models"
     shutil.copytree(lab_dir, folder)
@@ -186,9 +241,13 @@ def test_results_file_round_trip_and_staleness(lab_dir, tmp_path):
     assert "JPEG copy" in document["data"] and "logical cores" in document["machine"]
     table = report.markdown_table(document)
     assert "| invariant | " in table and "100.0 % ± " in table and "n per model: 160" in table
-    # Re-measuring one model keeps the other's row.
+    # Re-measuring one model keeps the other's row, unless the plan changed.
     again = report.measure_folder(folder, TINY, names=["invariant"], progress=False)
     assert set(again["models"]) == {"invariant", "positional"}
+    assert report.trial_outcomes(again["models"]["positional"]) is not None
+    other_plan = report.Plan(**{**TINY.to_dict(), "radii": TINY.radii, "corruptions": TINY.corruptions, "seed": 3})
+    assert set(report.measure_folder(folder, other_plan, names=["invariant"], progress=False)["models"]) == {"invariant"}
+    report.measure_folder(folder, TINY, progress=False)
     # A model whose file changed drops out of the current view.
     constructed_model(folder / "positional.onnx", "positional", position_reading=True, seed=5)
     assert set(report.read_results(folder)["models"]) == {"invariant"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import run_app
+from conftest import ASSETS, run_app
 from robustness import report
 from serving.cifar import CIFAR10_CLASSES
 
@@ -33,11 +33,14 @@ def test_robustness_endpoints(measured_dir: Path, cifar_images, tmp_path):
     image = cifar_images[0]
     with run_app(measured_dir, tmp_path) as server:
         client = Client(server.url, verbose=False)
-        note, table, shift, frequency, corruption = client.predict(["resnet18", "hybrid", "spectral"], "contrast",
-                                                                   api_name="/robustness")
+        note, table, paired, shift, frequency, corruption = client.predict(["resnet18", "hybrid", "spectral"], "contrast",
+                                                                           api_name="/robustness")
         assert "python -m robustness" in note and "Not measured (new or changed since): spectral" in note
         assert [row[0] for row in table["data"]] == ["resnet18", "hybrid"] and table["headers"][2].startswith("consistency")
         assert all("%" in cell and "±" in cell for row in table["data"] for cell in row[1:])
+        # hybrid against the strided baseline, trial by trial: "+1.2 [−0.3, +2.6]" per column
+        assert [row[0] for row in paired["data"]] == ["hybrid"] and len(paired["data"][0]) == len(table["headers"])
+        assert all(cell[0] in "+−0" and cell.count("[") == 1 for cell in paired["data"][0][1:])
         shift_plot = json.loads(shift["plot"])
         assert [t["name"] for t in shift_plot["data"]] == ["resnet18", "hybrid"]
         assert shift_plot["data"][0]["x"] == list(range(9))
@@ -77,4 +80,4 @@ def test_without_a_robustness_file_the_tab_says_how_to_make_one(models_dir: Path
     with pytest.raises(gr.Error, match="Unknown model 'nope'"):  # callers that bypass the page's choices
         handlers.robustness(["nope"])
     with pytest.raises(gr.Error, match="Unknown transform 'rain'"):
-        handlers.robustness_probe(str(next((Path(__file__).resolve().parents[1] / "dashboard" / "examples").glob("*.png"))), ["resnet18"], "rain")
+        handlers.robustness_probe(str(next(ASSETS.glob("*.png"))), ["resnet18"], "rain")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,6 +19,7 @@ from conftest import WIDTH
 from exports.parity import DEFAULT_DATA_DIR, load_parity_images
 from serving.cifar import CIFAR_MEAN_STD
 from serving.images import ImageError
+from serving.paths import REPO_ROOT
 from serving.runtime import (
     CPU,
     ModelError,
@@ -31,7 +31,6 @@ from serving.runtime import (
 )
 from training.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_DATA_DIR / "cifar10_partial_test.npz").is_file(), reason=f"CIFAR-10 test images not in {DEFAULT_DATA_DIR}"
 )
@@ -59,7 +58,7 @@ def test_provider_probe_on_a_cpu_machine_is_cpu_only_and_silent(onnx_bundle):
         f"m = OnnxModel({str(onnx_bundle / 'models' / 'resnet18.onnx')!r}); print(m.providers); "
         "m.run(__import__('numpy').zeros((1, 3, 32, 32), 'float32'))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["['CPUExecutionProvider']", "['CPUExecutionProvider']"]
     assert result.stderr == ""  # no "[E:onnxruntime...] Failed to load library" noise
@@ -69,7 +68,7 @@ def test_provider_probe_on_a_cpu_machine_is_cpu_only_and_silent(onnx_bundle):
 def test_provider_probe_without_torch_loaded_is_silent_too():
     """The probe path that asks the CUDA driver directly (torch not imported)."""
     code = "import sys; from serving.runtime import select_providers; print(select_providers(), 'torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['CPUExecutionProvider'] False" and result.stderr == ""
 
@@ -198,14 +197,14 @@ def test_card_problems_spots_mismatches(hybrid):
 @pytest.fixture(scope="module")
 def bundled_resnet18() -> OnnxModel:
     # The bundle serves int8 files (exports.quantize); a float bundle is NAME.onnx.
-    paths = [REPO / "exports" / "models" / name for name in ("resnet18.int8.onnx", "resnet18.onnx")]
+    paths = [REPO_ROOT / "exports" / "models" / name for name in ("resnet18.int8.onnx", "resnet18.onnx")]
     path = next((p for p in paths if p.is_file()), None)
     assert path is not None, "the bundled resnet18 is missing from exports/models"
     return OnnxModel(path)
 
 
 def test_predict_pixels_of_prepare_is_predict(bundled_resnet18):
-    image = next((REPO / "dashboard" / "examples").glob("*.png"))
+    image = next((REPO_ROOT / "dashboard" / "examples").glob("*.png"))
     seen = bundled_resnet18.prepare(str(image))
     assert seen.shape == (32, 32, 3) and seen.dtype == np.uint8
     whole, split = bundled_resnet18.predict(str(image)), bundled_resnet18.predict_pixels(seen)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import ROOT, run_app
+from conftest import run_app
 from serving.cifar import CIFAR10_CLASSES
+from serving.paths import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -45,14 +46,14 @@ print("test_serving_boundary: blocking", sorted(BLOCKED), file=sys.stderr, flush
 
 
 def serving_modules() -> list[Path]:
-    return [*sorted((ROOT / "serving").glob("*.py")), *sorted((ROOT / "robustness").glob("*.py")),
-            *sorted((ROOT / "dashboard").glob("*.py")), ROOT / "app.py"]
+    return [*sorted((REPO_ROOT / "serving").glob("*.py")), *sorted((REPO_ROOT / "robustness").glob("*.py")),
+            *sorted((REPO_ROOT / "dashboard").glob("*.py")), REPO_ROOT / "app.py"]
 
 
 def imported_names(path: Path, source: str | None = None) -> list[tuple[int, str]]:
     """``(line, absolute module name)`` of every import in a file (function bodies included);
     ``source`` is read from ``path`` unless given."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    package = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts[:-1])
     names = []
     tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source)
     for node in ast.walk(tree):
@@ -77,9 +78,9 @@ def forbidden(path: Path, module: str) -> bool:
     return top == "exports"  # export tooling: stands on training and torch
 
 
-@pytest.mark.parametrize("path", serving_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", serving_modules(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_serving_modules_import_nothing_from_the_torch_side(path: Path):
-    bad = [f"{path.relative_to(ROOT)}:{line}: imports {module}" for line, module in imported_names(path) if forbidden(path, module)]
+    bad = [f"{path.relative_to(REPO_ROOT)}:{line}: imports {module}" for line, module in imported_names(path) if forbidden(path, module)]
     assert not bad, "\n".join(bad)
 
 
@@ -87,14 +88,14 @@ def test_the_static_check_sees_relative_and_nested_imports():
     """The check itself: a nested ``import torch.nn`` and ``from exports.checkpoint_io import x``
     in a serving module are both caught, and a relative import is resolved against its package
     (so the test above can fail)."""
-    fake = ROOT / "serving" / "probe.py"
+    fake = REPO_ROOT / "serving" / "probe.py"
     source = "def f():\n    import torch.nn\n\nfrom exports.checkpoint_io import load_card\nfrom .runtime import STAGES\n"
     names = [module for _, module in imported_names(fake, source)]
     assert sorted(names) == ["exports.checkpoint_io", "serving.runtime", "torch.nn"]
     assert {module: forbidden(fake, module) for module in names} == {
         "torch.nn": True, "exports.checkpoint_io": True, "serving.runtime": False}
-    assert not forbidden(ROOT / "dashboard" / "x.py", "training.report")
-    assert forbidden(ROOT / "dashboard" / "x.py", "training.checkpoint")
+    assert not forbidden(REPO_ROOT / "dashboard" / "x.py", "training.report")
+    assert forbidden(REPO_ROOT / "dashboard" / "x.py", "training.checkpoint")
     assert forbidden(fake, "training.report") and forbidden(fake, "hybrid_model.spectral")
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from serving.cards import RunCard
+from serving.paths import REPO_ROOT
 from training import report
 from training.sweep import ConfigError, load_config, main, plan_runs
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(path: Path, config: dict) -> Path:
@@ -24,7 +23,7 @@ def _write(path: Path, config: dict) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
 
 
 # --------------------------------------------------------------------------------------
@@ -46,15 +45,15 @@ def test_bad_configs(tmp_path, config, message):
 
 
 def test_example_configs_are_valid():
-    configs = sorted((ROOT / "training" / "sweeps").glob("*.json"))
+    configs = sorted((REPO_ROOT / "training" / "sweeps").glob("*.json"))
     assert {"paper_cifar10.json", "paper_cifar100.json"} <= {p.name for p in configs}
     for path in configs:
         config = load_config(path)
         assert plan_runs(config)
-    paper = load_config(ROOT / "training" / "sweeps" / "paper_cifar10.json")
+    paper = load_config(REPO_ROOT / "training" / "sweeps" / "paper_cifar10.json")
     import hybrid_model
 
-    assert [tuple(s) for s in paper["strides"]] == [tuple(map(float, s)) for s in hybrid_model.PAPER_STRIDES]
+    assert [tuple(s) for s in paper.strides] == [tuple(map(float, s)) for s in hybrid_model.PAPER_STRIDES]
     assert len(plan_runs(paper)) == 6 * 6 * 3  # five variants + the diffstride_scaled ablation
 
 
@@ -157,7 +156,7 @@ def test_real_sweep_writes_table_and_skips_finished_runs(tmp_path):
         "epochs": 1, "args": {"limit-train": 32, "limit-test": 16, "batch-size": 16, "smoothness": 0.5, "no-progress": True},
     })
     command = [sys.executable, "-m", "training.sweep", "--config", str(config)]
-    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "4 runs, 0 finished, 4 to run" in result.stdout
 
@@ -172,14 +171,14 @@ def test_real_sweep_writes_table_and_skips_finished_runs(tmp_path):
     assert sorted(p.name for p in (out / "strides").glob("*.html")) == [
         "diffstride_cifar10_s41222_seed0.html", "diffstride_cifar10_s41222_seed1.html"]
 
-    again = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "4 runs, 4 finished, 0 to run" in again.stdout
 
 
 def test_failed_run_is_reported(tmp_path):
     config = _write(tmp_path / "bad.json", {"out": str(tmp_path / "runs"), "variants": ["resnet18"], "strides": ["1,1,1.5,2,2"],
                                             "epochs": 1, "args": {"limit-train": 32}})
-    result = subprocess.run([sys.executable, "-m", "training.sweep", "--config", str(config)], cwd=ROOT, env=_env(),
+    result = subprocess.run([sys.executable, "-m", "training.sweep", "--config", str(config)], cwd=REPO_ROOT, env=_env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "FAILED" in result.stdout and "must be integers" in result.stderr and "1 runs failed" in result.stderr
@@ -197,7 +196,7 @@ def test_stopped_sweep_says_how_to_continue_and_leaves_no_run_behind(tmp_path):
         "name": "stop", "out": str(out), "variants": ["resnet18"], "strides": ["4,1,2,2,2"], "seeds": [0, 1],
         "epochs": 50, "args": {"limit-train": 64, "limit-test": 16, "batch-size": 16, "width": 16, "no-progress": True},
     })
-    process = subprocess.Popen([sys.executable, "-m", "training.sweep", "--config", str(config)], cwd=ROOT, env=_env(),
+    process = subprocess.Popen([sys.executable, "-m", "training.sweep", "--config", str(config)], cwd=REPO_ROOT, env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     card = out / "resnet18_cifar10_s41222_seed0.json"
     deadline = time.monotonic() + 300

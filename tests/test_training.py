@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 
 import hybrid_model
 from serving.cards import is_finished
+from serving.paths import REPO_ROOT
 from training import checkpoint as ckpt
 from training.data import CIFAR10_CLASSES, CIFAR_MEAN_STD, load_cifar, normalize
 from training.train import lr_lambda, main, param_checksum, parse_args, resolution_penalty, run_name
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = hybrid_model.PAPER_VARIANTS  # diffstride_scaled == hybrid: tests/test_head.py
 STRIDES = (3, 1, 2, 3, 2)
 FAST = ["--strides", "3,1,2,3,2", "--smoothness", "1", "--width", "16", "--no-progress"]
@@ -38,11 +38,11 @@ CHANCE = 0.10
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
 
 
 def _train_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, env=env or _env(),
+    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=REPO_ROOT, env=env or _env(),
                           capture_output=True, text=True, **kwargs)
 
 
@@ -216,8 +216,8 @@ def test_cifar100_end_to_end_on_a_synthetic_torchvision_folder(tmp_path, monkeyp
 def test_the_cifar100_sweep_config_is_ready():
     from training.sweep import load_config, plan_runs
 
-    config = load_config(ROOT / "training" / "sweeps" / "paper_cifar100.json")
-    assert config["datasets"] == ["cifar100"] and "diffstride_scaled" in config["variants"]
+    config = load_config(REPO_ROOT / "training" / "sweeps" / "paper_cifar100.json")
+    assert config.datasets == ("cifar100",) and "diffstride_scaled" in config.variants
     assert {r.dataset for r in plan_runs(config)} == {"cifar100"}
 
 
@@ -235,7 +235,7 @@ def test_sigterm_mid_run_ends_in_one_line_that_says_how_to_continue(tmp_path):
     the last finished epoch and --resume (Ctrl-C takes the same path: KeyboardInterrupt)."""
     out, marker = tmp_path / "run", tmp_path / "stalled"
     process = subprocess.Popen([sys.executable, "-c", STALL_AT_STEP, "6", str(marker), *_tiny_args(out)],
-                               cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while not marker.exists():
         assert process.poll() is None, process.communicate()[1][-3000:]
@@ -266,7 +266,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     # Stall rank 0 after global step 6 (epoch 2, step 2 of 4), then SIGKILL it from outside.
     marker = tmp_path / "stalled"
     log = open(tmp_path / "killed.log", "w")
-    process = subprocess.Popen([sys.executable, "-c", STALL_AT_STEP, "6", str(marker), *_tiny_args(killed)], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-c", STALL_AT_STEP, "6", str(marker), *_tiny_args(killed)], cwd=REPO_ROOT,
                                env=_env(), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
     while not marker.exists():
@@ -345,7 +345,7 @@ def test_torchrun_two_ranks_agree(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(sums),
                "--variant", "diffstride", "--epochs", "1", "--limit-train", "256", "--limit-test", "64",
                "--batch-size", "128", "--device", "cpu", "--out", str(out), *FAST]
-    result = subprocess.run(command, cwd=ROOT, env=_env() | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+    result = subprocess.run(command, cwd=REPO_ROOT, env=_env() | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     rank0, rank1 = (json.loads((sums / f"rank{r}.json").read_text()) for r in range(2))
@@ -508,9 +508,9 @@ def test_the_stable_fallback_trains_the_hybrid_stably_at_peak_lr():
     from training.stability import is_stable, probe
     from training.sweep import flag_args, load_config
 
-    protocol = load_config(ROOT / "training" / "sweeps" / "short_cifar10.json")
-    args = {**protocol["args"], **STABLE_FALLBACK}
-    flags = [*flag_args(args), "--epochs", str(protocol["epochs"]), *SMALL_MAPS]
+    protocol = load_config(REPO_ROOT / "training" / "sweeps" / "short_cifar10.json")
+    args = {**protocol.args, **STABLE_FALLBACK}
+    flags = [*flag_args(args), "--epochs", str(protocol.epochs), *SMALL_MAPS]
     batch = int(args["batch-size"])
     result = probe("hybrid", flags, steps=5, n_train=batch, n_test=128, schedule_images=batch)
     assert max(result["lr"]) == pytest.approx(args["lr"])

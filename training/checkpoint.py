@@ -23,13 +23,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 import hybrid_model
 from serving.cards import RunCard, default_class_names
 from serving.cifar import CIFAR_MEAN_STD
 from serving.files import atomic_write, atomic_write_bytes, atomic_write_json
+from serving.paths import REPO_ROOT
 
 __all__ = [
     "CheckpointError",
@@ -46,7 +50,6 @@ __all__ = [
     "save_torch",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 #: What is needed to rebuild the model; the rest is descriptive.
 REQUIRED_KEYS = ("variant", "strides")
 
@@ -78,8 +81,6 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 
 def save_safetensors(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write a ``state_dict`` with ``safetensors.torch.save_file`` (CPU, contiguous, unshared copies)."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -205,9 +206,6 @@ def make_card(
 # Checkpoints: card + weights
 # --------------------------------------------------------------------------------------
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: checkpoint file is empty")
     try:
@@ -290,8 +288,6 @@ def save_checkpoint(model: nn.Module, card: RunCard | Mapping[str, Any], path: s
     The card's ``learned_strides`` are refreshed from the model so they always agree with
     the weights.
     """
-    from safetensors.torch import save
-
     base = Path(path)
     if base.suffix in (".json", ".safetensors"):
         base = base.with_suffix("")
@@ -323,8 +319,6 @@ def fresh_checkpoint(
     update), so activations and logits have the scale of a trained network instead of
     the drift of untouched ``mean=0, var=1`` statistics.
     """
-    import numpy as np
-
     torch.manual_seed(seed)
     model = hybrid_model.build_model(variant, tuple(strides), num_classes, **dict(options or {}))
     dataset = card_fields.pop("dataset", "cifar10")

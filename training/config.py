@@ -19,6 +19,8 @@ import argparse
 import dataclasses
 import json
 import math
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -288,6 +290,20 @@ def _check(c: TrainConfig) -> None:
 # --------------------------------------------------------------------------------------
 # Command line, derived from the fields
 # --------------------------------------------------------------------------------------
+def _is_switch(hint: Any) -> bool:
+    """``bool`` or ``bool | None`` (``Optional[bool]``): a field whose flag is an on/off switch."""
+    if hint is bool:
+        return True
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return union and set(typing.get_args(hint)) == {bool, type(None)}
+
+
+#: The fields whose flag is a switch, judged on the resolved annotations (the module's
+#: ``from __future__ import annotations`` leaves ``Field.type`` a string).
+_SWITCHES: frozenset[str] = frozenset(
+    name for name, hint in typing.get_type_hints(TrainConfig).items() if _is_switch(hint))
+
+
 def _flag(f: dataclasses.Field) -> str:
     """The flag of a field without its dashes: ``batch-size``; ``no-flip`` for a switch that defaults on."""
     name = f.name.replace("_", "-")
@@ -305,7 +321,7 @@ def _add_argument(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
         kwargs["help"] = meta["help"]
     if f.default is dataclasses.MISSING:
         kwargs["required"] = True
-    elif f.type in ("bool", "bool | None"):
+    elif f.name in _SWITCHES:
         kwargs.update(action="store_false" if f.default is True else "store_true", default=f.default)
     else:
         kwargs["default"] = f.default

@@ -16,8 +16,8 @@ The data directory is ``data_dir`` if given, else ``$HYBRID_DATA_DIR``, else the
 ``<repo>/../shared/data`` and ``./data`` that holds the requested dataset.
 
 Images are returned as uint8 NHWC tensors; :func:`normalize` turns them (or NCHW
-batches) into the float NCHW input the models expect, both in training and in the ONNX
-runtime, so the two can never disagree on the constants.
+batches) into the float NCHW input the models expect with :func:`serving.cifar.standardize`,
+the formula the ONNX runtime applies too, so the two can never disagree.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, DATASETS, NUM_CLASSES
+from serving.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, DATASETS, NUM_CLASSES, standardize
 from serving.cifar_data import (
     PRETTY_NAMES,
     TORCHVISION_FOLDERS,
@@ -111,12 +111,11 @@ def normalize(
         return normalize(out, dataset, mean=mean_, std=std_, layout=layout).numpy()
     if layout == "nhwc":
         x = x.movedim(-1, -3)
-    scale = 255.0 if x.dtype == torch.uint8 else 1.0
+    peak = 255.0 if x.dtype == torch.uint8 else 1.0
     shape = (len(mean_), 1, 1)
-    m = torch.tensor(mean_, dtype=torch.float32, device=x.device).view(shape) * scale
-    s = torch.tensor(std_, dtype=torch.float32, device=x.device).view(shape) * scale
-    # One fused expression: (x/255 - mean)/std == (x - 255*mean) / (255*std).
-    return (x.to(torch.float32) - m) / s
+    m = torch.tensor(mean_, dtype=torch.float32, device=x.device).view(shape)
+    s = torch.tensor(std_, dtype=torch.float32, device=x.device).view(shape)
+    return standardize(x.to(torch.float32), m, s, peak)
 
 
 # --------------------------------------------------------------------------------------
@@ -154,7 +153,7 @@ class CifarData:
 
 
 def _read_torchvision(directory: Path, dataset: str, download: bool) -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
-    import torchvision
+    import torchvision  # start-up: ~4 s, only for the torchvision-folder fallback
 
     cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
     archive = directory / cls.filename

@@ -18,17 +18,17 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.offline import get_plotlyjs
 
 from serving.cards import RunCard
-from serving.files import atomic_write_text
-
-if TYPE_CHECKING:  # plotly is imported where a figure is drawn (tables need no plotly)
-    import plotly.graph_objects as go
+from serving.files import atomic_write, atomic_write_text
+from serving.variants import VARIANT_LABELS, variant_rank
 
 __all__ = [
-    "VARIANT_ORDER",
-    "VARIANT_LABELS",
     "curves_figure",
     "results_markdown",
     "results_table",
@@ -39,15 +39,6 @@ __all__ = [
     "write_report",
 ]
 
-VARIANT_ORDER = ("resnet18", "spectral", "diffstride", "hybrid", "diffstride2", "diffstride_scaled")
-VARIANT_LABELS = {
-    "resnet18": "ResNet-18 (strided conv)",
-    "spectral": "Spectral pooling",
-    "diffstride": "DiffStride",
-    "hybrid": "Hybrid (DiffStride + spectral)",
-    "diffstride2": "DiffStride-DiffStride",
-    "diffstride_scaled": "DiffStride + head scale (ablation)",
-}
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 MEAN_ROW = "mean"
 
@@ -76,7 +67,7 @@ def _ordered_variants(cards: Iterable[RunCard], variants: Sequence[str] | None) 
     present = {c.variant for c in cards}
     if variants is not None:
         return [v for v in variants if v in present]
-    return [v for v in VARIANT_ORDER if v in present] + sorted(present - set(VARIANT_ORDER))
+    return sorted(present, key=lambda v: (variant_rank(v), v))
 
 
 def results_table(
@@ -93,7 +84,7 @@ def results_table(
     Args:
         cards: model cards; only ``dataset`` (if given) and, by default, finished runs count.
         metric: a card field holding a number (``test_acc``, ``test_loss``).
-        variants: column order (default :data:`VARIANT_ORDER`, present ones only).
+        variants: column order (default: table order, ``serving.variants``; present ones only).
         keep_empty: keep every column of ``variants`` even without runs.
 
     Returns rows ``{"strides": "(1, 1, 2, 2, 2)", "strides_tuple": [...], "cells": {variant:
@@ -198,8 +189,7 @@ def curves_figure(cards: Sequence[RunCard], title: str | None = None) -> go.Figu
 
     Returns a ``plotly.graph_objects.Figure`` (one colour and legend group per run).
     """
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
+    # start-up: plotly.subplots loads plotly's validators (~0.1 s); the dashboard imports this module at start
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "loss"))
@@ -232,9 +222,6 @@ def stride_figure(card: RunCard, title: str | None = None) -> go.Figure:
     Uses ``history[i]["strides"]`` (``{layer: [s_h, s_w]}``). Returns a plotly Figure
     (empty, with a note, for models without learnable strides).
     """
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-
     fig = go.Figure()
     history = [h for h in card.history or [] if h.get("strides")]
     layers = list(history[-1]["strides"]) if history else list(card.learned_strides or {})
@@ -261,12 +248,8 @@ def stride_figure(card: RunCard, title: str | None = None) -> go.Figure:
 # --------------------------------------------------------------------------------------
 def _write_html(fig, path: Path) -> None:
     # 'directory': one shared plotly.min.js next to the pages (works offline, small pages).
-    from .checkpoint import atomic_write
-
     atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs="directory", full_html=True))
     if not (path.parent / "plotly.min.js").exists():
-        from plotly.offline import get_plotlyjs
-
         atomic_write_text(path.parent / "plotly.min.js", get_plotlyjs())
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybrid_model import build_model
+
 from .config import VARIANTS
 from .data import NUM_CLASSES, GpuLoader, load_cifar
 from .train import build_optimizer, evaluate, model_options, parse_args, train_step
@@ -55,8 +57,6 @@ def probe(variant: str, train_flags: Sequence[str], *, steps: int = 16, n_train:
     _, args = parse_args(["--variant", variant, "--out", "unused", "--seed", str(seed), *train_flags])
     data = load_cifar(args.dataset, data_dir, limit_train=n_train, limit_test=n_test)
     torch.manual_seed(seed)
-    from hybrid_model import build_model
-
     model = build_model(variant, tuple(args.strides), NUM_CLASSES[args.dataset], **model_options(args))
     loader = GpuLoader(data.x_train, data.y_train, args.batch_size, train=True, seed=seed, dataset=args.dataset,
                        pad=args.pad, pad_mode=args.pad_mode, flip=args.flip)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 import random
 import signal
 import sys
@@ -35,7 +36,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
+from hybrid_model import DiffStride2d, build_model, learned_strides, stride_parameters
+from hybrid_model.introspect import describe_head, layer_transforms
 from serving.cards import RunCard
 from serving.files import atomic_write_json
 
@@ -50,7 +54,7 @@ from .config import (  # noqa: F401  (build_parser/parse_args/... re-exported: t
     parse_strides,
     run_name,
 )
-from .data import NUM_CLASSES, CifarData, GpuLoader, load_cifar
+from .data import CIFAR_MEAN_STD, NUM_CLASSES, CifarData, GpuLoader, load_cifar
 
 __all__ = [
     "Callbacks", "TrainConfig", "build_optimizer", "build_parser", "evaluate", "evaluate_flip", "lr_lambda", "main",
@@ -198,8 +202,6 @@ def parameter_groups(model: nn.Module, lr: float, stride_lr: float, weight_decay
     BatchNorm scales/shifts and biases (every parameter of fewer than two dimensions that
     is not a stride) in their own group without weight decay; then the DiffStride strides,
     if any, with their own learning rate and no weight decay."""
-    from hybrid_model import stride_parameters
-
     strides = stride_parameters(model)
     stride_ids = {id(p) for p in strides}
     weights = [p for p in model.parameters() if id(p) not in stride_ids]
@@ -224,8 +226,6 @@ def weight_parameters(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
 
 
 def _diffstride_layers(model: nn.Module) -> list[nn.Module]:
-    from hybrid_model import DiffStride2d
-
     return [m for m in model.modules() if isinstance(m, DiffStride2d)]
 
 
@@ -372,8 +372,6 @@ def _check_model(model: nn.Module, device: torch.device) -> None:
 
 def _setup(config: TrainConfig, rank: int, world_size: int, local_rank: int) -> _Run:
     """Devices and processes, data, the seeded model and its optimiser (nothing restored yet)."""
-    from hybrid_model import build_model
-
     if config.threads:
         torch.set_num_threads(config.threads)
     device = _select_device(config.device, local_rank, world_size)
@@ -484,8 +482,6 @@ def _resume(run: _Run, state: dict | None) -> tuple[list[dict], int, str]:
 # --------------------------------------------------------------------------------------
 def _train_epoch(run: _Run, epoch: int, step: int, callbacks: Callbacks) -> tuple[dict[str, Any], int]:
     """Train one epoch and evaluate: ``(history record, global step after it)``."""
-    from hybrid_model import learned_strides
-
     config, model, device = run.config, run.model, run.device
     steps_per_epoch = len(run.train_loader)
     run.train_model.train()
@@ -495,8 +491,6 @@ def _train_epoch(run: _Run, epoch: int, step: int, callbacks: Callbacks) -> tupl
     max_norm = torch.zeros((), dtype=torch.float64, device=device)
     progress = None
     if run.rank == 0 and config.progress:
-        from tqdm import tqdm
-
         progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True)
     for x, y in run.train_loader.batches(epoch):
         loss, logits, grad_norm = train_step(model, run.train_model, x, y, run.criterion, run.optimizer, run.scheduler,
@@ -568,17 +562,10 @@ def _hardware(device: torch.device) -> str:
     """What trained the model, for the card: the GPU's name, or the CPU and its thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def _card(run: _Run, card_config: dict, history: list, epoch: int, created: str, argv: Sequence[str]) -> RunCard:
-    from hybrid_model import learned_strides
-    from hybrid_model.introspect import describe_head, layer_transforms
-
-    from .data import CIFAR_MEAN_STD
-
     config, model, data = run.config, run.model, run.data
     seconds = [h["seconds"] for h in history]
     mean, std = CIFAR_MEAN_STD[config.dataset]
