@@ -2,7 +2,9 @@
 
 Conventions for README.md and docs/*.md:
 
-* every fenced ```python block runs, as its own process, from the repository root;
+* every fenced ```python block runs, as its own process, from the repository root (a
+  ``python -c`` forked from one that has imported torch, onnx and onnxruntime once: see
+  ``FORK_SERVER``);
 * a fenced ```output block right after a python block is that block's exact stdout;
 * a fenced ```bash test block runs with bash (``-e``, ``python`` = this interpreter), its
   blocks of one page in order in one fresh temporary directory, so later blocks can use
@@ -12,6 +14,7 @@ Conventions for README.md and docs/*.md:
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -88,17 +91,86 @@ def test_the_docs_have_code_to_run():
     assert any(b.output is not None for b in PYTHON_BLOCKS)
 
 
+#: ``python -c FORK_SERVER``: imports the third-party packages every block's imports spend
+#: most of their time in (torch with torch._dynamo, onnx, onnxruntime: ~6 s of CPU a process on a
+#: 2-core CPU), nothing of the project; then, per request line ``{"code", "stdout", "stderr"}``,
+#: forks a child that runs the block as ``python -c CODE`` would (its own process, a fresh
+#: ``__main__``, ``sys.argv == ["-c"]``, stdout/stderr to the files, stdin empty; an uncaught
+#: exception prints its traceback and exits 1, ``sys.exit`` exits as asked; a 300 s limit) and
+#: answers ``{"returncode"}`` (negative: killed by that signal).
+FORK_SERVER = """
+import json, os, sys, types
+
+import numpy, onnx, onnxruntime, torch, torch._dynamo  # noqa: F401  (the blocks' imports are then cache hits)
+
+while line := sys.stdin.readline():
+    request = json.loads(line)
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        import signal
+
+        signal.alarm(300)
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+            os.dup2(os.open(path, flags, 0o644), fd)
+        sys.argv = ["-c"]
+        main = sys.modules["__main__"] = types.ModuleType("__main__")
+        exec(compile(request["code"], "<string>", "exec"), main.__dict__)
+        sys.exit(0)  # the interpreter's own exit: non-daemon threads joined, atexit run, output flushed
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def fork_server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("fork-server") / "stderr.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", FORK_SERVER], cwd=REPO_ROOT, env=_env(), text=True,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+    yield process, log
+    process.stdin.close()
+    process.wait(timeout=60)
+
+
+def run_python_block(fork_server, code: str, folder: Path) -> subprocess.CompletedProcess:
+    """``python -c code`` from the repository root, forked from ``fork_server``."""
+    process, log = fork_server
+    out, err = folder / "stdout.txt", folder / "stderr.txt"
+    process.stdin.write(json.dumps({"code": code, "stdout": str(out), "stderr": str(err)}) + "\n")
+    process.stdin.flush()
+    reply = process.stdout.readline()
+    assert reply, f"the fork server exited ({process.poll()}):\n{log.read_text()[-4000:]}"
+    return subprocess.CompletedProcess(["python", "-c", code], json.loads(reply)["returncode"],
+                                       out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8"))
+
+
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.id)
-def test_python_example_runs(block: Block, request):
+def test_python_example_runs(block: Block, request, fork_server, tmp_path):
     code = block.code
     if DASHBOARD_URL in code:
         code = code.replace(DASHBOARD_URL, request.getfixturevalue("dashboard_url"))
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True,
-                            text=True, timeout=300)
+    result = run_python_block(fork_server, code, tmp_path)
     assert result.returncode == 0, f"{block.id} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     if block.output is not None:
         assert result.stdout.strip() == block.output.strip(), (
             f"{block.id}: the ```output block does not match what the code prints:\n{result.stdout}")
+
+
+def test_a_block_runs_as_python_c_would(fork_server, tmp_path):
+    """The fork server's children behave as ``python -c``: exit status, output, ``__main__``, no
+    state left from an earlier block, and imports of the project as a fresh process does them."""
+    result = run_python_block(fork_server, "import sys; print(__name__, sys.argv); x = 1; print('err', file=sys.stderr)",
+                              tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "__main__ ['-c']\n", "err\n")
+    assert run_python_block(fork_server, "print(x)", tmp_path).returncode == 1  # NameError: nothing carried over
+    assert "NameError" in (tmp_path / "stderr.txt").read_text()
+    assert run_python_block(fork_server, "import sys; sys.exit(3)", tmp_path).returncode == 3
+    assert run_python_block(fork_server, "raise SystemExit('bye')", tmp_path).stderr == "bye\n"
+    project = run_python_block(fork_server, "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                                            "('hybrid_model', 'serving', 'training', 'exports', 'dashboard')))", tmp_path)
+    assert project.stdout == "[]\n", project.stdout  # the project's own modules: imported by each block itself
 
 
 @pytest.mark.parametrize("page", SHELL_PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
