@@ -3,8 +3,7 @@
 Conventions for README.md and docs/*.md:
 
 * every fenced ```python block runs, as its own process, from the repository root (a
-  ``python -c`` forked from one that has imported torch, onnx and onnxruntime once: see
-  ``FORK_SERVER``);
+  ``python -c`` forked from one that has imported torch and onnx once: see ``FORK_SERVER``);
 * a fenced ```output block right after a python block is that block's exact stdout;
 * a fenced ```bash test block runs with bash (``-e``, ``python`` = this interpreter), its
   blocks of one page in order in one fresh temporary directory, so later blocks can use
@@ -92,8 +91,9 @@ def test_the_docs_have_code_to_run():
 
 
 #: ``python -c FORK_SERVER``: imports the third-party packages every block's imports spend
-#: most of their time in (torch with torch._dynamo, onnx, onnxruntime: ~6 s of CPU a process on a
-#: 2-core CPU), nothing of the project; then, per request line ``{"code", "stdout", "stderr"}``,
+#: most of their time in (torch with torch._dynamo, onnx: ~6 s of CPU a process on a 2-core CPU),
+#: nothing of the project, nor onnxruntime (it starts a thread at import; the forked children
+#: then abort at exit); then, per request line ``{"code", "stdout", "stderr"}``,
 #: forks a child that runs the block as ``python -c CODE`` would (its own process, a fresh
 #: ``__main__``, ``sys.argv == ["-c"]``, stdout/stderr to the files, stdin empty; an uncaught
 #: exception prints its traceback and exits 1, ``sys.exit`` exits as asked; a 300 s limit) and
@@ -101,7 +101,7 @@ def test_the_docs_have_code_to_run():
 FORK_SERVER = """
 import json, os, sys, types
 
-import numpy, onnx, onnxruntime, torch, torch._dynamo  # noqa: F401  (the blocks' imports are then cache hits)
+import numpy, onnx, torch, torch._dynamo  # noqa: F401  (the blocks' imports are then cache hits)
 
 while line := sys.stdin.readline():
     request = json.loads(line)
@@ -116,8 +116,27 @@ while line := sys.stdin.readline():
             os.dup2(os.open(path, flags, 0o644), fd)
         sys.argv = ["-c"]
         main = sys.modules["__main__"] = types.ModuleType("__main__")
-        exec(compile(request["code"], "<string>", "exec"), main.__dict__)
-        sys.exit(0)  # the interpreter's own exit: non-daemon threads joined, atexit run, output flushed
+        try:
+            exec(compile(request["code"], "<string>", "exec"), main.__dict__)
+            status = 0
+        except SystemExit as stop:  # as the interpreter handles it
+            if stop.code is None or isinstance(stop.code, int):
+                status = stop.code or 0
+            else:
+                print(stop.code, file=sys.stderr)
+                status = 1
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            status = 1
+        # The interpreter's exit without its ~1 s teardown of torch's modules: non-daemon
+        # threads joined, atexit handlers run, output flushed.
+        import atexit, threading
+
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     _, status = os.waitpid(pid, 0)
     print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), flush=True)
 """
@@ -161,16 +180,17 @@ def test_python_example_runs(block: Block, request, fork_server, tmp_path):
 def test_a_block_runs_as_python_c_would(fork_server, tmp_path):
     """The fork server's children behave as ``python -c``: exit status, output, ``__main__``, no
     state left from an earlier block, and imports of the project as a fresh process does them."""
-    result = run_python_block(fork_server, "import sys; print(__name__, sys.argv); x = 1; print('err', file=sys.stderr)",
-                              tmp_path)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "__main__ ['-c']\n", "err\n")
-    assert run_python_block(fork_server, "print(x)", tmp_path).returncode == 1  # NameError: nothing carried over
-    assert "NameError" in (tmp_path / "stderr.txt").read_text()
+    code = ("import atexit, sys, threading; print(__name__, sys.argv); print('err', file=sys.stderr); x = 1\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hybrid_model', 'serving', 'training')))\n"
+            "threading.Thread(target=lambda: print('thread')).start(); atexit.register(print, 'atexit')")
+    result = run_python_block(fork_server, code, tmp_path)
+    # the project's own modules are not there: each block imports them itself, as a fresh process does
+    assert (result.returncode, result.stdout, result.stderr) == (0, "__main__ ['-c']\n[]\nthread\natexit\n", "err\n")
+    result = run_python_block(fork_server, "print(x)", tmp_path)  # nothing carried over from the block before
+    assert result.returncode == 1 and result.stderr.startswith("Traceback") and "NameError" in result.stderr
     assert run_python_block(fork_server, "import sys; sys.exit(3)", tmp_path).returncode == 3
-    assert run_python_block(fork_server, "raise SystemExit('bye')", tmp_path).stderr == "bye\n"
-    project = run_python_block(fork_server, "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-                                            "('hybrid_model', 'serving', 'training', 'exports', 'dashboard')))", tmp_path)
-    assert project.stdout == "[]\n", project.stdout  # the project's own modules: imported by each block itself
+    result = run_python_block(fork_server, "raise SystemExit('bye')", tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "bye\n")
 
 
 @pytest.mark.parametrize("page", SHELL_PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
