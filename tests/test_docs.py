@@ -325,8 +325,6 @@ def test_license_citation_and_pyproject_agree():
 def test_gpu_window_figures_match_their_records():
     """The runbook's grid size is the protocol's, and each window's call times are the
     ones its window.json recorded (rounded to the second)."""
-    import json
-
     page = (REPO_ROOT / "docs" / "gpu-window.md").read_text(encoding="utf-8")
     protocol = json.loads((REPO_ROOT / "training" / "sweeps" / "short_cifar10.json").read_text(encoding="utf-8"))
     per_seed = len(protocol["variants"]) * len(protocol["strides"]) * len(protocol.get("datasets", ["cifar10"]))
