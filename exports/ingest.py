@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from robustness.report import Plan, markdown_table, measure_folder
+from robustness.report import Plan, default_jobs, markdown_table, measure_folder
 from serving.cards import RunCard, embed_card, read_onnx_card
 from serving.cifar_data import SOURCE_NAMES, first_test_images, resolve_data_dir
 from serving.files import atomic_write_json, atomic_write_text, update_marked_block
@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(models_markdown(rows, next(w for w in windows if w.get("mode") == "models")))
         if args.robustness_scale > 0:
             robustness = markdown_table(measure_folder(args.models_dir, Plan().scaled(args.robustness_scale),
-                                                       data_dir=args.data_dir))
+                                                       data_dir=args.data_dir, jobs=default_jobs()))
             print(robustness)
     if not args.no_docs:
         if rows:

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,7 @@ from serving.registry import ModelRegistry
 from serving.runtime import OnnxModel
 
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from .stats import Count, Difference, paired_difference, pooled
+from .stats import Count, Difference, paired_difference, pooled, trials_for
 from .transforms import FILTERS, MAX_SHIFT, SHIFT_MODES, filtered, shift
 
 __all__ = ["BASELINE", "FORMAT", "RESULTS_FILE", "Plan", "ResultsError", "differences", "difference_rows",
@@ -56,6 +59,7 @@ __all__ = ["BASELINE", "FORMAT", "RESULTS_FILE", "Plan", "ResultsError", "differ
 RESULTS_FILE = "robustness.json"
 FORMAT = 1
 BATCH = 100  # images per onnxruntime call: amortises the call; measured peak RSS 1.4 GB with two DiffStride models
+TEST_IMAGES = 10_000  # the CIFAR-10 test set
 #: The model the others are compared with, trial by trial: the papers' strided ResNet-18.
 BASELINE = "resnet18"
 
@@ -155,6 +159,56 @@ def severities(n: int) -> np.ndarray:
 # Evaluation
 # --------------------------------------------------------------------------------------
 Progress = Callable[[int], None]
+Batch = tuple[np.ndarray, np.ndarray]  # uint8 images (n, 32, 32, 3) and their labels (n,)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Every image every model classifies under one plan, transformed once for all models.
+
+    ``images`` x ``labels`` are the shift figures' test images; ``shifted[mode]`` the same
+    images moved by ``offsets``; ``corrupted[name]`` one batch per severity (1..5);
+    ``filtered[(kind, radius)]`` one batch per filter condition. The corruptions and
+    filters cost more than a small model's classifications, and they do not depend on the
+    model: computing them once saves that cost for every model after the first.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray
+    shifted: dict[str, np.ndarray]
+    corrupted: dict[str, list[Batch]]
+    filtered: dict[tuple[str, float], Batch]
+
+    @property
+    def evaluations(self) -> int:
+        """Images each model classifies."""
+        return (len(self.images) * (1 + len(self.shifted))
+                + sum(len(x) for batches in self.corrupted.values() for x, _ in batches)
+                + sum(len(x) for x, _ in self.filtered.values()))
+
+    @property
+    def nbytes(self) -> int:
+        return self.evaluations * int(np.prod(self.images.shape[1:], dtype=np.int64))
+
+
+def prepare(plan: Plan, images: np.ndarray, labels: np.ndarray) -> Inputs:
+    """The transformed inputs of ``plan`` on the test set ``images`` (uint8 ``(N, 32, 32, 3)``)
+    and ``labels`` (``(N,)``): deterministic for the plan's seed."""
+    chosen = draw(plan, len(images))
+    x = images[chosen.shift_images]
+    corrupted = {}
+    for k, (name, index) in enumerate(chosen.corruption_images.items()):
+        level = severities(len(index))
+        corrupted[name] = [(corrupt(images[subset], name, int(severity), seed=plan.seed + k), labels[subset])
+                           for severity in SEVERITIES for subset in [index[level == severity]]]
+    return Inputs(
+        images=x, labels=labels[chosen.shift_images], offsets=chosen.offsets,
+        shifted={mode: shift(x, chosen.offsets, mode) for mode in SHIFT_MODES},
+        corrupted=corrupted,
+        filtered={(kind, radius): (filtered(images[index], radius, kind), labels[index])
+                  for (kind, radius), index in chosen.filter_images.items()},
+    )
 
 
 def top1(model: OnnxModel, images: np.ndarray, progress: Progress | None = None) -> np.ndarray:
@@ -184,11 +238,11 @@ def _unbits(text: str, n: int) -> np.ndarray:
     return bits[:n].astype(bool)
 
 
-def _shift_figures(model, x, y, offsets, clean, progress, trials: dict[str, list]) -> dict[str, Any]:
-    distance = np.abs(offsets).max(axis=1)
+def _shift_figures(model, inputs: Inputs, clean, progress, trials: dict[str, list]) -> dict[str, Any]:
+    y, distance = inputs.labels, np.abs(inputs.offsets).max(axis=1)
     figures: dict[str, Any] = {}
-    for mode in SHIFT_MODES:
-        moved = top1(model, shift(x, offsets, mode), progress)
+    for mode, moved_images in inputs.shifted.items():
+        moved = top1(model, moved_images, progress)
         trials[CONSISTENCY[mode]].append(moved == clean)
         figures[mode] = {
             "consistency": _count(moved == clean),
@@ -199,41 +253,42 @@ def _shift_figures(model, x, y, offsets, clean, progress, trials: dict[str, list
     return figures
 
 
-def evaluate_model(model: OnnxModel, images: np.ndarray, labels: np.ndarray, plan: Plan = Plan(),
-                   progress: Progress | None = None) -> dict[str, Any]:
-    """Every figure of ``plan`` for one model, as counts ``[hits, n]`` (see the module docstring).
-
-    ``images``: the test set, uint8 ``(N, 32, 32, 3)``; ``labels``: ``(N,)``.
-    """
+def score(model: OnnxModel, inputs: Inputs, progress: Progress | None = None) -> dict[str, Any]:
+    """Every figure of one model on prepared ``inputs``, as counts ``[hits, n]`` (see the
+    module docstring), with the per-trial ``outcomes`` and the ``seconds`` it took."""
     start = time.perf_counter()
-    chosen = draw(plan, len(images))
-    x, y = images[chosen.shift_images], labels[chosen.shift_images]
-    clean = top1(model, x, progress)
+    clean = top1(model, inputs.images, progress)
     trials: dict[str, list[np.ndarray]] = {column: [] for column in SUMMARY_HEADERS[1:]}
-    trials["clean"].append(clean == y)
-    result: dict[str, Any] = {"clean": _count(clean == y),
-                              "shift": _shift_figures(model, x, y, chosen.offsets, clean, progress, trials)}
+    trials["clean"].append(clean == inputs.labels)
+    result: dict[str, Any] = {"clean": _count(clean == inputs.labels),
+                              "shift": _shift_figures(model, inputs, clean, progress, trials)}
     corruptions = {}
-    for k, (name, index) in enumerate(chosen.corruption_images.items()):
-        level = severities(len(index))
+    for name, batches in inputs.corrupted.items():
         rows = []
-        for severity in SEVERITIES:
-            subset = index[level == severity]
-            seen = corrupt(images[subset], name, int(severity), seed=plan.seed + k)
-            hits = top1(model, seen, progress) == labels[subset]
+        for severity, (seen, truth) in zip(SEVERITIES, batches):
+            hits = top1(model, seen, progress) == truth
             trials[CORRUPTIONS_MEAN].append(hits)
             rows.append([int(severity), *_count(hits)])
         corruptions[name] = rows
     result["corruptions"] = corruptions
     frequency: dict[str, list] = {kind: [] for kind in FILTERS}
-    for (kind, radius), index in chosen.filter_images.items():
-        hits = top1(model, filtered(images[index], radius, kind), progress) == labels[index]
+    for (kind, radius), (seen, truth) in inputs.filtered.items():
+        hits = top1(model, seen, progress) == truth
         trials[FREQUENCY_MEAN[kind]].append(hits)
         frequency[kind].append([radius, *_count(hits)])
     result["frequency"] = frequency
     result["outcomes"] = {column: _bits(np.concatenate(parts)) for column, parts in trials.items()}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def evaluate_model(model: OnnxModel, images: np.ndarray, labels: np.ndarray, plan: Plan = Plan(),
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """Every figure of ``plan`` for one model (:func:`prepare`, then :func:`score`).
+
+    ``images``: the test set, uint8 ``(N, 32, 32, 3)``; ``labels``: ``(N,)``.
+    """
+    return score(model, prepare(plan, images, labels), progress)
 
 
 # --------------------------------------------------------------------------------------
@@ -253,16 +308,19 @@ def machine() -> str:
 
 
 def write_results(directory: str | os.PathLike, models: dict[str, dict], plan: Plan, data: str,
-                  previous: dict | None = None) -> Path:
+                  previous: dict | None = None, prepare_seconds: float | None = None) -> Path:
     """Write (atomically) ``directory/robustness.json``: ``models`` (name -> figures, each
     with its file's ``sha256``) merged over the rows of ``previous`` that are still current and
-    were measured under the same plan on the same data."""
+    were measured under the same plan on the same data; ``prepare_seconds``: the time the
+    inputs took to transform (once for all models)."""
     previous = previous or {}
     # Rows measured under another plan or on other data are not comparable: they go.
     comparable = previous.get("plan") == plan.to_dict() and previous.get("data") == data
     kept = {name: row for name, row in previous.get("models", {}).items() if comparable and name not in models}
     document = {"format": FORMAT, "plan": plan.to_dict(), "data": data, "machine": machine(),
                 "models": {**kept, **models}}
+    if prepare_seconds is not None:
+        document["prepare_seconds"] = prepare_seconds
     return atomic_write_json(Path(directory) / RESULTS_FILE, document)
 
 
@@ -372,7 +430,8 @@ def markdown_table(document: dict, order: Iterable[str] | None = None) -> str:
     outcomes are stored) the paired differences from :data:`BASELINE`."""
     order = list(order) if order else None
     lines = _markdown_rows(summary_rows(document, order))
-    seconds = sum(float(document["models"][name].get("seconds", 0)) for name in document["models"])
+    seconds = sum(float(row.get("seconds", 0)) for row in document["models"].values())
+    seconds += float(document.get("prepare_seconds", 0))
     timing = f" Measured in {seconds / 60:.0f} min on {document['machine']} (`python -m robustness`)."
     text = "\n".join(lines) + f"\n\n{document['data']}; {_n_line(document)}{timing}"
     paired = difference_rows(document, BASELINE, order)
@@ -380,6 +439,59 @@ def markdown_table(document: dict, order: Iterable[str] | None = None) -> str:
         text += (f"\n\nDifference from `{BASELINE}`, trial by trial on the same images (points; 95 % interval, "
                  "Newcombe's paired score method):\n\n" + "\n".join(_markdown_rows(paired)))
     return text
+
+
+# --------------------------------------------------------------------------------------
+# Planning for a precision
+# --------------------------------------------------------------------------------------
+def planning_rates(document: dict | None) -> dict[str, float]:
+    """Per summary column, the rate to size its sample for: of the measured models, the one
+    nearest 50 % (the widest interval), moved towards 50 % by its own half-width so that a
+    slightly different rate on a larger sample still fits; 50 % where nothing was measured."""
+    rates = dict.fromkeys(SUMMARY_HEADERS[1:], 0.5)
+    counts = [summary(row) for row in (document or {}).get("models", {}).values()]
+    for column in rates:
+        measured = [c for row in counts if (c := row.get(column)) is not None and c.n]
+        if measured:
+            widest = min(measured, key=lambda c: abs(c.rate - 0.5))
+            rates[column] = widest.rate + float(np.clip(0.5 - widest.rate, -widest.half_width(), widest.half_width()))
+    return rates
+
+
+def plan_for(half_width: float, document: dict | None = None, base: Plan = Plan()) -> Plan:
+    """``base`` with its image counts sized so that every column of the summary table has a
+    95 % interval no wider than ``±half_width`` (a fraction), at the rates of
+    :func:`planning_rates` (``document``: the last results, or ``None``)."""
+    need = {column: trials_for(rate, half_width) for column, rate in planning_rates(document).items()}
+    per_severity = math.ceil(need[CORRUPTIONS_MEAN] / (len(base.corruptions) * len(SEVERITIES)))
+    plan = replace(
+        base,
+        images=max(need["clean"], *(need[column] for column in CONSISTENCY.values())),
+        corruption_images=per_severity * len(SEVERITIES),  # the same number at each severity
+        filter_images=math.ceil(max(need[column] for column in FREQUENCY_MEAN.values()) / len(base.radii)),
+    )
+    largest = max(plan.images, plan.corruption_images, plan.filter_images)
+    if largest > TEST_IMAGES:
+        raise ValueError(f"±{100 * half_width:g} points needs {largest:,} images for one figure, more than the "
+                         f"{TEST_IMAGES:,} of the CIFAR-10 test set; ask for a wider interval")
+    return plan
+
+
+def estimate_seconds(plan: Plan, document: dict | None, names: Sequence[str]) -> dict[str, float] | None:
+    """Per model of ``names``, the seconds ``plan`` should take, from the speed of its last run
+    on this kind of machine (``None`` when a model has no such run), plus ``"inputs"``: the
+    transforms, done once."""
+    if not document or document.get("machine") != machine():
+        return None
+    last = Plan(**{**document["plan"], "radii": tuple(document["plan"]["radii"]),
+                   "corruptions": tuple(document["plan"]["corruptions"])})
+    scale = plan.evaluations / last.evaluations
+    rows = document["models"]
+    if any(name not in rows or "seconds" not in rows[name] for name in names):
+        return None
+    estimate = {name: float(rows[name]["seconds"]) * scale for name in names}
+    estimate["inputs"] = float(document.get("prepare_seconds", 0)) * scale
+    return estimate
 
 
 # --------------------------------------------------------------------------------------
@@ -395,32 +507,60 @@ def test_set(data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.
     return images, labels, f"{SOURCE_NAMES[source]} test set"
 
 
+def default_jobs() -> int:
+    """Models measured at once: one per four cores (each session uses up to four threads)."""
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+def _score_file(path: str, inputs: Inputs, threads: int) -> dict[str, Any]:
+    """One model's figures, in a worker process of :func:`measure_folder`."""
+    return score(OnnxModel(path, intra_op_threads=threads), inputs)
+
+
 def measure_folder(directory: str | os.PathLike, plan: Plan = Plan(), names: Sequence[str] | None = None,
-                   data_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+                   data_dir: str | os.PathLike | None = None, progress: bool = True, jobs: int = 1) -> dict:
     """Measure ``names`` (default: every model of the folder) and update ``robustness.json``.
 
-    Rows of other models that are still current are kept. Returns the written document.
+    The inputs are transformed once (:func:`prepare`) and every model classifies them;
+    ``jobs`` > 1 measures that many models at once, each in its own process with its share
+    of the cores (for machines with more than four). Rows of other models that are still
+    current are kept. Returns the written document.
     """
     from tqdm import tqdm  # the progress bar only; importing the package stays light
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     registry = ModelRegistry(directory)
     names = list(names or registry.names())
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise ValueError(f"no model named {unknown[0]!r} in {directory}; it has {', '.join(registry.names()) or 'none'}")
     images, labels, data = test_set(data_dir)
-    measured = {}
-    with tqdm(total=plan.evaluations * len(names), unit="img", disable=not progress, desc="robustness") as bar:
-        for name in names:
-            bar.set_postfix_str(name)
-            entry = registry.entry(name)
-            # A session of its own, dropped after the model: the registry would keep every
-            # session (and its memory arena, GBs for the DiffStride family) until the end.
-            figures = evaluate_model(OnnxModel(entry.path), images, labels, plan, bar.update)
-            measured[name] = {"file": entry.file, "sha256": file_sha256(Path(directory) / entry.file), **figures}
+    start = time.perf_counter()
+    inputs = prepare(plan, images, labels)
+    prepare_seconds = round(time.perf_counter() - start, 1)
+    paths = {name: registry.entry(name).path for name in names}
+    measured: dict[str, dict] = {}
+    with tqdm(total=inputs.evaluations * len(names), unit="img", disable=not progress, desc="robustness") as bar:
+        if min(jobs, len(names)) == 1:
+            for name in names:
+                bar.set_postfix_str(name)
+                # A session of its own, dropped after the model: the registry would keep every
+                # session (and its memory arena, GBs for the DiffStride family) until the end.
+                measured[name] = score(OnnxModel(paths[name]), inputs, bar.update)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
+            # spawn, not fork: a forked child of a process that has loaded onnxruntime can hang.
+            with ProcessPoolExecutor(min(jobs, len(names)), mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_score_file, str(paths[name]), inputs, threads): name for name in names}
+                for future in as_completed(futures):
+                    measured[futures[future]] = future.result()
+                    bar.update(inputs.evaluations)
+    rows = {name: {"file": registry.entry(name).file, "sha256": file_sha256(paths[name]), **measured[name]}
+            for name in names}
     try:
         previous = read_results(directory)
     except ResultsError:
         previous = None  # an unreadable file is replaced
-    write_results(directory, measured, plan, data, previous)
+    write_results(directory, rows, plan, data, previous, prepare_seconds)
     return read_results(directory, current_only=False)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Z95", "Count", "Difference", "paired_difference", "pooled"]
+__all__ = ["Z95", "Count", "Difference", "paired_difference", "pooled", "trials_for"]
 
 Z95 = 1.959964
 
@@ -54,6 +54,26 @@ class Count:
     def text(self, digits: int = 1) -> str:
         """``"91.2 % ± 1.4"`` (the interval's half-width, in points)."""
         return f"{100 * self.rate:.{digits}f} % ± {100 * self.half_width():.{digits}f}"
+
+
+def trials_for(rate: float, half_width: float, z: float = Z95) -> int:
+    """The fewest trials whose Wilson interval at ``rate`` is no wider than ``±half_width``
+    (both as fractions): how large a figure's sample must be for a target precision."""
+    if not 0 < half_width < 0.5:
+        raise ValueError(f"the half-width must be between 0 and 0.5 (0 and 50 points), got {half_width}")
+    if not 0 <= rate <= 1:
+        raise ValueError(f"a rate is between 0 and 1, got {rate}")
+
+    def wide(n: int) -> bool:
+        return Count(round(rate * n), n).half_width() > half_width
+
+    low, high = 1, 2
+    while wide(high):
+        low, high = high, high * 2
+    while high - low > 1:  # the half-width shrinks as n grows: bisect for the first n that fits
+        middle = (low + high) // 2
+        low, high = (middle, high) if wide(middle) else (low, middle)
+    return high if wide(low) else low
 
 
 def pooled(counts: Iterable[Count]) -> Count:

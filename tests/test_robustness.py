@@ -129,6 +129,47 @@ def test_plan_rejects_nonsense():
     assert report.Plan().evaluations > 0 and set(report.Plan().corruptions) == set(CORRUPTIONS)
 
 
+def test_inputs_are_prepared_once_and_scored_per_model(lab_dir, test_images):
+    images, labels = test_images
+    inputs = report.prepare(TINY, images, labels)
+    assert inputs.evaluations == TINY.evaluations and inputs.nbytes == TINY.evaluations * 32 * 32 * 3
+    again = report.prepare(TINY, images, labels)  # deterministic for the seed: every model sees the same
+    assert all(np.array_equal(a, b) for a, b in zip(inputs.shifted.values(), again.shifted.values()))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(inputs.corrupted["fog"], again.corrupted["fog"]))
+    model = OnnxModel(lab_dir / "positional.onnx")
+    scored, evaluated = report.score(model, inputs), report.evaluate_model(model, images, labels, TINY)
+    assert {k: v for k, v in scored.items() if k != "seconds"} == {k: v for k, v in evaluated.items() if k != "seconds"}
+
+
+def test_a_plan_sized_for_a_precision_reaches_it():
+    assert report.trials_for(0.5, 0.015) > report.trials_for(0.9, 0.015) > report.trials_for(0.99, 0.015)
+    for rate in (0.05, 0.385, 0.5, 0.89):
+        n = report.trials_for(rate, 0.015)
+        assert Count(round(rate * n), n).half_width() <= 0.015 < Count(round(rate * (n - 1)), n - 1).half_width()
+    with pytest.raises(ValueError, match="half-width must be between"):
+        report.trials_for(0.5, 0.0)
+    # Without results every column is sized for 50 %, the widest interval.
+    blind = report.plan_for(0.03)
+    assert blind.images == report.trials_for(0.5, 0.03) and blind.corruption_images % 5 == 0
+    assert blind.filter_images * len(blind.radii) >= report.trials_for(0.5, 0.03)
+    # With results, each column is sized for its widest measured rate, moved towards 50 % by its error.
+    rows = {"a": {"clean": [900, 1000], "shift": {m: {"consistency": [950, 1000]} for m in ("circular", "zero")},
+                  "corruptions": {"fog": [[s, 70, 100] for s in range(1, 6)]},
+                  "frequency": {"low": [[4.0, 10, 100]], "high": [[4.0, 60, 100]]}}}
+    rates = report.planning_rates({"models": rows})
+    assert rates["clean"] == pytest.approx(0.9 - Count(900, 1000).half_width())
+    assert rates["high-pass (mean)"] == pytest.approx(0.6 - Count(60, 100).half_width())
+    assert rates["low-pass (mean)"] == pytest.approx(0.1 + Count(10, 100).half_width())
+    plan = report.plan_for(0.015, {"models": rows}, report.Plan(corruptions=("fog",), radii=(4.0,)))
+    assert plan.images == max(report.trials_for(rates[c], 0.015) for c in ("clean", "consistency (circular)",
+                                                                             "consistency (zero pad)"))
+    for count, rate in ((plan.images, rates["clean"]), (plan.corruption_images, rates["corruptions (mean)"]),
+                        (plan.filter_images, rates["low-pass (mean)"])):
+        assert Count(round(rate * count), count).half_width() <= 0.015
+    with pytest.raises(ValueError, match="more than the 10,000 of the CIFAR-10 test set"):
+        report.plan_for(0.002)
+
+
 # --------------------------------------------------------------------------------------
 # Transforms
 # --------------------------------------------------------------------------------------
@@ -247,7 +288,22 @@ def test_results_file_round_trip_and_staleness(lab_dir, tmp_path):
     assert report.trial_outcomes(again["models"]["positional"]) is not None
     other_plan = report.Plan(**{**TINY.to_dict(), "radii": TINY.radii, "corruptions": TINY.corruptions, "seed": 3})
     assert set(report.measure_folder(folder, other_plan, names=["invariant"], progress=False)["models"]) == {"invariant"}
-    report.measure_folder(folder, TINY, progress=False)
+    serial = report.measure_folder(folder, TINY, progress=False)
+    # Two models at once, each in its own process: the same counts, trial for trial.
+    parallel = report.measure_folder(folder, TINY, progress=False, jobs=2)
+    for name, row in serial["models"].items():
+        assert {k: v for k, v in row.items() if k != "seconds"} == \
+            {k: v for k, v in parallel["models"][name].items() if k != "seconds"}
+    assert parallel["prepare_seconds"] >= 0 and "Measured in" in report.markdown_table(parallel)
+    # The time a plan should take, from the last run's speed on this machine; unknown elsewhere.
+    estimate = report.estimate_seconds(TINY, parallel, ["invariant"])
+    assert set(estimate) == {"invariant", "inputs"} and estimate["invariant"] == parallel["models"]["invariant"]["seconds"]
+    double = report.Plan(**{**TINY.to_dict(), "radii": TINY.radii, "corruptions": TINY.corruptions,
+                            "images": 2 * TINY.images})
+    scale = double.evaluations / TINY.evaluations
+    assert report.estimate_seconds(double, parallel, ["invariant"])["invariant"] == pytest.approx(scale * estimate["invariant"])
+    assert report.estimate_seconds(TINY, {**parallel, "machine": "another"}, ["invariant"]) is None
+    assert report.estimate_seconds(TINY, parallel, ["absent"]) is None
     # A model whose file changed drops out of the current view.
     constructed_model(folder / "positional.onnx", "positional", position_reading=True, seed=5)
     assert set(report.read_results(folder)["models"]) == {"invariant"}
@@ -281,3 +337,14 @@ def test_the_command(lab_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(folder), "--radii", "a,b"])
     assert "--radii takes comma-separated numbers" in capsys.readouterr().err
+    # A plan sized for a precision, shown with the command that repeats it, and nothing measured.
+    before = (folder / report.RESULTS_FILE).read_bytes()
+    assert main([str(folder), "--half-width", "5", "--estimate", "--radii", "4", "--corruptions", "brightness,contrast"]) == 0
+    out = capsys.readouterr().out
+    assert "classifications per model" in out and f"python -m robustness {folder} --images " in out
+    assert "expected time: " in out and (folder / report.RESULTS_FILE).read_bytes() == before
+    for bad, message in ((["--half-width", "0"], "--half-width is in points"), (["--jobs", "0"], "--jobs must be"),
+                         (["--half-width", "0.1"], "more than the 10,000")):
+        with pytest.raises(SystemExit) as stop:
+            main([str(folder), *bad, "--estimate"])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
