@@ -84,12 +84,20 @@ def last_results(models_dir: Path) -> dict | None:
         return None
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (commands stay short)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def describe(plan: Plan, models_dir: Path, names: Sequence[str]) -> str:
     """The plan in words, the command that repeats it, and its expected time."""
     lines = [f"plan: {plan.images} images for clean and each shift figure, {plan.corruption_images} per corruption "
              f"({len(plan.corruptions)}), {plan.filter_images} per filter and radius ({len(plan.radii)} radii): "
              f"{plan.evaluations:,} classifications per model",
-             f"  the same plan: python -m robustness {models_dir} --images {plan.images} "
+             f"  the same plan: python -m robustness {shown(models_dir)} --images {plan.images} "
              f"--corruption-images {plan.corruption_images} --filter-images {plan.filter_images}"]
     estimate = estimate_seconds(plan, last_results(models_dir), names)
     if estimate is None:
