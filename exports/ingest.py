@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from robustness.report import Plan, default_jobs, markdown_table, measure_folder
+from robustness.report import Plan, ResultsError, default_jobs, markdown_table, measure_folder, plan_for, read_results
 from serving.cards import RunCard, embed_card, read_onnx_card
 from serving.cifar_data import SOURCE_NAMES, first_test_images, resolve_data_dir
 from serving.files import atomic_write_json, atomic_write_text, update_marked_block
@@ -348,6 +348,19 @@ def update_block(path: Path, name: str, body: str, log: Callable[[str], None] = 
     log(f"updated block {name} of {path}")
 
 
+def robustness_plan(models_dir: Path, scale: float, half_width: float | None) -> Plan | None:
+    """The robustness lab's plan for the new models: sized for ``±half_width`` points from the
+    folder's last results (the earlier models' rates: same variants), else the default plan
+    scaled by ``scale``; ``None`` (skip the lab) when ``scale`` is 0 and no half-width is asked."""
+    if half_width is not None:
+        try:
+            previous = read_results(models_dir, current_only=False)
+        except ResultsError:
+            previous = None
+        return plan_for(half_width / 100, previous)
+    return Plan().scaled(scale) if scale > 0 else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m exports.ingest", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", type=Path, help="files_at folders of the window's device calls")
@@ -365,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--robustness-scale", type=float, default=1.0,
                    help="the robustness lab's plan, scaled (1: python -m robustness's defaults, ~30 min for five models "
                         "on a 2-core CPU; 0: skip it)")
+    p.add_argument("--robustness-half-width", type=float, metavar="POINTS",
+                   help="instead of the scaled default plan, the robustness plan that gives every summary figure a 95 %% "
+                        "interval of +-POINTS (python -m robustness --half-width; 1.5: about an hour on a 2-core CPU)")
     p.add_argument("--allow-unfinished", action="store_true", help="also bundle models whose training was cut short")
     p.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
     p.add_argument("--results-md", type=Path, default=REPO_ROOT / "benchmarks" / "RESULTS.md")
@@ -374,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--limit-test must be >= 1, got {args.limit_test}")
     if not args.robustness_scale >= 0:
         p.error(f"--robustness-scale must be >= 0, got {args.robustness_scale}")
+    if args.robustness_half_width is not None and not 0 < args.robustness_half_width < 50:
+        p.error(f"--robustness-half-width is in points, between 0 and 50, got {args.robustness_half_width:g}")
     if args.agreement_images is not None and args.agreement_images < 1:
         p.error(f"--agreement-images must be >= 1, got {args.agreement_images}")
     # start-up: these import torch (several seconds); --help and argument errors answer without it
@@ -401,9 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     robustness = None
     if rows:
         print(models_markdown(rows, next(w for w in windows if w.get("mode") == "models")))
-        if args.robustness_scale > 0:
-            robustness = markdown_table(measure_folder(args.models_dir, Plan().scaled(args.robustness_scale),
-                                                       data_dir=args.data_dir, jobs=default_jobs()))
+        plan = robustness_plan(args.models_dir, args.robustness_scale, args.robustness_half_width)
+        if plan is not None:
+            robustness = markdown_table(measure_folder(args.models_dir, plan, data_dir=args.data_dir, jobs=default_jobs()))
             print(robustness)
     if not args.no_docs:
         if rows:

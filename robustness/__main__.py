@@ -77,9 +77,11 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 def last_results(models_dir: Path) -> dict | None:
-    """The folder's robustness file, current rows only (``None`` if absent or unreadable)."""
+    """The folder's robustness file (``None`` if absent or unreadable), rows of models whose
+    file changed since included: a retrained model's rates and speed are the best guess of
+    its successor's."""
     try:
-        return read_results(models_dir)
+        return read_results(models_dir, current_only=False)
     except ResultsError:
         return None
 

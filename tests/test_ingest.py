@@ -220,3 +220,21 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_the_robustness_plan_ingest_runs(tmp_path, capsys):
+    from exports import ingest
+    from robustness.report import Plan, plan_for, read_results
+    from serving.paths import BUNDLED_MODELS_DIR
+
+    assert ingest.robustness_plan(tmp_path, 0.0, None) is None  # skipped
+    assert ingest.robustness_plan(tmp_path, 0.5, None) == Plan().scaled(0.5)
+    blind = ingest.robustness_plan(tmp_path, 1.0, 3.0)  # no results yet: every figure sized for 50 %
+    assert blind == plan_for(0.03, None)
+    # Sized from the folder's last results, rows of since-replaced models included.
+    sized = ingest.robustness_plan(BUNDLED_MODELS_DIR, 1.0, 1.5)
+    assert sized == plan_for(0.015, read_results(BUNDLED_MODELS_DIR, current_only=False))
+    assert sized.images < plan_for(0.015, None).images
+    with pytest.raises(SystemExit) as stop:
+        ingest.main([str(tmp_path), "--robustness-half-width", "0"])
+    assert stop.value.code == 2 and "--robustness-half-width is in points" in capsys.readouterr().err
