@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from robustness.report import Plan, ResultsError, default_jobs, markdown_table, measure_folder, plan_for, read_results
+from robustness.report import Plan, default_jobs, last_results, markdown_table, measure_folder, plan_for
 from serving.cards import RunCard, embed_card, read_onnx_card
 from serving.cifar_data import SOURCE_NAMES, first_test_images, resolve_data_dir
 from serving.files import atomic_write_json, atomic_write_text, update_marked_block
@@ -353,11 +353,7 @@ def robustness_plan(models_dir: Path, scale: float, half_width: float | None) ->
     folder's last results (the earlier models' rates: same variants), else the default plan
     scaled by ``scale``; ``None`` (skip the lab) when ``scale`` is 0 and no half-width is asked."""
     if half_width is not None:
-        try:
-            previous = read_results(models_dir, current_only=False)
-        except ResultsError:
-            previous = None
-        return plan_for(half_width / 100, previous)
+        return plan_for(half_width / 100, last_results(models_dir, current_only=False))
     return Plan().scaled(scale) if scale > 0 else None
 
 

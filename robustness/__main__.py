@@ -20,10 +20,10 @@ from .report import (
     ResultsError,
     default_jobs,
     estimate_seconds,
+    last_results,
     markdown_table,
     measure_folder,
     plan_for,
-    read_results,
 )
 
 README_BLOCK = "robustness"
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan_from(args: argparse.Namespace) -> Plan:
+def plan_from(args: argparse.Namespace, previous: dict | None) -> Plan:
+    """The plan the options ask for; with ``--half-width``, sized from ``previous`` (the last results)."""
     try:
         radii = tuple(float(r) for r in args.radii.split(","))
     except ValueError:
@@ -73,17 +74,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         return plan
     if not 0 < args.half_width < 50:
         raise ValueError(f"--half-width is in points, between 0 and 50, got {args.half_width:g}")
-    return plan_for(args.half_width / 100, last_results(args.models_dir), plan)
-
-
-def last_results(models_dir: Path) -> dict | None:
-    """The folder's robustness file (``None`` if absent or unreadable), rows of models whose
-    file changed since included: a retrained model's rates and speed are the best guess of
-    its successor's."""
-    try:
-        return read_results(models_dir, current_only=False)
-    except ResultsError:
-        return None
+    return plan_for(args.half_width / 100, previous, plan)
 
 
 def shown(path: Path) -> str:
@@ -94,14 +85,14 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def describe(plan: Plan, models_dir: Path, names: Sequence[str]) -> str:
-    """The plan in words, the command that repeats it, and its expected time."""
+def describe(plan: Plan, models_dir: Path, names: Sequence[str], previous: dict | None) -> str:
+    """The plan in words, the command that repeats it, and its expected time (from ``previous``)."""
     lines = [f"plan: {plan.images} images for clean and each shift figure, {plan.corruption_images} per corruption "
              f"({len(plan.corruptions)}), {plan.filter_images} per filter and radius ({len(plan.radii)} radii): "
              f"{plan.evaluations:,} classifications per model",
              f"  the same plan: python -m robustness {shown(models_dir)} --images {plan.images} "
              f"--corruption-images {plan.corruption_images} --filter-images {plan.filter_images}"]
-    estimate = estimate_seconds(plan, last_results(models_dir), names)
+    estimate = estimate_seconds(plan, previous, names)
     if estimate is None:
         lines.append("  expected time: unknown (no earlier run of these models on this kind of machine)")
     else:
@@ -117,11 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not (args.models_dir / "manifest.json").is_file():
             raise ValueError(f"{args.models_dir} has no manifest.json: pass a folder of exported models")
-        plan = plan_from(args)
+        # Rows of models whose file changed since included: a retrained model's rates and
+        # speed are the best guess of its successor's.
+        previous = last_results(args.models_dir, current_only=False)
+        plan = plan_from(args, previous)
         names = [n.strip() for n in args.models.split(",")] if args.models else None
         if args.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-        print(describe(plan, args.models_dir, names or ModelRegistry(args.models_dir).names()))
+        print(describe(plan, args.models_dir, names or ModelRegistry(args.models_dir).names(), previous))
         if args.estimate:
             return 0
         start = time.perf_counter()

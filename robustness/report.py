@@ -53,8 +53,8 @@ from .stats import Count, Difference, paired_difference, pooled, trials_for
 from .transforms import FILTERS, MAX_SHIFT, SHIFT_MODES, filtered, shift
 
 __all__ = ["BASELINE", "FORMAT", "RESULTS_FILE", "SUMMARY_HEADERS", "TEST_IMAGES", "Inputs", "Plan", "ResultsError",
-           "default_jobs", "difference_rows", "differences", "estimate_seconds", "evaluate_model", "markdown_table",
-           "measure_folder", "plan_for", "planning_rates", "prepare", "read_results", "score", "summary",
+           "default_jobs", "difference_rows", "differences", "estimate_seconds", "evaluate_model", "last_results",
+           "markdown_table", "measure_folder", "plan_for", "planning_rates", "prepare", "read_results", "score", "summary",
            "summary_rows", "trial_outcomes", "write_results"]
 
 RESULTS_FILE = "robustness.json"
@@ -108,6 +108,11 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "radii": list(self.radii), "corruptions": list(self.corruptions)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Plan:
+        """The plan :meth:`to_dict` wrote (as stored in ``robustness.json``)."""
+        return cls(**{**values, "radii": tuple(values["radii"]), "corruptions": tuple(values["corruptions"])})
 
 
 # --------------------------------------------------------------------------------------
@@ -346,6 +351,15 @@ def read_results(directory: str | os.PathLike, current_only: bool = True) -> dic
     return document
 
 
+def last_results(directory: str | os.PathLike, current_only: bool = True) -> dict | None:
+    """:func:`read_results`, or ``None`` when the file is absent or cannot be read (it is
+    then simply measured again)."""
+    try:
+        return read_results(directory, current_only)
+    except ResultsError:
+        return None
+
+
 # --------------------------------------------------------------------------------------
 # Summaries and tables
 # --------------------------------------------------------------------------------------
@@ -486,9 +500,7 @@ def estimate_seconds(plan: Plan, document: dict | None, names: Sequence[str]) ->
     transforms, done once."""
     if not document or document.get("machine") != machine():
         return None
-    last = Plan(**{**document["plan"], "radii": tuple(document["plan"]["radii"]),
-                   "corruptions": tuple(document["plan"]["corruptions"])})
-    scale = plan.evaluations / last.evaluations
+    scale = plan.evaluations / Plan.from_dict(document["plan"]).evaluations
     rows = document["models"]
     if any(name not in rows or "seconds" not in rows[name] for name in names):
         return None
@@ -542,28 +554,26 @@ def measure_folder(directory: str | os.PathLike, plan: Plan = Plan(), names: Seq
     start = time.perf_counter()
     inputs = prepare(plan, images, labels)
     prepare_seconds = round(time.perf_counter() - start, 1)
-    paths = {name: registry.entry(name).path for name in names}
+    entries = {name: registry.entry(name) for name in names}
+    workers = min(jobs, len(names))
     measured: dict[str, dict] = {}
-    with tqdm(total=inputs.evaluations * len(names), unit="img", disable=not progress, desc="robustness") as bar:
-        if min(jobs, len(names)) == 1:
+    with tqdm(total=plan.evaluations * len(names), unit="img", disable=not progress, desc="robustness") as bar:
+        if workers == 1:
             for name in names:
                 bar.set_postfix_str(name)
                 # A session of its own, dropped after the model: the registry would keep every
                 # session (and its memory arena, GBs for the DiffStride family) until the end.
-                measured[name] = score(OnnxModel(paths[name]), inputs, bar.update)
+                measured[name] = score(OnnxModel(entries[name].path), inputs, bar.update)
         else:
-            threads = max(1, (os.cpu_count() or 1) // min(jobs, len(names)))
+            threads = max(1, (os.cpu_count() or 1) // workers)
             # spawn, not fork: a forked child of a process that has loaded onnxruntime can hang.
-            with ProcessPoolExecutor(min(jobs, len(names)), mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(_score_file, str(paths[name]), inputs, threads): name for name in names}
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_score_file, str(entries[name].path), inputs, threads): name for name in names}
                 for future in as_completed(futures):
                     measured[futures[future]] = future.result()
-                    bar.update(inputs.evaluations)
-    rows = {name: {"file": registry.entry(name).file, "sha256": file_sha256(paths[name]), **measured[name]}
-            for name in names}
-    try:
-        previous = read_results(directory)
-    except ResultsError:
-        previous = None  # an unreadable file is replaced
-    write_results(directory, rows, plan, data, previous, prepare_seconds)
+                    bar.update(plan.evaluations)
+    rows = {name: {"file": entry.file, "sha256": file_sha256(entry.path), **measured[name]}
+            for name, entry in entries.items()}
+    # An unreadable file is replaced.
+    write_results(directory, rows, plan, data, last_results(directory), prepare_seconds)
     return read_results(directory, current_only=False)
